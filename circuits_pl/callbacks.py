@@ -1,0 +1,205 @@
+"""Lightning callbacks: stop when solved, a step-based progress bar, interrupts, predictions to CSV."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sys
+import threading
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+
+class StopWhenSolved(EarlyStopping):
+    """Lightning's EarlyStopping on the number of solved members.
+
+    Args:
+        when: ``best`` stops once any member is solved (the answer "can it be done?", the default);
+            ``all`` once every live member is solved; ``never`` trains every member for the whole
+            ``max_steps`` (a study: success rates and solved-at steps over a fixed budget).
+    """
+
+    def __init__(self, when: Literal["best", "all", "never"] = "best"):
+        if when not in ("best", "all", "never"):
+            from circuits_pl.errors import CircuitsError
+
+            raise CircuitsError(f"stop.when must be one of best, all, never; got {when!r}")
+        self.when = when
+        # "val/solved" > 0.5 means at least one member; "val/unsolved" < 0.5 means none left.
+        monitor, mode = ("val/unsolved", "min") if when == "all" else ("val/solved", "max")
+        super().__init__(monitor=monitor, mode=mode, stopping_threshold=0.5, patience=2**31 - 1,
+                         check_finite=False, verbose=False)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.when != "never":
+            super().on_validation_end(trainer, pl_module)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(when=self.when)
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar for the whole fit, in SGD steps (``step/max_steps``), redrawn at most twice a second.
+
+    No validation bars: validation of a few thousand points takes milliseconds.
+    """
+
+    def __init__(self, mininterval: float = 0.5):
+        super().__init__(refresh_rate=1)
+        self.mininterval = mininterval
+
+    def init_train_tqdm(self) -> Tqdm:
+        return Tqdm(desc="fit", unit="step", position=2 * self.process_position, disable=self.is_disabled,
+                    leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0, mininterval=self.mininterval,
+                    delay=self.mininterval)
+
+    def init_sanity_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_test_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def init_predict_tqdm(self) -> Tqdm:
+        return Tqdm(disable=True)
+
+    def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
+        """Print above the bar while it is shown, plainly otherwise (Lightning's drops text when no
+        bar is active, e.g. before training starts)."""
+        bar = self._train_progress_bar
+        if bar is not None and not bar.disable and self.trainer.training:
+            bar.write(sep.join(map(str, args)), file=sys.stdout)
+        else:
+            print(*args, sep=sep, **kwargs)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        total = trainer.max_steps if trainer.max_steps > 0 else None
+        bar = self.train_progress_bar
+        bar.reset(total=total)
+        bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
+        bar.set_description(f"fit {pl_task_name(trainer)}", refresh=False)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
+        bar = self.train_progress_bar
+        bar.update(trainer.global_step - bar.n)  # tqdm redraws only every `mininterval` seconds
+        bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+            self.train_progress_bar.refresh()
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module), refresh=False)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+def pl_task_name(trainer: pl.Trainer) -> str:
+    module = trainer.lightning_module
+    return getattr(getattr(module, "task", None), "name", "")
+
+
+class RunInterrupted(Exception):
+    """Raised (after a checkpoint is saved) to end fit on SIGINT/SIGTERM."""
+
+    def __init__(self, signum: int, step: int, path: str):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
+        self.signum, self.step, self.path = signum, step, path
+
+
+class GracefulInterrupt(pl.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM during fit: finish the current block, save ``last.ckpt``, stop.
+
+    The signal only sets a flag; the checkpoint is written at the start of the next block, where the
+    previous block, its validation and its checkpoints are complete, so resuming from it gives
+    exactly the run that was never stopped. A second Ctrl-C quits at once without saving.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping after the current block of steps and "
+              "saving a checkpoint (Ctrl-C again quits at once, without saving)", file=sys.stderr, flush=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
+        requested = self.signum is not None
+        if trainer.world_size > 1:  # every rank stops at the same block, or DDP would hang
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if not requested:
+            return
+        path = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        raise RunInterrupted(self.signum or signal.SIGINT, trainer.global_step, path)
+
+
+def last_checkpoint_path(trainer: pl.Trainer) -> str:
+    """``<run>/checkpoints/last.ckpt``, where ModelCheckpoint(save_last=True) writes it."""
+    cb = trainer.checkpoint_callback
+    dirpath = cb.dirpath if cb is not None and cb.dirpath else os.path.join(trainer.log_dir or ".", "checkpoints")
+    return os.path.join(dirpath, "last.ckpt")
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write ``predict`` results to ``predictions.csv`` in the run directory (x1..xn, target, prediction).
+
+    LightningCLI's ``predict`` discards what ``predict_step`` returns unless a writer keeps it.
+    """
+
+    def __init__(self, filename: str = "predictions.csv"):
+        super().__init__(write_interval="epoch")
+        self.filename = filename
+        self.path: str | None = None
+
+    def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any,
+                           batch_indices: Any) -> None:
+        if not predictions:
+            return
+        x = torch.cat([p["x"] for p in predictions]).cpu()
+        target = torch.cat([p["target"] for p in predictions]).cpu().flatten()
+        pred = torch.cat([p["prediction"] for p in predictions]).cpu().flatten()
+        rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
+        root = trainer.log_dir or trainer.default_root_dir
+        os.makedirs(root, exist_ok=True)
+        self.path = os.path.join(root, self.filename.replace(".csv", f"{rank}.csv"))
+        with open(self.path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow([f"x{i + 1}" for i in range(x.shape[1])] + ["target", "prediction"])
+            for xi, ti, pi in zip(x.tolist(), target.tolist(), pred.tolist()):
+                writer.writerow([f"{v:.6g}" for v in xi] + [f"{ti:.9g}", f"{pi:.9g}"])
+        pl_module.print(f"Predictions ({len(pred)} points, member {pl_module.selected_member}) written to {self.path}")

@@ -1,0 +1,193 @@
+"""``python -m circuits_pl fit --task add``: LightningCLI with circuits_pl's defaults.
+
+Subcommands ``fit``, ``validate``, ``test``, ``predict`` (Lightning's), ``inspect`` and ``report``
+(circuits_pl's). ``--task`` is given once and linked into model and data. A run writes everything
+under ``<default_root_dir>/lightning_logs/version_N/``: config.yaml, hparams.yaml, metrics.csv,
+checkpoints/ (best and last), results.json and figures. Each run gets a new version directory, so
+no run overwrites another.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from circuits_pl.callbacks import GracefulInterrupt, PredictionWriter, RunInterrupted, StepProgressBar, StopWhenSolved
+from circuits_pl.checkpoints import check_checkpoint
+from circuits_pl.data import CircuitDataModule
+from circuits_pl.errors import CircuitsError, TrainingDiverged
+from circuits_pl.module import CircuitModule
+from circuits_pl.tasks import get_task, task_names
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "accelerator": "auto",
+    "max_steps": 20_000,
+    # An endless stream never ends an epoch: validate every N Lightning batches (blocks of
+    # data.steps_per_batch SGD steps), never per epoch. 10 blocks x 100 steps = every 1000 steps.
+    "val_check_interval": 10,
+    "check_val_every_n_epoch": None,
+    "log_every_n_steps": 5,  # blocks: train metrics every 500 SGD steps
+    "enable_model_summary": False,  # the notebook-style weights print instead
+}
+
+
+class CircuitsCLI(LightningCLI):
+    """LightningCLI for circuits_pl (see the module docstring)."""
+
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True):
+        super().__init__(
+            CircuitModule,
+            CircuitDataModule,
+            seed_everything_default=0,
+            trainer_defaults=TRAINER_DEFAULTS,
+            auto_configure_optimizers=False,  # the fast path is plain SGD with model.lr
+            parser_kwargs={"exit_on_error": False, "default_env": False},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--task", type=str | None, default=None,
+            help=f"Task to learn: {', '.join(task_names())}, or 'package.module:function'. "
+                 "Given once, used by model and data. With --ckpt_path: taken from the checkpoint.",
+        )
+        parser.add_argument("--threads", type=int, default=1,
+                            help="torch threads; one is fastest for these tiny networks")
+        parser.link_arguments("task", "model.task")
+        parser.link_arguments("task", "data.task")
+        parser.add_lightning_class_args(StopWhenSolved, "stop")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/mse",
+            "checkpoint.mode": "min",
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": 1,
+            "checkpoint.filename": "best-{step}",
+        })
+
+    # ------------------------------------------------------------------------------------------
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it."""
+        sub = self.config.get("subcommand")
+        if not sub or not self.config[sub].get("ckpt_path"):
+            self._check_task()
+            return
+        cfg = self.config[sub]
+        info = check_checkpoint(cfg.ckpt_path)
+        hp = info["hyper_parameters"]
+        if cfg.task is not None and get_task(cfg.task).name != hp["task"]:
+            raise CircuitsError(
+                f"checkpoint {cfg.ckpt_path} is of task {hp['task']!r}, not {cfg.task!r}: "
+                f"drop --task or give --task {hp['task']}"
+            )
+        wanted = cfg.model.get("layer_sizes")
+        if wanted is not None and list(wanted) != list(hp["layer_sizes"]):
+            raise CircuitsError(
+                f"checkpoint {cfg.ckpt_path} holds a {'-'.join(map(str, hp['layer_sizes']))} network, "
+                f"not {'-'.join(map(str, wanted))}: drop --model.layer_sizes or match it"
+            )
+        cfg.task = hp["task"]
+        cfg.data.task = hp["task"]
+        model = dict(hp)
+        member = cfg.model.get("member")
+        cfg.model = Namespace(**{**vars(cfg.model), **model})
+        cfg.model.member = member  # not a saved hyper-parameter: the command line decides
+        if member is not None and not 0 <= member < hp["members"]:
+            raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {hp['members']} member(s)")
+
+    def _check_task(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub and self.config[sub].task is None:
+            raise CircuitsError(f"{sub} needs --task NAME (one of {', '.join(task_names())}) or --ckpt_path")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand]
+        if cfg.threads < 1:
+            raise CircuitsError(f"--threads must be a positive integer, got {cfg.threads}")
+        torch.set_num_threads(cfg.threads)
+        trainer = cfg.trainer
+        if trainer.logger in (None, True):
+            trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.CSVLogger",
+                init_args=Namespace(save_dir=trainer.default_root_dir or ".", name="lightning_logs"),
+            )
+
+    def instantiate_trainer(self, **kwargs: Any):
+        extra = [StepProgressBar(), GracefulInterrupt(), PredictionWriter()]
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
+        return super().instantiate_trainer(**kwargs)
+
+    # ------------------------------------------------------------------------------------------
+    def before_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(f"Run directory: {self.trainer.log_dir}")
+
+    def after_fit(self) -> None:
+        from circuits_pl.results import finish_fit
+
+        finish_fit(self.trainer, self.model, self.datamodule)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m circuits_pl`` and ``circuits-pl``; ``args`` for in-process use."""
+    argv = list(sys.argv[1:] if args is None else args)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_adverts)
+    # Lightning 2.6 calls an API that torch 2.13 deprecates; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    if argv and argv[0] in ("inspect", "report"):
+        from circuits_pl import commands
+
+        return _run_guarded(lambda: getattr(commands, argv[0])(argv[1:]))
+    return _run_guarded(lambda: CircuitsCLI(args=args))
+
+
+def _no_adverts(record: logging.LogRecord) -> bool:
+    return "Tip: For seamless cloud logging" not in record.getMessage()
+
+
+def _run_guarded(fn) -> Any:
+    try:
+        return fn()
+    except CircuitsError as err:
+        _fail(str(err), 2)
+    except TrainingDiverged as err:
+        _fail(str(err), 1)
+    except RunInterrupted as err:
+        run = Path(err.path).parent.parent
+        print(
+            f"Interrupted at step {err.step}; checkpoint saved to {err.path}\n"
+            f"Resume with: python -m circuits_pl fit --config {run / 'config.yaml'} --ckpt_path {err.path}",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + err.signum) from None
+    except _argument_errors() as err:
+        _fail(_one_line(str(err)), 2)
+
+
+def _argument_errors() -> tuple[type[BaseException], ...]:
+    import argparse
+
+    from jsonargparse import ArgumentError
+
+    return (argparse.ArgumentError, ArgumentError)
+
+
+def _one_line(message: str) -> str:
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    return " ".join(lines)[:400] if lines else "invalid arguments"
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+

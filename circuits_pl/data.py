@@ -1,0 +1,196 @@
+"""Endless uniform inputs for training, fixed sets for validation/test, a grid for predict.
+
+Training data is a pure function of (seed, rank, step): the inputs of SGD step t on DDP rank r are
+drawn from a generator seeded with ``mix(seed, r, t)``. So a run is reproducible, a resumed run sees
+exactly the batches it would have seen (the stream restarts at ``trainer.global_step``), each DDP
+rank draws its own batches, and the number of steps packed into one Lightning batch changes nothing.
+
+One Lightning batch is a *block* of ``steps_per_batch`` SGD steps::
+
+    x: (S, B, in)   uniform in [-1, 1]^in (or a half-space cone of it)
+    y: (S, B, 1)    the task's target
+
+The LightningModule runs the S SGD steps of a block inside one ``training_step``: Lightning's
+per-batch bookkeeping (~1.6 ms) would otherwise dwarf a step of a tiny network (~40 µs).
+Blocks are aligned to multiples of S, so validation and checkpoints fall on the same steps
+whether or not a run was resumed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from circuits_pl.errors import CircuitsError
+from circuits_pl.tasks import Task, get_task
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(*parts: int) -> int:
+    """A 64-bit seed from integers (SplitMix64 finaliser over a running hash): distinct inputs
+    give unrelated streams, unlike ``seed + step``, where run 0's step 1 is run 1's step 0."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        h ^= h >> 31
+        h = (h * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 29
+    return h
+
+
+def uniform_inputs(n: int, arity: int, seed: int, cone: Sequence[float] | None = None) -> torch.Tensor:
+    """``n`` points uniform in [-1, 1]^arity (restricted to ``cone`` if given) from one seed."""
+    x = torch.empty(n, arity).uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(seed))
+    return fold_into_cone(x, cone)
+
+
+def fold_into_cone(x: torch.Tensor, cone: Sequence[float] | None, inside: bool = True) -> torch.Tensor:
+    """Map points into the half-space ``u·x >= 0`` (or ``< 0`` if not ``inside``) by x -> -x.
+
+    The box [-1, 1]^n is symmetric under x -> -x, so this turns the uniform distribution on the
+    box into the uniform distribution on its part in the half-space, for any direction u.
+    """
+    if cone is None:
+        return x
+    u = torch.as_tensor(cone, dtype=x.dtype)
+    side = x @ u
+    flip = side < 0 if inside else side >= 0
+    return torch.where(flip.unsqueeze(-1), -x, x)
+
+
+class UniformBlocks(IterableDataset):
+    """Endless stream of training blocks ``(x, y)`` of shape ``(S, B, in)``, ``(S, B, 1)``.
+
+    Args:
+        task: the task (gives arity and targets).
+        batch_size: B, inputs per SGD step.
+        steps_per_batch: S, SGD steps per block.
+        seed: stream seed.
+        rank: DDP rank (each rank draws its own inputs).
+        start_step: first SGD step to generate (the trainer's global_step on resume).
+        cone: optional direction u: draw only inputs with ``u·x >= 0``.
+    """
+
+    def __init__(self, task: Task, batch_size: int, steps_per_batch: int, seed: int, rank: int = 0,
+                 start_step: int = 0, cone: Sequence[float] | None = None):
+        self.task, self.batch_size, self.steps_per_batch = task, batch_size, steps_per_batch
+        self.seed, self.rank, self.start_step, self.cone = seed, rank, start_step, cone
+
+    def step_inputs(self, step: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The inputs of SGD step ``step``: ``(B, in)``."""
+        if out is None:
+            out = torch.empty(self.batch_size, self.task.arity)
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.rank, step))
+        out.uniform_(-1.0, 1.0, generator=gen)
+        return out
+
+    def block(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.empty(n, self.batch_size, self.task.arity)
+        for s in range(n):
+            self.step_inputs(step + s, out=x[s])
+        x = fold_into_cone(x, self.cone)
+        return x, self.task(x)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        step, size = self.start_step, self.steps_per_batch
+        while True:
+            n = size - step % size  # a resumed stream first completes its block
+            yield self.block(step, n)
+            step += n
+
+
+class CircuitDataModule(pl.LightningDataModule):
+    """Training stream, validation/test sets and predict grid for one task.
+
+    Args:
+        task: task name (linked from the top-level ``--task``).
+        batch_size: inputs per SGD step (the notebook: 1000).
+        steps_per_batch: SGD steps per Lightning batch. Trainer options that count *batches*
+            (``val_check_interval``, ``log_every_n_steps``) count blocks of this many steps;
+            ``max_steps`` and checkpoint ``every_n_train_steps`` count SGD steps.
+        val_size: points in the validation set and in the test set (the notebook's ``test_n``).
+        seed: seed of the training stream (default: the run's ``seed_everything``).
+        holdout_seed: seed of the validation and test sets (the same for every run, so runs compare).
+        cone: train only on inputs x with ``u·x >= 0`` for this direction u (e.g. ``[1, 0]``: x1 >= 0).
+            Validation and test use the same region; ``test`` also reports ``test/heldout_mse`` on
+            the other half: the honest extrapolation test for bias-free nets.
+        predict_points: points per input axis of the grid that ``predict`` evaluates.
+    """
+
+    def __init__(
+        self,
+        task: str = "identity",
+        batch_size: int = 1000,
+        steps_per_batch: int = 100,
+        val_size: int = 1000,
+        seed: int | None = None,
+        holdout_seed: int = 20_231_128,
+        cone: list[float] | None = None,
+        predict_points: int = 41,
+    ):
+        super().__init__()
+        for name, value in [("batch_size", batch_size), ("steps_per_batch", steps_per_batch),
+                            ("val_size", val_size), ("predict_points", predict_points)]:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise CircuitsError(f"data.{name} must be a positive integer, got {value!r}")
+        self.task = get_task(task)
+        if cone is not None:
+            if len(cone) != self.task.arity or not any(float(c) != 0 for c in cone):
+                raise CircuitsError(
+                    f"data.cone must be a non-zero direction with {self.task.arity} entries "
+                    f"(one per input of task {self.task.name!r}), got {cone!r}"
+                )
+            cone = [float(c) for c in cone]
+        if seed is None:
+            seed = torch.initial_seed()  # what seed_everything set
+        self.save_hyperparameters()
+        self.hparams.seed = seed
+        self.cone = cone
+
+    # --------------------------------------------------------------------------------------------
+    def train_stream(self, start_step: int = 0, rank: int = 0) -> UniformBlocks:
+        hp = self.hparams
+        return UniformBlocks(self.task, hp.batch_size, hp.steps_per_batch, hp.seed, rank, start_step, self.cone)
+
+    def holdout_set(self, stage: str, heldout: bool = False) -> TensorDataset:
+        """Fixed points for ``val`` or ``test`` (``heldout``: from the directions training never saw)."""
+        index = {"val": 0, "test": 1}[stage] + (2 if heldout else 0)
+        x = uniform_inputs(self.hparams.val_size, self.task.arity, mix_seed(self.hparams.holdout_seed, index))
+        x = fold_into_cone(x, self.cone, inside=not heldout)
+        return TensorDataset(x, self.task(x))
+
+    def predict_grid(self) -> torch.Tensor:
+        axis = torch.linspace(-1.0, 1.0, self.hparams.predict_points)
+        grid = torch.cartesian_prod(*[axis] * self.task.arity)
+        return grid.reshape(-1, self.task.arity)
+
+    # --------------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        # The stream restarts where the trainer stands: global_step is restored from a checkpoint
+        # before Lightning asks for this loader, and step t's batch depends only on (seed, rank, t).
+        trainer = self.trainer
+        start = trainer.global_step if trainer is not None else 0
+        rank = trainer.global_rank if trainer is not None else 0
+        # batch_size=None: the dataset yields whole blocks, no per-sample collation.
+        # num_workers=0: a block costs ~20 µs per step to draw; workers would cost more.
+        return DataLoader(self.train_stream(start, rank), batch_size=None, num_workers=0)
+
+    def _loader(self, dataset: TensorDataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=len(dataset), shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.holdout_set("val"))
+
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        loaders = [self._loader(self.holdout_set("test"))]
+        if self.cone is not None:
+            loaders.append(self._loader(self.holdout_set("test", heldout=True)))
+        return loaders if len(loaders) > 1 else loaders[0]
+
+    def predict_dataloader(self) -> DataLoader:
+        x = self.predict_grid()
+        return DataLoader(TensorDataset(x, self.task(x)), batch_size=4096, shuffle=False)

@@ -1,0 +1,323 @@
+"""The LightningModule: K ReLU MLPs trained with SGD on MSE, per-member metrics, solved/diverged state.
+
+Flow of one training batch (a block of S SGD steps, see ``circuits_pl.data``)::
+
+    x (S, B, in), y (S, B, 1)
+      -> for each step s:  grads = net.gradients(x[s], y[s])      hand-derived, equal to autograd
+                           [DDP: grads averaged over ranks]
+                           W -= lr * grad                           plain SGD, every member at once
+                           global_step += 1                         Lightning's own step counter
+      -> after the block:  members whose weights became non-finite are reset to their last finite
+                           state and frozen ("diverged"); train/mse is logged.
+
+Why by hand (one thread, 2-2-1, batch 1000, measured in this repo's benchmarks/speed.py): the
+notebook's autograd loop costs ~200 µs per step; Lightning's batch machinery ~1.6 ms per batch; the
+hand-derived step 40 µs. ``LightningOptimizer.step()`` adds ~65 µs per step (closure, precision and
+strategy hooks), so the update is applied directly and only Lightning's step bookkeeping is called
+(``_on_before_step``/``_on_after_step``, the exact calls ``LightningOptimizer.step`` makes), keeping
+``global_step``, ``max_steps`` and checkpoint resume in SGD steps. Not run on this path:
+``on_before_optimizer_step`` hooks, gradient clipping, mixed precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics import MeanSquaredError
+
+from circuits_pl.errors import CircuitsError, TrainingDiverged
+from circuits_pl.network import ReLUMLP
+from circuits_pl.success import success_threshold
+from circuits_pl.tasks import get_task
+
+HISTORY = 8  # validations of per-member MSE kept, to tell a stuck member from a slow one
+
+
+class CircuitModule(pl.LightningModule):
+    """K independently initialised ReLU MLPs learning one task with SGD and MSE.
+
+    Args:
+        task: task name (linked from the top-level ``--task``).
+        layer_sizes: sizes from input to output; default: the task's (e.g. 2-3-1 for min).
+        bias: give every layer a bias (the notebook's study uses none).
+        lr: SGD learning rate (the notebook: 1e-4; its author later used 0.1, which solves every task).
+        members: K, networks trained at once. Member k starts as a single run with seed ``seed + k``.
+        seed: seed of member 0; default: the run's ``seed_everything``.
+        success_mse: validation MSE below which a member counts as solved; default: the MSE of the
+            task's exact circuit with every weight perturbed by ±1e-5 (about 1e-10).
+        member: member used by ``forward``, ``validate``/``test``/``predict`` metrics and readout;
+            default: the best (lowest validation MSE). Not a hyper-parameter: not saved.
+    """
+
+    def __init__(
+        self,
+        task: str = "identity",
+        layer_sizes: list[int] | None = None,
+        bias: bool = False,
+        lr: float = 0.1,
+        members: int = 1,
+        seed: int | None = None,
+        success_mse: float | None = None,
+        member: int | None = None,
+    ):
+        super().__init__()
+        self.task = get_task(task)
+        sizes = self.task.check_layer_sizes(self.task.layer_sizes if layer_sizes is None else layer_sizes)
+        if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise CircuitsError(f"model.lr must be a positive number, got {lr!r}")
+        if not isinstance(members, int) or isinstance(members, bool) or members <= 0:
+            raise CircuitsError(f"model.members must be a positive integer, got {members!r}")
+        if success_mse is not None and not success_mse > 0:
+            raise CircuitsError(f"model.success_mse must be a positive number, got {success_mse!r}")
+        if member is not None and not 0 <= member < members:
+            raise CircuitsError(f"model.member must be in 0..{members - 1} ({members} members), got {member!r}")
+        if seed is None:
+            seed = torch.initial_seed()  # what seed_everything set
+        self.save_hyperparameters(ignore=["member"])
+        self.hparams.layer_sizes, self.hparams.seed = list(sizes), int(seed)
+        self.member = member
+        self.automatic_optimization = False  # S SGD steps per Lightning batch: see the module docstring
+
+        self.net = ReLUMLP(sizes, members, bias, seed)
+        self.success_mse = success_mse if success_mse is not None else success_threshold(self.task, sizes)
+        # Per-member state, saved in checkpoints (tensors only: checkpoints load with weights_only=True).
+        self.register_buffer("val_mse", torch.full((members,), math.nan))
+        self.register_buffer("val_history", torch.full((HISTORY, members), math.nan))
+        self.register_buffer("solved_at", torch.full((members,), -1, dtype=torch.long))
+        self.register_buffer("diverged_at", torch.full((members,), -1, dtype=torch.long))
+        self.register_buffer("best_member", torch.zeros((), dtype=torch.long))
+        self.val_metric = MeanSquaredError(num_outputs=members)
+        self.test_metrics = torch.nn.ModuleList([MeanSquaredError(num_outputs=members) for _ in range(2)])
+        self.test_mse: torch.Tensor | None = None  # per member, after test
+        self.heldout_mse: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Using a trained module
+    # ------------------------------------------------------------------------------------------
+    @property
+    def members(self) -> int:
+        return self.net.members
+
+    @property
+    def selected_member(self) -> int:
+        """The member that ``forward`` uses: ``member`` if given, else the best by validation MSE."""
+        return int(self.best_member) if self.member is None else self.member
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Outputs ``(N, 1)`` of the selected member for inputs ``(N, in)``."""
+        return self.net(x, member=self.selected_member)
+
+    @property
+    def alive(self) -> torch.Tensor:
+        return self.diverged_at < 0
+
+    def on_fit_start(self) -> None:
+        hp = self.hparams
+        sizes = "-".join(map(str, hp.layer_sizes))
+        members = f"{self.members} members (seeds {hp.seed}..{hp.seed + self.members - 1})" if self.members > 1 \
+            else f"seed {hp.seed}"
+        self.print(f"Task {self.task.name}: f = {self.task.formula}; network {sizes}, bias {'on' if hp.bias else 'off'}, "
+                   f"{members}, SGD lr {hp.lr:g}; solved when validation MSE < {self.success_mse:.3g}")
+        if self.global_step == 0:
+            self.print(f"Initial weights{' of member 0' if self.members > 1 else ''}:")
+            self.print(self.weights_text(0))
+        else:
+            self.print(f"Resuming at step {self.global_step}")
+
+    # ------------------------------------------------------------------------------------------
+    # Training: the hot path
+    # ------------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # Plain SGD (no momentum, no weight decay): the update in _sgd_steps equals SGD.step exactly.
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch  # (S, B, in), (S, B, 1)
+        start = self.global_step
+        n = x.shape[0]
+        if self.trainer.max_steps >= 0:
+            n = min(n, self.trainer.max_steps - start)
+        params = list(self.net.parameters())
+        snapshot = [p.detach().clone() for p in params]  # the last state known to be finite
+        self._sgd_steps(x, y, n)
+        self._handle_divergence(snapshot, x, y, n, start)
+        if self.trainer.max_steps >= 0 and self.global_step >= self.trainer.max_steps:
+            self.trainer.should_stop = True  # Lightning then validates, so the last step is checkpointed
+        if n > 0 and self._should_log():
+            loss = self.net.mse(x[n - 1], y[n - 1])
+            self._log_summary("train", loss)
+
+    def _sgd_steps(self, x: torch.Tensor, y: torch.Tensor, n: int, count_steps: bool = True) -> None:
+        params = list(self.net.parameters())
+        optimizer = self.optimizers()
+        lr = optimizer.param_groups[0]["lr"]
+        alive = None if bool(self.alive.all()) else self.alive.view(-1, 1, 1)
+        world = self.trainer.world_size
+        with torch.no_grad():
+            for s in range(n):
+                grads = self.net.gradients(x[s], y[s], alive)
+                if world > 1:  # DDP: average gradients over ranks (no autograd, so DDP's hooks never fire)
+                    flat = self.trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
+                    grads = [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)]
+                if count_steps:
+                    optimizer._on_before_step()
+                torch._foreach_add_(params, grads, alpha=-lr)
+                if count_steps:
+                    optimizer._on_after_step()
+
+    def _handle_divergence(self, snapshot: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                           n: int, start: int) -> None:
+        """Reset members whose weights became non-finite to their last finite state and freeze them.
+
+        The block is replayed from its snapshot one step at a time to find each such member's
+        exact step; this costs one block, and only when something diverged.
+        """
+        params = list(self.net.parameters())
+        finite = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in params]).all(0)
+        bad = self.alive & ~finite
+        if not bool(bad.any()):
+            return
+        final = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, s in zip(params, snapshot):
+                p.copy_(s)
+            step_of = torch.full_like(self.diverged_at, -1)
+            for s in range(n):
+                before = [p.detach().clone() for p in params]
+                self._sgd_steps(x[s : s + 1], y[s : s + 1], 1, count_steps=False)
+                loss = self.net.mse(x[s], y[s])
+                now_bad = bad & (step_of < 0) & ~(
+                    torch.stack([torch.isfinite(p).flatten(1).all(1) for p in params]).all(0) & torch.isfinite(loss)
+                )
+                if bool(now_bad.any()):
+                    step_of[now_bad] = start + s + 1
+                    for p, b in zip(params, before):
+                        p[now_bad] = b[now_bad]
+                    self.diverged_at[now_bad] = start + s + 1  # frozen from now on (see _sgd_steps)
+            keep = ~bad
+            for p, f in zip(params, final):
+                p[keep] = f[keep]  # healthy members keep exactly the values of the real run
+            self.diverged_at[bad] = step_of[bad]
+        newly = bad.nonzero().flatten().tolist()
+        first = int(step_of[bad].min())
+        if not bool(self.alive.any()):
+            raise TrainingDiverged(
+                f"training diverged at step {first}: the loss became non-finite (inf/NaN) for "
+                f"{'the network' if self.members == 1 else 'every member'}; the learning rate "
+                f"{self.hparams.lr:g} is likely too large for task {self.task.name!r} "
+                f"(try --model.lr 0.1 or smaller). Checkpoints on disk hold only finite weights."
+            )
+        self.print(
+            f"warning: member(s) {newly} diverged (non-finite loss) at step {first}; reset to their last "
+            f"finite weights and frozen; the other {int(self.alive.sum())} member(s) go on training"
+        )
+
+    # ------------------------------------------------------------------------------------------
+    # Validation and test
+    # ------------------------------------------------------------------------------------------
+    def _member_preds(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1).T  # (N, K): one "output" per member for torchmetrics
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.val_metric.update(self._member_preds(x), y.expand(-1, self.members))
+
+    def on_validation_epoch_end(self) -> None:
+        mse = self.val_metric.compute().reshape(-1).detach()
+        self.val_metric.reset()
+        if self.trainer.sanity_checking:
+            self.print(f"Starting validation MSE: {self._describe(mse)}")
+            return
+        self._update_member_state(mse)
+        self._log_summary("val", self.val_mse)
+        self.log("val/solved", self.solved.sum().float())
+        self.log("step", float(self.global_step))
+        if self.trainer.state.fn == "fit":
+            self.print(
+                f"step {self.global_step:>8}  val MSE {self._describe(self.val_mse)}  "
+                f"solved {int(self.solved.sum())}/{self.members}"
+            )
+
+    def _update_member_state(self, mse: torch.Tensor) -> None:
+        """Per-member validation MSE, first step solved, best member; only during fit."""
+        if self.trainer.state.fn != "fit":
+            self.val_mse = mse
+            return
+        mse = torch.where(self.alive, mse, torch.full_like(mse, math.nan))
+        self.val_mse = mse
+        self.val_history = torch.cat([self.val_history[1:], mse.unsqueeze(0)])
+        newly = (mse < self.success_mse) & (self.solved_at < 0)
+        self.solved_at[newly] = self.global_step
+        ranked = torch.where(torch.isfinite(mse), mse, torch.full_like(mse, math.inf))
+        self.best_member.fill_(int(ranked.argmin()))
+
+    @property
+    def solved(self) -> torch.Tensor:
+        """Per-member flag: validation MSE below the success threshold at the last validation."""
+        return (self.val_mse < self.success_mse) & self.alive
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        self.test_metrics[dataloader_idx].update(self._member_preds(x), y.expand(-1, self.members))
+
+    def on_test_epoch_end(self) -> None:
+        self.test_mse = self.test_metrics[0].compute().reshape(-1).detach()
+        k = self.selected_member
+        self.log("test/mse", self.test_mse[k])
+        self.log("test/median_mse", self.test_mse[self.alive].median() if bool(self.alive.any()) else math.nan)
+        if self.test_metrics[1].update_count > 0:
+            self.heldout_mse = self.test_metrics[1].compute().reshape(-1).detach()
+            self.log("test/heldout_mse", self.heldout_mse[k])
+        for m in self.test_metrics:
+            m.reset()
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"x": x, "target": y, "prediction": self(x)}
+
+    # ------------------------------------------------------------------------------------------
+    # Logging and printing
+    # ------------------------------------------------------------------------------------------
+    def _should_log(self) -> bool:
+        return self.trainer.logger is not None and self.trainer._logger_connector.should_update_logs
+
+    def _log_summary(self, stage: str, mse: torch.Tensor) -> None:
+        """Best and median member MSE (never K columns): ``{stage}/mse``, ``{stage}/median_mse``."""
+        live = mse[self.alive & torch.isfinite(mse)]
+        best = live.min() if live.numel() else torch.tensor(math.nan)
+        median = live.median() if live.numel() else torch.tensor(math.nan)
+        self.log(f"{stage}/mse", best, prog_bar=stage == "val")
+        if self.members > 1:
+            self.log(f"{stage}/median_mse", median)
+        self.log("step", float(self.global_step))
+
+    def _describe(self, mse: torch.Tensor) -> str:
+        if self.members == 1:
+            return f"{float(mse[0]):.4g}"
+        finite = mse[torch.isfinite(mse)]
+        if not finite.numel():
+            return "nan"
+        return f"best {float(finite.min()):.3g} (member {int(torch.where(torch.isfinite(mse), mse, math.inf).argmin())}), median {float(finite.median()):.3g}"
+
+    def weights_text(self, member: int | None = None) -> str:
+        """One member's weights in the notebook's layout: each layer transposed, 4 decimals."""
+        member = self.selected_member if member is None else member
+        return format_weights(self.net, member)
+
+
+def format_weights(net: ReLUMLP, member: int) -> str:
+    import numpy as np
+
+    lines = []
+    for layer, w in enumerate(net.weights):
+        name = "output_layer" if layer == net.n_layers - 1 else f"hidden_layer_{layer}"
+        mat = w[member].detach().cpu().double().T.numpy()
+        text = np.array2string(mat, precision=4, floatmode="fixed", separator=", ", suppress_small=False)
+        lines += [f"{name}:", text]
+        if net.bias:
+            b = net.biases[layer][member, :, 0].detach().cpu().double().numpy()
+            lines += [f"{name}_bias:", np.array2string(b, precision=4, floatmode="fixed", separator=", ")]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"

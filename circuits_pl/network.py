@@ -1,0 +1,133 @@
+"""K independent ReLU MLPs in one module, with a hand-derived SGD step. Plain PyTorch, no Lightning.
+
+The notebook's ``Neural_Net(layer_sizes, bias=False)`` is ``nn.Sequential(Linear, ReLU, ..., Linear)``.
+Here the same network exists K times ("members"), stacked on a leading member dimension so that
+one forward and one backward serve all of them::
+
+    weights[l]: (K, out_l, in_l)     biases[l]: (K, out_l, 1)     (PyTorch's Linear layout, per member)
+
+Member k is initialised exactly as ``torch.manual_seed(seed + k)`` followed by building the
+notebook's ``nn.Linear`` layers would initialise it, so member 0 of seed 0 is the notebook's net.
+
+Activations are kept batch-last, ``(K, units, B)``: with B = 1000 contiguous along the last axis
+every elementwise op runs over long rows, and the first layer of all members is a single GEMM
+``(K*h, n) @ (n, B)``. Measured on 2-2-1, K = 128, one thread: 0.86 ms per step batch-last against
+1.6 ms batch-first ``(K, B, units)``; K = 1: 40 µs against 60 µs (the notebook's autograd loop:
+about 200 µs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class ReLUMLP(nn.Module):
+    """K bias-free (by default) ReLU MLPs of one architecture.
+
+    Args:
+        layer_sizes: sizes from input to output, e.g. ``(2, 3, 1)``.
+        members: number of independent networks K.
+        bias: give every layer a bias (the notebook's study uses none).
+        seed: member k is initialised as nn.Linear would be after ``torch.manual_seed(seed + k)``.
+    """
+
+    def __init__(self, layer_sizes: Sequence[int], members: int = 1, bias: bool = False, seed: int = 0):
+        super().__init__()
+        self.layer_sizes = tuple(int(s) for s in layer_sizes)
+        self.members = int(members)
+        self.bias = bool(bias)
+        pairs = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))
+        self.weights = nn.ParameterList([nn.Parameter(torch.empty(members, o, i)) for i, o in pairs])
+        self.biases = nn.ParameterList(
+            [nn.Parameter(torch.empty(members, o, 1)) for _, o in pairs] if bias else []
+        )
+        self.reset_parameters(seed)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        """nn.Linear's initialisation, member by member, each from its own seed."""
+        for k in range(self.members):
+            gen = torch.Generator().manual_seed(seed + k)
+            for layer, w in enumerate(self.weights):
+                # nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5)) is U(-1/sqrt(fan_in), +),
+                # then the bias (if any) from the same stream, layer after layer.
+                nn.init.kaiming_uniform_(w[k], a=math.sqrt(5), generator=gen)
+                if self.bias:
+                    bound = 1 / math.sqrt(w.shape[-1])
+                    self.biases[layer][k].uniform_(-bound, bound, generator=gen)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.weights)
+
+    def parameters_of(self, member: int) -> list[torch.Tensor]:
+        """Weights (and biases) of one member, PyTorch Linear layout, in notebook order."""
+        out = []
+        for layer, w in enumerate(self.weights):
+            out.append(w[member])
+            if self.bias:
+                out.append(self.biases[layer][member, :, 0])
+        return out
+
+    def forward(self, x: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """Outputs for inputs ``x`` of shape ``(N, in)``: ``(K, N, 1)``, or ``(N, 1)`` for one member."""
+        weights = list(self.weights) if member is None else [w[member : member + 1] for w in self.weights]
+        biases = list(self.biases) if member is None else [b[member : member + 1] for b in self.biases]
+        a = x.transpose(-1, -2)  # (in, N)
+        for layer, w in enumerate(weights):
+            a = torch.matmul(w, a)  # (K, out, N)
+            if self.bias:
+                a = a + biases[layer]
+            if layer < len(weights) - 1:
+                a = a.relu()
+        out = a.transpose(-1, -2)  # (K, N, 1)
+        return out[0] if member is not None else out
+
+    @torch.no_grad()
+    def gradients(self, x: torch.Tensor, y: torch.Tensor, alive: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Gradients of each member's MSE on one batch, derived by hand (equal to autograd's).
+
+        Args:
+            x: inputs ``(B, in)``; y: targets ``(B, 1)``; alive: optional ``(K, 1, 1)`` bool mask,
+                members outside it get zero gradients.
+
+        Returns:
+            gradients in the order of ``self.parameters()``: all weights, then all biases.
+
+        Loss of member k: ``mean_b (f_k(x_b) - y_b)^2``; d/d out = ``2 (out - y) / B``; back through
+        each layer: ``dW = g @ a_prev^T``, ``db = sum_b g``, ``g_prev = W^T @ g * [a_prev > 0]``
+        (ReLU's gradient at 0 is 0, as in autograd).
+        """
+        batch = x.shape[0]
+        acts = [x.transpose(0, 1)]  # a_0 = x^T: (in, B), shared by all members
+        a = acts[0]
+        last = self.n_layers - 1
+        for layer, w in enumerate(self.weights):
+            a = torch.matmul(w, a)  # (K, out, B)
+            if self.bias:
+                a += self.biases[layer]
+            if layer < last:
+                a.relu_()
+                acts.append(a)
+        g = (a - y.transpose(0, 1)).mul_(2.0 / batch)  # (K, 1, B)
+        if alive is not None:
+            g = torch.where(alive, g, 0.0)
+        grad_w: list[torch.Tensor] = [None] * self.n_layers  # type: ignore[list-item]
+        grad_b: list[torch.Tensor] = [None] * self.n_layers if self.bias else []  # type: ignore[list-item]
+        for layer in range(last, -1, -1):
+            prev = acts[layer]
+            grad_w[layer] = torch.matmul(g, prev.transpose(-1, -2))  # (K, out, in)
+            if self.bias:
+                grad_b[layer] = g.sum(-1, keepdim=True)
+            if layer > 0:
+                g = torch.matmul(self.weights[layer].transpose(1, 2), g).mul_(prev > 0)
+        return grad_w + grad_b
+
+    @torch.no_grad()
+    def mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-member MSE on one batch: ``(K,)``."""
+        return (self(x) - y).square().mean(dim=(1, 2))

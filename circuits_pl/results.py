@@ -1,0 +1,122 @@
+"""The end of ``fit``: test the final weights, print the verdict, write ``results.json``.
+
+results.json (next to metrics.csv) holds, per member: validation and test MSE, solved flag, the
+step it was first solved at, the step it diverged at, and a verdict; and for the run: the success
+rate with its Wilson 95% interval, the median solved-at step and the best member.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from circuits_pl.module import HISTORY, CircuitModule
+from circuits_pl.success import wilson_interval
+
+STUCK_PROGRESS = 0.01  # relative MSE decrease over the last validations below which a member is "stuck"
+
+
+def verdicts(module: CircuitModule) -> list[str]:
+    """Per member: ``exact`` (solved), ``diverged``, ``stuck`` (on a plateau) or ``slow`` (still improving).
+
+    Stuck: over the last validations (up to 8) its validation MSE fell by less than 1%.
+    """
+    out = []
+    hist = module.val_history.cpu()
+    for k in range(module.members):
+        if int(module.diverged_at[k]) >= 0:
+            out.append("diverged")
+        elif bool(module.solved[k]):
+            out.append("exact")
+        else:
+            h = hist[:, k]
+            h = h[torch.isfinite(h)]
+            if h.numel() >= 3 and float(h[-1]) > (1 - STUCK_PROGRESS) * float(h[0]):
+                out.append("stuck")
+            else:
+                out.append("slow")
+    return out
+
+
+def summarize(module: CircuitModule, datamodule: pl.LightningDataModule | None, steps: int) -> dict[str, Any]:
+    """Everything results.json holds, as plain Python values."""
+    k_total = module.members
+    solved = module.solved.cpu()
+    n_solved = int(solved.sum())
+    lo, hi = wilson_interval(n_solved, k_total)
+    solved_at = module.solved_at.cpu()
+    at = solved_at[solved_at >= 0].double()
+    hp = module.hparams
+
+    def floats(t: torch.Tensor | None) -> list[float | None] | None:
+        if t is None:
+            return None
+        return [None if not math.isfinite(v) else v for v in t.cpu().double().tolist()]
+
+    data = {}
+    if datamodule is not None:
+        data = {k: v for k, v in datamodule.hparams.items() if k != "task"}
+    return {
+        "task": module.task.name,
+        "formula": module.task.formula,
+        "layer_sizes": list(hp.layer_sizes),
+        "bias": bool(hp.bias),
+        "lr": float(hp.lr),
+        "members": k_total,
+        "seed": int(hp.seed),
+        "data": data,
+        "steps": int(steps),
+        "success_mse": float(module.success_mse),
+        "solved": n_solved,
+        "success_rate": n_solved / k_total,
+        "success_rate_ci95": [lo, hi],
+        "median_solved_at": float(at.median()) if at.numel() else None,
+        "best_member": int(module.best_member),
+        "per_member": {
+            "val_mse": floats(module.val_mse),
+            "test_mse": floats(module.test_mse),
+            "heldout_mse": floats(module.heldout_mse),
+            "solved": solved.tolist(),
+            "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
+            "diverged_at": [int(v) if v >= 0 else None for v in module.diverged_at.cpu().tolist()],
+            "verdict": verdicts(module),
+        },
+        "stuck_rule": f"validation MSE fell by less than {STUCK_PROGRESS:.0%} over the last {HISTORY} validations",
+    }
+
+
+def summary_line(res: dict[str, Any]) -> str:
+    lo, hi = res["success_rate_ci95"]
+    line = f"{res['solved']}/{res['members']} members solved (95% Wilson CI {lo:.2f}–{hi:.2f})"
+    if res["median_solved_at"] is not None:
+        line += f", median solved at {res['median_solved_at']:.0f} steps"
+    return line
+
+
+def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: pl.LightningDataModule) -> dict[str, Any]:
+    """Test the final weights, print the summary and the best member's weights, write results.json."""
+    if trainer.interrupted:
+        return {}
+    steps = trainer.global_step
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    res = summarize(module, datamodule, steps)
+    best = res["best_member"]
+    per = res["per_member"]
+    module.print("")
+    module.print(f"Final weights (member {best}, the best by validation MSE):" if module.members > 1
+                 else "Final weights:")
+    module.print(module.weights_text(best))
+    module.print(f"Test MSE: {per['test_mse'][best]:.4g}" + (
+        f"   held-out directions: {per['heldout_mse'][best]:.4g}" if per["heldout_mse"] else ""))
+    module.print(summary_line(res) + f" after {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
+    if trainer.is_global_zero and trainer.log_dir:
+        path = os.path.join(trainer.log_dir, "results.json")
+        with open(path, "w") as f:
+            json.dump(res, f, indent=2)
+        module.print(f"Results: {path}")
+    return res
