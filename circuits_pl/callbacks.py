@@ -41,7 +41,7 @@ class StopWhenSolved(EarlyStopping):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(when=self.when)
+        return "StopWhenSolved"  # one instance per run, whatever ``when``: a resume may change it
 
 
 class StepProgressBar(TQDMProgressBar):

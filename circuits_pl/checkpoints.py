@@ -24,8 +24,9 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, text file, pickle with code in it, ...
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-        raise CircuitsError(f"{path} is not a readable checkpoint (truncated or not a .ckpt file: {reason})") from None
+        reason = (str(err).strip().splitlines() or [""])[0].split(". ")[0][:120]
+        reason = f": {reason}" if len(reason) > 8 else ""
+        raise CircuitsError(f"{path} is not a readable checkpoint (truncated, or not a .ckpt file{reason})") from None
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or not {"task", "layer_sizes", "members"} <= hp.keys() or "state_dict" not in ckpt:
         raise CircuitsError(f"{path} is a checkpoint, but not of circuits_pl (no task/layer_sizes/members in it)")

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from circuits_pl.callbacks import GracefulInterrupt, PredictionWriter, RunInterrupted, StepProgressBar, StopWhenSolved
@@ -98,10 +98,10 @@ class CircuitsCLI(LightningCLI):
             )
         cfg.task = hp["task"]
         cfg.data.task = hp["task"]
-        model = dict(hp)
+        for key, value in hp.items():  # the checkpoint's architecture wins over config defaults
+            if key in cfg.model and key != "member":
+                cfg.model[key] = value
         member = cfg.model.get("member")
-        cfg.model = Namespace(**{**vars(cfg.model), **model})
-        cfg.model.member = member  # not a saved hyper-parameter: the command line decides
         if member is not None and not 0 <= member < hp["members"]:
             raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {hp['members']} member(s)")
 
@@ -123,9 +123,13 @@ class CircuitsCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any):
-        extra = [StepProgressBar(), GracefulInterrupt(), PredictionWriter()]
-        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
-        return super().instantiate_trainer(**kwargs)
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(StepProgressBar())
+        callbacks += [GracefulInterrupt(), PredictionWriter()]
+        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
 
     # ------------------------------------------------------------------------------------------
     def before_fit(self) -> None:
@@ -144,6 +148,8 @@ def main(args: Sequence[str] | None = None) -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_adverts)
     # Lightning 2.6 calls an API that torch 2.13 deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Every run writes into a new version directory, so a restored ModelCheckpoint always "moves".
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     if argv and argv[0] in ("inspect", "report"):
         from circuits_pl import commands
 

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.hparams import record_resolved
 from circuits_pl.tasks import Task, get_task
 
 _MASK64 = (1 << 64) - 1
@@ -113,7 +114,7 @@ class CircuitDataModule(pl.LightningDataModule):
             (``val_check_interval``, ``log_every_n_steps``) count blocks of this many steps;
             ``max_steps`` and checkpoint ``every_n_train_steps`` count SGD steps.
         val_size: points in the validation set and in the test set (the notebook's ``test_n``).
-        seed: seed of the training stream (default: the run's ``seed_everything``).
+        stream_seed: seed of the training stream (default: the run's ``seed_everything``).
         holdout_seed: seed of the validation and test sets (the same for every run, so runs compare).
         cone: train only on inputs x with ``u·x >= 0`` for this direction u (e.g. ``[1, 0]``: x1 >= 0).
             Validation and test use the same region; ``test`` also reports ``test/heldout_mse`` on
@@ -127,7 +128,7 @@ class CircuitDataModule(pl.LightningDataModule):
         batch_size: int = 1000,
         steps_per_batch: int = 100,
         val_size: int = 1000,
-        seed: int | None = None,
+        stream_seed: int | None = None,
         holdout_seed: int = 20_231_128,
         cone: list[float] | None = None,
         predict_points: int = 41,
@@ -145,16 +146,15 @@ class CircuitDataModule(pl.LightningDataModule):
                     f"(one per input of task {self.task.name!r}), got {cone!r}"
                 )
             cone = [float(c) for c in cone]
-        if seed is None:
-            seed = torch.initial_seed()  # what seed_everything set
+        stream_seed = int(torch.initial_seed() if stream_seed is None else stream_seed)  # seed_everything's
         self.save_hyperparameters()
-        self.hparams.seed = seed
+        record_resolved(self, stream_seed=stream_seed, cone=cone)
         self.cone = cone
 
     # --------------------------------------------------------------------------------------------
     def train_stream(self, start_step: int = 0, rank: int = 0) -> UniformBlocks:
         hp = self.hparams
-        return UniformBlocks(self.task, hp.batch_size, hp.steps_per_batch, hp.seed, rank, start_step, self.cone)
+        return UniformBlocks(self.task, hp.batch_size, hp.steps_per_batch, hp.stream_seed, rank, start_step, self.cone)
 
     def holdout_set(self, stage: str, heldout: bool = False) -> TensorDataset:
         """Fixed points for ``val`` or ``test`` (``heldout``: from the directions training never saw)."""

@@ -28,6 +28,7 @@ import torch
 from torchmetrics import MeanSquaredError
 
 from circuits_pl.errors import CircuitsError, TrainingDiverged
+from circuits_pl.hparams import record_resolved
 from circuits_pl.network import ReLUMLP
 from circuits_pl.success import success_threshold
 from circuits_pl.tasks import get_task
@@ -43,8 +44,8 @@ class CircuitModule(pl.LightningModule):
         layer_sizes: sizes from input to output; default: the task's (e.g. 2-3-1 for min).
         bias: give every layer a bias (the notebook's study uses none).
         lr: SGD learning rate (the notebook: 1e-4; its author later used 0.1, which solves every task).
-        members: K, networks trained at once. Member k starts as a single run with seed ``seed + k``.
-        seed: seed of member 0; default: the run's ``seed_everything``.
+        members: K, networks trained at once. Member k starts as a single run with seed ``init_seed + k``.
+        init_seed: seed of member 0's initial weights; default: the run's ``seed_everything``.
         success_mse: validation MSE below which a member counts as solved; default: the MSE of the
             task's exact circuit with every weight perturbed by ±1e-5 (about 1e-10).
         member: member used by ``forward``, ``validate``/``test``/``predict`` metrics and readout;
@@ -58,7 +59,7 @@ class CircuitModule(pl.LightningModule):
         bias: bool = False,
         lr: float = 0.1,
         members: int = 1,
-        seed: int | None = None,
+        init_seed: int | None = None,
         success_mse: float | None = None,
         member: int | None = None,
     ):
@@ -73,14 +74,13 @@ class CircuitModule(pl.LightningModule):
             raise CircuitsError(f"model.success_mse must be a positive number, got {success_mse!r}")
         if member is not None and not 0 <= member < members:
             raise CircuitsError(f"model.member must be in 0..{members - 1} ({members} members), got {member!r}")
-        if seed is None:
-            seed = torch.initial_seed()  # what seed_everything set
+        init_seed = int(torch.initial_seed() if init_seed is None else init_seed)  # seed_everything's
         self.save_hyperparameters(ignore=["member"])
-        self.hparams.layer_sizes, self.hparams.seed = list(sizes), int(seed)
+        record_resolved(self, layer_sizes=list(sizes), init_seed=init_seed)
         self.member = member
         self.automatic_optimization = False  # S SGD steps per Lightning batch: see the module docstring
 
-        self.net = ReLUMLP(sizes, members, bias, seed)
+        self.net = ReLUMLP(sizes, members, bias, init_seed)
         self.success_mse = success_mse if success_mse is not None else success_threshold(self.task, sizes)
         # Per-member state, saved in checkpoints (tensors only: checkpoints load with weights_only=True).
         self.register_buffer("val_mse", torch.full((members,), math.nan))
@@ -116,15 +116,15 @@ class CircuitModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         hp = self.hparams
         sizes = "-".join(map(str, hp.layer_sizes))
-        members = f"{self.members} members (seeds {hp.seed}..{hp.seed + self.members - 1})" if self.members > 1 \
-            else f"seed {hp.seed}"
+        members = f"{self.members} members (seeds {hp.init_seed}..{hp.init_seed + self.members - 1})" \
+            if self.members > 1 else f"seed {hp.init_seed}"
         self.print(f"Task {self.task.name}: f = {self.task.formula}; network {sizes}, bias {'on' if hp.bias else 'off'}, "
                    f"{members}, SGD lr {hp.lr:g}; solved when validation MSE < {self.success_mse:.3g}")
-        if self.global_step == 0:
+        if self.trainer.ckpt_path is None:
             self.print(f"Initial weights{' of member 0' if self.members > 1 else ''}:")
             self.print(self.weights_text(0))
-        else:
-            self.print(f"Resuming at step {self.global_step}")
+        else:  # weights are restored by now, the step counter only after this hook
+            self.print(f"Resuming from {self.trainer.ckpt_path}")
 
     # ------------------------------------------------------------------------------------------
     # Training: the hot path
@@ -233,7 +233,7 @@ class CircuitModule(pl.LightningModule):
         self._update_member_state(mse)
         self._log_summary("val", self.val_mse)
         self.log("val/solved", self.solved.sum().float())
-        self.log("step", float(self.global_step))
+        self.log("val/unsolved", (self.alive & ~self.solved).sum().float())
         if self.trainer.state.fn == "fit":
             self.print(
                 f"step {self.global_step:>8}  val MSE {self._describe(self.val_mse)}  "
@@ -270,6 +270,7 @@ class CircuitModule(pl.LightningModule):
         if self.test_metrics[1].update_count > 0:
             self.heldout_mse = self.test_metrics[1].compute().reshape(-1).detach()
             self.log("test/heldout_mse", self.heldout_mse[k])
+        self._log_step()
         for m in self.test_metrics:
             m.reset()
 
@@ -284,14 +285,26 @@ class CircuitModule(pl.LightningModule):
         return self.trainer.logger is not None and self.trainer._logger_connector.should_update_logs
 
     def _log_summary(self, stage: str, mse: torch.Tensor) -> None:
-        """Best and median member MSE (never K columns): ``{stage}/mse``, ``{stage}/median_mse``."""
+        """``{stage}/mse`` and ``{stage}/median_mse`` over members (never K columns).
+
+        ``val/mse`` is the selected member's (the best, unless ``member`` is given); ``train/mse`` the
+        lowest training loss of any live member on the block's last step.
+        """
         live = mse[self.alive & torch.isfinite(mse)]
-        best = live.min() if live.numel() else torch.tensor(math.nan)
         median = live.median() if live.numel() else torch.tensor(math.nan)
-        self.log(f"{stage}/mse", best, prog_bar=stage == "val")
+        if stage == "train":
+            head = live.min() if live.numel() else torch.tensor(math.nan)
+        else:
+            head = mse[self.selected_member]
+        self.log(f"{stage}/mse", head, prog_bar=stage == "val")
         if self.members > 1:
             self.log(f"{stage}/median_mse", median)
-        self.log("step", float(self.global_step))
+        self._log_step()
+
+    def _log_step(self) -> None:
+        """metrics.csv's step column in SGD steps (Lightning would write the batch count)."""
+        if self.trainer.state.fn == "fit":
+            self.log("step", float(self.global_step))
 
     def _describe(self, mse: torch.Tensor) -> str:
         if self.members == 1:
