@@ -1,0 +1,18 @@
+"""A user's own tasks, importable as ``custom_tasks:...`` (tests put this folder on sys.path)."""
+
+import torch
+
+from circuits_pl.tasks import Circuit, Task
+
+
+def double_sum(a, b):
+    """2a + 2b: exact with 2-2-1, r(a + b) scaled."""
+    return 2 * (a + b)
+
+
+def relu_x(x):
+    return torch.relu(x)
+
+
+HALF_ABS = Task("half_abs", lambda x: 0.5 * x.abs(), 1, "|x| / 2", (1, 2, 1),
+                (Circuit("0.5 r(x) + 0.5 r(-x)", (((1.0,), (-1.0,)), ((0.5, 0.5),))),))
