@@ -76,13 +76,17 @@ class CircuitsCLI(LightningCLI):
         })
 
     # ------------------------------------------------------------------------------------------
+    def _active_config(self) -> Namespace:
+        """The parsed options of the running subcommand (or all of them with ``run=False``)."""
+        sub = self.config.get("subcommand")
+        return self.config[sub] if sub else self.config
+
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it."""
-        sub = self.config.get("subcommand")
-        if not sub or not self.config[sub].get("ckpt_path"):
+        cfg = self._active_config()
+        if not cfg.get("ckpt_path"):
             self._check_task()
             return
-        cfg = self.config[sub]
         info = check_checkpoint(cfg.ckpt_path)
         hp = info["hyper_parameters"]
         if cfg.task is not None and get_task(cfg.task).name != hp["task"]:
@@ -106,12 +110,12 @@ class CircuitsCLI(LightningCLI):
             raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {hp['members']} member(s)")
 
     def _check_task(self) -> None:
-        sub = self.config.get("subcommand")
-        if sub and self.config[sub].task is None:
+        if self._active_config().task is None:
+            sub = self.config.get("subcommand") or "circuits_pl"
             raise CircuitsError(f"{sub} needs --task NAME (one of {', '.join(task_names())}) or --ckpt_path")
 
     def before_instantiate_classes(self) -> None:
-        cfg = self.config[self.subcommand]
+        cfg = self._active_config()
         if cfg.threads < 1:
             raise CircuitsError(f"--threads must be a positive integer, got {cfg.threads}")
         torch.set_num_threads(cfg.threads)

@@ -45,6 +45,8 @@ class CircuitModule(pl.LightningModule):
         bias: give every layer a bias (the notebook's study uses none).
         lr: SGD learning rate (the notebook: 1e-4; its author later used 0.1, which solves every task).
         members: K, networks trained at once. Member k starts as a single run with seed ``init_seed + k``.
+            64 by default: a seed finds the exact circuit with probability 0.31 (abs) to 0.66
+            (subtract) at lr 0.1, so 64 seeds all fail with probability below 1e-10.
         init_seed: seed of member 0's initial weights; default: the run's ``seed_everything``.
         success_mse: validation MSE below which a member counts as solved; default: the MSE of the
             task's exact circuit with every weight perturbed by ±1e-5 (about 1e-10).
@@ -58,7 +60,7 @@ class CircuitModule(pl.LightningModule):
         layer_sizes: list[int] | None = None,
         bias: bool = False,
         lr: float = 0.1,
-        members: int = 1,
+        members: int = 64,
         init_seed: int | None = None,
         success_mse: float | None = None,
         member: int | None = None,
@@ -156,8 +158,10 @@ class CircuitModule(pl.LightningModule):
         alive = None if bool(self.alive.all()) else self.alive.view(-1, 1, 1)
         world = self.trainer.world_size
         with torch.no_grad():
+            xt = x[:n].transpose(1, 2).contiguous()  # (n, in, B): the hot path is batch-last
+            yt = y[:n].transpose(1, 2)  # (n, 1, B), a view
             for s in range(n):
-                grads = self.net.gradients(x[s], y[s], alive)
+                grads = self.net.gradients(xt[s], yt[s], alive)
                 if world > 1:  # DDP: average gradients over ranks (no autograd, so DDP's hooks never fire)
                     flat = self.trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
                     grads = [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)]

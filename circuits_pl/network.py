@@ -87,13 +87,14 @@ class ReLUMLP(nn.Module):
         out = a.transpose(-1, -2)  # (K, N, 1)
         return out[0] if member is not None else out
 
-    @torch.no_grad()
-    def gradients(self, x: torch.Tensor, y: torch.Tensor, alive: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def gradients(self, xt: torch.Tensor, yt: torch.Tensor, alive: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Gradients of each member's MSE on one batch, derived by hand (equal to autograd's).
 
+        This is the training hot path, so it takes its batch *batch-last*, as the activations are kept.
+
         Args:
-            x: inputs ``(B, in)``; y: targets ``(B, 1)``; alive: optional ``(K, 1, 1)`` bool mask,
-                members outside it get zero gradients.
+            xt: inputs, transposed: ``(in, B)``. yt: targets, transposed: ``(1, B)``.
+            alive: optional ``(K, 1, 1)`` bool mask; members outside it get zero gradients.
 
         Returns:
             gradients in the order of ``self.parameters()``: all weights, then all biases.
@@ -102,29 +103,36 @@ class ReLUMLP(nn.Module):
         each layer: ``dW = g @ a_prev^T``, ``db = sum_b g``, ``g_prev = W^T @ g * [a_prev > 0]``
         (ReLU's gradient at 0 is 0, as in autograd).
         """
-        batch = x.shape[0]
-        acts = [x.transpose(0, 1)]  # a_0 = x^T: (in, B), shared by all members
-        a = acts[0]
-        last = self.n_layers - 1
-        for layer, w in enumerate(self.weights):
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self.gradients(xt, yt, alive)
+        weights = list(self.weights)  # ParameterList indexing costs ~5 µs per access on this path
+        biases = list(self.biases)
+        last = len(weights) - 1
+        acts = [xt]  # a_0: (in, B), shared by all members
+        a = xt
+        for layer, w in enumerate(weights):
             a = torch.matmul(w, a)  # (K, out, B)
-            if self.bias:
-                a += self.biases[layer]
+            if biases:
+                a += biases[layer]
             if layer < last:
                 a.relu_()
                 acts.append(a)
-        g = (a - y.transpose(0, 1)).mul_(2.0 / batch)  # (K, 1, B)
+        g = (a - yt).mul_(2.0 / xt.shape[-1])  # (K, 1, B)
         if alive is not None:
             g = torch.where(alive, g, 0.0)
-        grad_w: list[torch.Tensor] = [None] * self.n_layers  # type: ignore[list-item]
-        grad_b: list[torch.Tensor] = [None] * self.n_layers if self.bias else []  # type: ignore[list-item]
+        grad_w: list[torch.Tensor] = [None] * len(weights)  # type: ignore[list-item]
+        grad_b: list[torch.Tensor] = [None] * len(biases)  # type: ignore[list-item]
         for layer in range(last, -1, -1):
             prev = acts[layer]
             grad_w[layer] = torch.matmul(g, prev.transpose(-1, -2))  # (K, out, in)
-            if self.bias:
+            if biases:
                 grad_b[layer] = g.sum(-1, keepdim=True)
             if layer > 0:
-                g = torch.matmul(self.weights[layer].transpose(1, 2), g).mul_(prev > 0)
+                # ReLU's gradient mask [a > 0] as sign(a): a >= 0 after the ReLU, so sign(a) is
+                # exactly 0 or 1, and a float mask skips the bool->float copy of mul_(a > 0):
+                # 2-2-1, K = 128: 160 µs instead of 460 µs per step.
+                g = torch.matmul(weights[layer].transpose(1, 2), g).mul_(prev.sign())
         return grad_w + grad_b
 
     @torch.no_grad()

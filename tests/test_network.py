@@ -36,7 +36,7 @@ def test_hand_derived_gradients_equal_autograd(sizes, bias):
     net = ReLUMLP(sizes, members=5, bias=bias, seed=0)
     x = torch.rand(300, sizes[0]) * 2 - 1
     y = x.sum(-1, keepdim=True).abs()
-    grads = net.gradients(x, y)
+    grads = net.gradients(x.T, y.T)
     loss = (net(x) - y).square().mean(dim=(1, 2)).sum()  # each member's own MSE
     loss.backward()
     for g, p in zip(grads, net.parameters()):
@@ -46,7 +46,7 @@ def test_hand_derived_gradients_equal_autograd(sizes, bias):
 def test_alive_mask_freezes_members():
     net = ReLUMLP((1, 2, 1), members=3, seed=0)
     x = torch.rand(100, 1)
-    grads = net.gradients(x, x, alive=torch.tensor([True, False, True]).view(-1, 1, 1))
+    grads = net.gradients(x.T, x.T, alive=torch.tensor([True, False, True]).view(-1, 1, 1))
     assert all(bool((g[1] == 0).all()) and bool((g[0] != 0).any()) for g in grads)
 
 
