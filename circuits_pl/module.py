@@ -331,7 +331,7 @@ def format_weights(net: ReLUMLP, member: int) -> str:
     for layer, w in enumerate(net.weights):
         name = "output_layer" if layer == net.n_layers - 1 else f"hidden_layer_{layer}"
         mat = w[member].detach().cpu().double().T.numpy()
-        text = np.array2string(mat, precision=4, floatmode="fixed", separator=", ", suppress_small=False)
+        text = np.array2string(mat, precision=4, floatmode="fixed", separator=", ", suppress_small=True)
         lines += [f"{name}:", text]
         if net.bias:
             b = net.biases[layer][member, :, 0].detach().cpu().double().numpy()

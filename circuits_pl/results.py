@@ -114,6 +114,9 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: pl.Lightn
     module.print(f"Test MSE: {per['test_mse'][best]:.4g}" + (
         f"   held-out directions: {per['heldout_mse'][best]:.4g}" if per["heldout_mse"] else ""))
     module.print(summary_line(res) + f" after {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
+    if trainer.should_stop and steps < (trainer.max_steps if trainer.max_steps > 0 else steps + 1):
+        module.print("Stopped once solved: members still converging count as unsolved. For a success rate, "
+                     "train every member the whole budget: --stop.when never")
     if trainer.is_global_zero and trainer.log_dir:
         path = os.path.join(trainer.log_dir, "results.json")
         with open(path, "w") as f:
