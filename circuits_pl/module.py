@@ -90,6 +90,7 @@ class CircuitModule(pl.LightningModule):
         self.register_buffer("solved_at", torch.full((members,), -1, dtype=torch.long))
         self.register_buffer("diverged_at", torch.full((members,), -1, dtype=torch.long))
         self.register_buffer("best_member", torch.zeros((), dtype=torch.long))
+        self._scheduled_validation = False
         self.val_metric = MeanSquaredError(num_outputs=members)
         self.test_metrics = torch.nn.ModuleList([MeanSquaredError(num_outputs=members) for _ in range(2)])
         self.test_mse: torch.Tensor | None = None  # per member, after test
@@ -145,11 +146,18 @@ class CircuitModule(pl.LightningModule):
         snapshot = [p.detach().clone() for p in params]  # the last state known to be finite
         self._sgd_steps(x, y, n)
         self._handle_divergence(snapshot, x, y, n, start)
+        # Is the validation after this block the regular one (every val_check_interval batches)?
+        # Blocks are aligned to steps, so this is the same test in SGD steps, resumed or not.
+        every = self.trainer.val_check_batch
+        self._scheduled_validation = isinstance(every, int) and (batch_idx + 1) % every == 0
         if self.trainer.max_steps >= 0 and self.global_step >= self.trainer.max_steps:
             self.trainer.should_stop = True  # Lightning then validates, so the last step is checkpointed
-        if n > 0 and self._should_log():
-            loss = self.net.mse(x[n - 1], y[n - 1])
-            self._log_summary("train", loss)
+        every = self.trainer.log_every_n_steps  # in Lightning batches; 0 turns train logging off
+        if n > 0 and every and (batch_idx + 1) % every == 0:
+            loss = self.net.mse(x[n - 1], y[n - 1])  # each member's loss on the block's last step
+            live = loss[self.alive & torch.isfinite(loss)]
+            self._log_metrics({"train/mse": live.min() if live.numel() else torch.tensor(math.nan),
+                               "train/median_mse": live_median(loss, self.alive)})
 
     def _sgd_steps(self, x: torch.Tensor, y: torch.Tensor, n: int, count_steps: bool = True) -> None:
         params = list(self.net.parameters())
@@ -235,9 +243,12 @@ class CircuitModule(pl.LightningModule):
             self.print(f"Starting validation MSE: {self._describe(mse)}")
             return
         self._update_member_state(mse)
-        self._log_summary("val", self.val_mse)
-        self.log("val/solved", self.solved.sum().float())
-        self.log("val/unsolved", (self.alive & ~self.solved).sum().float())
+        self._log_metrics({
+            "val/mse": self.val_mse[self.selected_member],
+            "val/median_mse": live_median(self.val_mse, self.alive),
+            "val/solved": self.solved.sum().float(),
+            "val/unsolved": (self.alive & ~self.solved).sum().float(),
+        })
         if self.trainer.state.fn == "fit":
             self.print(
                 f"step {self.global_step:>8}  val MSE {self._describe(self.val_mse)}  "
@@ -245,17 +256,23 @@ class CircuitModule(pl.LightningModule):
             )
 
     def _update_member_state(self, mse: torch.Tensor) -> None:
-        """Per-member validation MSE, first step solved, best member; only during fit."""
+        """Per-member validation MSE and best member; during fit, history and first step solved.
+
+        History and solved-at change only at the regular validations, not at the extra one Lightning
+        runs where a run stops off-schedule (max_steps between validations): a run resumed from
+        there then keeps exactly the record of a run that never stopped.
+        """
         if self.trainer.state.fn != "fit":
             self.val_mse = mse
             return
         mse = torch.where(self.alive, mse, torch.full_like(mse, math.nan))
         self.val_mse = mse
-        self.val_history = torch.cat([self.val_history[1:], mse.unsqueeze(0)])
-        newly = (mse < self.success_mse) & (self.solved_at < 0)
-        self.solved_at[newly] = self.global_step
         ranked = torch.where(torch.isfinite(mse), mse, torch.full_like(mse, math.inf))
         self.best_member.fill_(int(ranked.argmin()))
+        if self._scheduled_validation:
+            self.val_history = torch.cat([self.val_history[1:], mse.unsqueeze(0)])
+            newly = (mse < self.success_mse) & (self.solved_at < 0)
+            self.solved_at[newly] = self.global_step
 
     @property
     def solved(self) -> torch.Tensor:
@@ -269,12 +286,11 @@ class CircuitModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.test_mse = self.test_metrics[0].compute().reshape(-1).detach()
         k = self.selected_member
-        self.log("test/mse", self.test_mse[k])
-        self.log("test/median_mse", self.test_mse[self.alive].median() if bool(self.alive.any()) else math.nan)
+        metrics = {"test/mse": self.test_mse[k], "test/median_mse": live_median(self.test_mse, self.alive)}
         if self.test_metrics[1].update_count > 0:
             self.heldout_mse = self.test_metrics[1].compute().reshape(-1).detach()
-            self.log("test/heldout_mse", self.heldout_mse[k])
-        self._log_step()
+            metrics["test/heldout_mse"] = self.heldout_mse[k]
+        self._log_metrics(metrics)
         for m in self.test_metrics:
             m.reset()
 
@@ -285,43 +301,42 @@ class CircuitModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------
     # Logging and printing
     # ------------------------------------------------------------------------------------------
-    def _should_log(self) -> bool:
-        return self.trainer.logger is not None and self.trainer._logger_connector.should_update_logs
+    def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
+        """The one place that calls Lightning's logger (each ``self.log`` costs ~0.2 ms: call it rarely).
 
-    def _log_summary(self, stage: str, mse: torch.Tensor) -> None:
-        """``{stage}/mse`` and ``{stage}/median_mse`` over members (never K columns).
-
-        ``val/mse`` is the selected member's (the best, unless ``member`` is given); ``train/mse`` the
-        lowest training loss of any live member on the block's last step.
+        Summaries over members only, never K columns; ``*/median_mse`` only with several members.
+        ``step`` makes metrics.csv count SGD steps (Lightning would write its batch count). Under
+        DDP, epoch-level values are identical on every rank; ``sync_dist`` averages them exactly.
         """
-        live = mse[self.alive & torch.isfinite(mse)]
-        median = live.median() if live.numel() else torch.tensor(math.nan)
-        if stage == "train":
-            head = live.min() if live.numel() else torch.tensor(math.nan)
-        else:
-            head = mse[self.selected_member]
-        self.log(f"{stage}/mse", head, prog_bar=stage == "val")
-        if self.members > 1:
-            self.log(f"{stage}/median_mse", median)
-        self._log_step()
-
-    def _log_step(self) -> None:
-        """metrics.csv's step column in SGD steps (Lightning would write the batch count)."""
-        if self.trainer.state.fn == "fit":
-            self.log("step", float(self.global_step))
+        if self.members == 1:
+            metrics = {k: v for k, v in metrics.items() if not k.endswith("median_mse")}
+        if self.global_step > 0 or self.trainer.state.fn == "fit":
+            metrics["step"] = float(self.global_step)
+        sync = not self.trainer.training and self.trainer.world_size > 1
+        shown = {k: v for k, v in metrics.items() if k in ("val/mse", "val/solved")}
+        self.log_dict({k: v for k, v in metrics.items() if k not in shown}, sync_dist=sync)
+        if shown:
+            self.log_dict(shown, sync_dist=sync, prog_bar=True)
 
     def _describe(self, mse: torch.Tensor) -> str:
         if self.members == 1:
             return f"{float(mse[0]):.4g}"
-        finite = mse[torch.isfinite(mse)]
-        if not finite.numel():
+        ranked = torch.where(torch.isfinite(mse), mse, math.inf)
+        if not bool(torch.isfinite(ranked).any()):
             return "nan"
-        return f"best {float(finite.min()):.3g} (member {int(torch.where(torch.isfinite(mse), mse, math.inf).argmin())}), median {float(finite.median()):.3g}"
+        best = int(ranked.argmin())
+        return f"best {float(mse[best]):.3g} (member {best}), median {float(live_median(mse, self.alive)):.3g}"
 
     def weights_text(self, member: int | None = None) -> str:
         """One member's weights in the notebook's layout: each layer transposed, 4 decimals."""
         member = self.selected_member if member is None else member
         return format_weights(self.net, member)
+
+
+def live_median(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """Median over live members with a finite value (the mean of the middle two for an even count)."""
+    live = values[alive & torch.isfinite(values)]
+    return live.double().quantile(0.5).to(values.dtype) if live.numel() else torch.tensor(math.nan)
 
 
 def format_weights(net: ReLUMLP, member: int) -> str:

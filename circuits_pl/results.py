@@ -49,7 +49,8 @@ def summarize(module: CircuitModule, datamodule: pl.LightningDataModule | None, 
     solved = module.solved.cpu()
     n_solved = int(solved.sum())
     lo, hi = wilson_interval(n_solved, k_total)
-    solved_at = module.solved_at.cpu()
+    # A member first seen solved at an off-schedule final validation is solved "at the last step".
+    solved_at = torch.where(solved & (module.solved_at < 0).cpu(), steps, module.solved_at.cpu())
     at = solved_at[solved_at >= 0].double()
     hp = module.hparams
 
@@ -75,7 +76,7 @@ def summarize(module: CircuitModule, datamodule: pl.LightningDataModule | None, 
         "solved": n_solved,
         "success_rate": n_solved / k_total,
         "success_rate_ci95": [lo, hi],
-        "median_solved_at": float(at.median()) if at.numel() else None,
+        "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
         "best_member": int(module.best_member),
         "per_member": {
             "val_mse": floats(module.val_mse),
@@ -117,8 +118,9 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: pl.Lightn
     if trainer.should_stop and steps < (trainer.max_steps if trainer.max_steps > 0 else steps + 1):
         module.print("Stopped once solved: members still converging count as unsolved. For a success rate, "
                      "train every member the whole budget: --stop.when never")
-    if trainer.is_global_zero and trainer.log_dir:
-        path = os.path.join(trainer.log_dir, "results.json")
+    log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+    if trainer.is_global_zero and log_dir:
+        path = os.path.join(log_dir, "results.json")
         with open(path, "w") as f:
             json.dump(res, f, indent=2)
         module.print(f"Results: {path}")
