@@ -55,7 +55,8 @@ class StepProgressBar(TQDMProgressBar):
         self.mininterval = mininterval
 
     def init_train_tqdm(self) -> Tqdm:
-        return Tqdm(desc=f"fit {pl_task_name(self.trainer)}", unit="step", position=2 * self.process_position, disable=self.is_disabled,
+        return Tqdm(desc=f"fit {pl_task_name(self.trainer)}", unit="step", position=2 * self.process_position,
+                    disable=self.is_disabled,
                     leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0, mininterval=self.mininterval,
                     delay=self.mininterval)
 

@@ -63,6 +63,8 @@ class CircuitsCLI(LightningCLI):
         )
         parser.add_argument("--threads", type=int, default=1,
                             help="torch threads; one is fastest for these tiny networks")
+        parser.add_argument("--figures", type=bool, default=True,
+                            help="fit: write losses.png and the best member's function and circuit PNGs")
         parser.link_arguments("task", "model.task")
         parser.link_arguments("task", "data.task")
         parser.add_lightning_class_args(StopWhenSolved, "stop")
@@ -143,7 +145,7 @@ class CircuitsCLI(LightningCLI):
     def after_fit(self) -> None:
         from circuits_pl.results import finish_fit
 
-        finish_fit(self.trainer, self.model, self.datamodule)
+        finish_fit(self.trainer, self.model, self.datamodule, figures=self._active_config().figures)
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -155,9 +157,10 @@ def main(args: Sequence[str] | None = None) -> None:
     # Every run writes into a new version directory, so a restored ModelCheckpoint always "moves".
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     if argv and argv[0] in ("inspect", "report"):
-        from circuits_pl import commands
+        from circuits_pl import inspection, report
 
-        return _run_guarded(lambda: getattr(commands, argv[0])(argv[1:]))
+        command = {"inspect": inspection.main, "report": report.main}[argv[0]]
+        return _run_guarded(lambda: command(argv[1:]))
     return _run_guarded(lambda: CircuitsCLI(args=args))
 
 

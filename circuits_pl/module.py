@@ -121,7 +121,8 @@ class CircuitModule(pl.LightningModule):
         sizes = "-".join(map(str, hp.layer_sizes))
         members = f"{self.members} members (seeds {hp.init_seed}..{hp.init_seed + self.members - 1})" \
             if self.members > 1 else f"seed {hp.init_seed}"
-        self.print(f"Task {self.task.name}: f = {self.task.formula}; network {sizes}, bias {'on' if hp.bias else 'off'}, "
+        bias = "on" if hp.bias else "off"
+        self.print(f"Task {self.task.name}: f = {self.task.formula}; network {sizes}, bias {bias}, "
                    f"{members}, SGD lr {hp.lr:g}; solved when validation MSE < {self.success_mse:.3g}")
         if self.trainer.ckpt_path is None:
             self.print(f"Initial weights{' of member 0' if self.members > 1 else ''}:")
@@ -340,16 +341,8 @@ def live_median(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
 
 
 def format_weights(net: ReLUMLP, member: int) -> str:
-    import numpy as np
+    """One member's weights (and biases) in the notebook's layout."""
+    from circuits_pl.readout import weights_text
 
-    lines = []
-    for layer, w in enumerate(net.weights):
-        name = "output_layer" if layer == net.n_layers - 1 else f"hidden_layer_{layer}"
-        mat = w[member].detach().cpu().double().T.numpy()
-        text = np.array2string(mat, precision=4, floatmode="fixed", separator=", ", suppress_small=True)
-        lines += [f"{name}:", text]
-        if net.bias:
-            b = net.biases[layer][member, :, 0].detach().cpu().double().numpy()
-            lines += [f"{name}_bias:", np.array2string(b, precision=4, floatmode="fixed", separator=", ")]
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+    biases = [b[member, :, 0] for b in net.biases] if net.bias else None
+    return weights_text([w[member] for w in net.weights], biases)

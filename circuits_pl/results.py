@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
+from circuits_pl.data import CircuitDataModule
+from circuits_pl.inspection import classify_members, read_member, write_figures
 from circuits_pl.module import HISTORY, CircuitModule
 from circuits_pl.success import wilson_interval
 
@@ -43,7 +47,8 @@ def verdicts(module: CircuitModule) -> list[str]:
     return out
 
 
-def summarize(module: CircuitModule, datamodule: pl.LightningDataModule | None, steps: int) -> dict[str, Any]:
+def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int, stopped_early: bool = False
+              ) -> dict[str, Any]:
     """Everything results.json holds, as plain Python values."""
     k_total = module.members
     solved = module.solved.cpu()
@@ -59,9 +64,11 @@ def summarize(module: CircuitModule, datamodule: pl.LightningDataModule | None, 
             return None
         return [None if not math.isfinite(v) else v for v in t.cpu().double().tolist()]
 
-    data = {}
-    if datamodule is not None:
-        data = {k: v for k, v in datamodule.hparams.items() if k != "task"}
+    data = {k: v for k, v in datamodule.hparams.items() if k != "task"}
+    circuits = classify_members(module, datamodule)
+    found = Counter(c["circuit"] for c, ok in zip(circuits, solved.tolist()) if ok and c["circuit"])
+    sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
+                if ok and c["sparsity_error"] is not None]
     return {
         "task": module.task.name,
         "formula": module.task.formula,
@@ -72,12 +79,15 @@ def summarize(module: CircuitModule, datamodule: pl.LightningDataModule | None, 
         "init_seed": int(hp.init_seed),
         "data": data,
         "steps": int(steps),
+        "stopped_early": bool(stopped_early),
         "success_mse": float(module.success_mse),
         "solved": n_solved,
         "success_rate": n_solved / k_total,
         "success_rate_ci95": [lo, hi],
         "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
         "best_member": int(module.best_member),
+        "circuits_of_solved": dict(found.most_common()),
+        "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
         "per_member": {
             "val_mse": floats(module.val_mse),
             "test_mse": floats(module.test_mse),
@@ -86,6 +96,9 @@ def summarize(module: CircuitModule, datamodule: pl.LightningDataModule | None, 
             "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
             "diverged_at": [int(v) if v >= 0 else None for v in module.diverged_at.cpu().tolist()],
             "verdict": verdicts(module),
+            "formula": [c["formula"] for c in circuits],
+            "circuit": [c["circuit"] for c in circuits],
+            "sparsity_error": [c["sparsity_error"] for c in circuits],
         },
         "stuck_rule": f"validation MSE fell by less than {STUCK_PROGRESS:.0%} over the last {HISTORY} validations",
     }
@@ -99,29 +112,42 @@ def summary_line(res: dict[str, Any]) -> str:
     return line
 
 
-def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: pl.LightningDataModule) -> dict[str, Any]:
-    """Test the final weights, print the summary and the best member's weights, write results.json."""
+def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDataModule,
+               figures: bool = True) -> dict[str, Any]:
+    """Test the final weights, print the summary and the best member's circuit, write results.json
+    and (with ``figures``) losses.png, function_member{k}.png and circuit_member{k}.png."""
     if trainer.interrupted:
         return {}
     steps = trainer.global_step
+    stopped_early = trainer.max_steps > 0 and steps < trainer.max_steps
     trainer.test(module, datamodule=datamodule, verbose=False)
-    res = summarize(module, datamodule, steps)
+    res = summarize(module, datamodule, steps, stopped_early)
     best = res["best_member"]
     per = res["per_member"]
-    module.print("")
-    module.print(f"Final weights (member {best}, the best by validation MSE):" if module.members > 1
-                 else "Final weights:")
-    module.print(module.weights_text(best))
-    module.print(f"Test MSE: {per['test_mse'][best]:.4g}" + (
+    say = module.print
+    say("")
+    say(f"Final weights (member {best}, the best by validation MSE):" if module.members > 1 else "Final weights:")
+    say(module.weights_text(best))
+    say(f"Test MSE: {per['test_mse'][best]:.4g}" + (
         f"   held-out directions: {per['heldout_mse'][best]:.4g}" if per["heldout_mse"] else ""))
-    module.print(summary_line(res) + f" after {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
-    if trainer.should_stop and steps < (trainer.max_steps if trainer.max_steps > 0 else steps + 1):
-        module.print("Stopped once solved: members still converging count as unsolved. For a success rate, "
-                     "train every member the whole budget: --stop.when never")
+    readout = read_member(module, datamodule, best) if not module.hparams.bias else None
+    if readout is not None:
+        circuit = readout.match.describe() if readout.match else "matches no known circuit"
+        say(f"Circuit: {readout.formula} — {circuit}")
+    say(summary_line(res) + f" after {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
+    if res["circuits_of_solved"]:
+        say("Circuits of the solved members: " + ", ".join(
+            f"{n}× {c.replace('-', '−')}" for c, n in res["circuits_of_solved"].items()))
+    if stopped_early:
+        say("Stopped once solved: members still converging count as unsolved. For a success rate, "
+            "train every member the whole budget: --stop.when never")
     log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
     if trainer.is_global_zero and log_dir:
         path = os.path.join(log_dir, "results.json")
         with open(path, "w") as f:
             json.dump(res, f, indent=2)
-        module.print(f"Results: {path}")
+        say(f"Results: {path}")
+        if figures and readout is not None:
+            for fig in write_figures(Path(log_dir), module, best, readout):
+                say(f"Figure: {fig}")
     return res

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import results, run_dirs
 
 from circuits_pl.module import CircuitModule
-from conftest import results, run_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
-QUIET = ["--trainer.enable_progress_bar", "false"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
 
 
 def test_fit_add_leaves_a_complete_run_and_validate_reuses_it(run_cli, tmp_path, capsys):

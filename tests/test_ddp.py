@@ -4,11 +4,11 @@ import subprocess
 import sys
 
 import torch
+from conftest import reference_sgd, results, run_dirs
 
 from circuits_pl.data import UniformBlocks
 from circuits_pl.module import CircuitModule
 from circuits_pl.tasks import get_task
-from conftest import reference_sgd, results, run_dirs
 
 
 def test_two_ranks_of_batch_b_train_like_one_of_batch_2b(tmp_path):

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import results, run_dirs
 
-QUIET = ["--trainer.enable_progress_bar", "false"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
 
 
 def _ckpt(run: Path, name: str = "last.ckpt") -> dict:

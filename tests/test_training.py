@@ -2,14 +2,14 @@
 
 import pytest
 import torch
+from conftest import reference_sgd, results, run_dirs
 
 from circuits_pl.data import UniformBlocks
 from circuits_pl.errors import TrainingDiverged
 from circuits_pl.module import CircuitModule
 from circuits_pl.tasks import get_task
-from conftest import reference_sgd, results, run_dirs
 
-QUIET = ["--trainer.enable_progress_bar", "false"]
+QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
 
 
 def _weights(run, member):

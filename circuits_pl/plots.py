@@ -1,0 +1,233 @@
+"""Figures of a run as PNG files: loss curves, the learned function, the circuit as a graph.
+
+matplotlib is imported inside the functions, so importing this module does not load it, and is
+used through its object-oriented API (``Figure``, never pyplot): no global backend or figure
+state, no display needed, nothing left open after a figure is saved (PNG goes through Agg).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from circuits_pl.readout import Canonical, canonicalize, formula, forward, input_names, unit_formula
+from circuits_pl.tasks import Task
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+POSITIVE, NEGATIVE, DEAD = "tab:blue", "tab:red", "0.75"  # edge colours of plot_circuit
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _save(fig: Figure, out_png: str | Path) -> Path:
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss curves
+# ---------------------------------------------------------------------------------------------
+
+# (column, label without medians, label with medians, line style, colour)
+_LOSS_COLUMNS = [
+    ("train/mse", "train", "train, best member", "-", "C0"),
+    ("val/mse", "validation", "validation, best member", "-", "C1"),
+    ("train/median_mse", None, "train, median member", "--", "C0"),
+    ("val/median_mse", None, "validation, median member", "--", "C1"),
+]
+
+
+def read_metrics(metrics_csv_path: str | Path) -> dict[str, tuple[list[float], list[float]]]:
+    """Per column of a CSVLogger ``metrics.csv``: (steps, values) of the rows where it has a value.
+
+    Lightning writes one row per logging call, so most cells are empty: train and validation
+    metrics land on different rows. Rows without a step use their row number; non-numbers are skipped.
+    """
+    with open(metrics_csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for n, row in enumerate(rows):
+        step = _number(row.get("step"))
+        for column, cell in row.items():
+            value = _number(cell)
+            if column is None or column == "step" or value is None:
+                continue
+            steps, values = series.setdefault(column, ([], []))
+            steps.append(float(n) if step is None else step)
+            values.append(value)
+    return series
+
+
+def _number(cell: str | None) -> float | None:
+    try:
+        return float(cell) if cell not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def plot_losses(metrics_csv_path: str | Path, out_png: str | Path) -> Path:
+    """Train and validation MSE against SGD step, log scale; medians over members dashed if logged.
+
+    With several members ``train/mse`` is the best member's and ``*/median_mse`` the median
+    member's: the gap between them shows how many seeds got stuck. A log axis cannot show 0, so
+    zeros (an exact circuit in float32) are drawn a factor 100 below the smallest positive value.
+    """
+    series = read_metrics(metrics_csv_path)
+    with_medians = any(col.endswith("median_mse") and col in series for col, *_ in _LOSS_COLUMNS)
+    plotted = {col: s for col, s in series.items() if col in {c for c, *_ in _LOSS_COLUMNS}}
+    positives = [v for _, values in plotted.values() for v in values if v > 0 and math.isfinite(v)]
+    floor = min(positives, default=1.0) / 100
+    fig = _figure(6.4, 4.0)
+    ax = fig.add_subplot()
+    for column, plain, with_median, style, colour in _LOSS_COLUMNS:
+        if column not in plotted:
+            continue
+        steps, values = plotted[column]
+        points = [(s, max(v, floor)) for s, v in zip(steps, values, strict=True) if math.isfinite(v)]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            label = with_median if with_medians else plain
+            ax.plot(xs, ys, style, color=colour, label=label, marker=".", ms=3)
+    ax.set_yscale("log")
+    ax.set_xlabel("SGD step")
+    ax.set_ylabel("MSE")
+    ax.set_title(f"Loss curves ({Path(metrics_csv_path).name})")
+    if plotted:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no train/val MSE columns in this file", ha="center", transform=ax.transAxes)
+    ax.grid(True, which="major", alpha=0.3)
+    return _save(fig, out_png)
+
+
+# ---------------------------------------------------------------------------------------------
+# The learned function
+# ---------------------------------------------------------------------------------------------
+
+def plot_function(weights: Sequence, task: Task, out_png: str | Path) -> Path | None:
+    """The learned function against the target; None (nothing written) for more than two inputs.
+
+    One input: network and target on [-1.5, 1.5] with the training range [-1, 1] shaded, and for a
+    one-hidden-layer net each unit's contribution out_w·r(in_w·x), so a dark half-line (a stuck
+    net) shows at a glance. Two inputs: heat maps of the output and of the error on [-1, 1]².
+    """
+    mats = canonicalize(weights).weights  # canonical units: same function, readable labels
+    if task.arity == 1:
+        fig = _figure(6.4, 4.2)
+        _plot_function_1d(fig.add_subplot(), mats, task)
+    elif task.arity == 2:
+        fig = _figure(10.0, 4.2)
+        _plot_function_2d(fig, mats, task)
+    else:
+        return None
+    return _save(fig, out_png)
+
+
+def _plot_function_1d(ax: Axes, mats: list[torch.Tensor], task: Task) -> None:
+    x = torch.linspace(-1.5, 1.5, 601, dtype=torch.float64)[:, None]  # (N, 1)
+    ax.axvspan(-1, 1, color="0.93", zorder=0, label="training range")
+    ax.plot(x[:, 0], task(x)[:, 0], color="k", lw=4, alpha=0.25, label=f"target {task.formula}")
+    ax.plot(x[:, 0], forward(mats, x)[:, 0], color="C0", lw=1.5, label="network")
+    if len(mats) == 2:
+        for i, (row, out) in enumerate(zip(mats[0], mats[1][0].tolist(), strict=True)):
+            contribution = out * (x @ row[:, None]).relu()
+            label = f"unit {i + 1}: {out:.3f}·{unit_formula(row, ['x'])}"
+            ax.plot(x[:, 0], contribution[:, 0], "--", lw=1, color=f"C{i + 1}", label=label)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    ax.set_title(f"Task {task.name}: learned function")
+    ax.legend(fontsize="small")
+    ax.grid(True, alpha=0.3)
+
+
+def _plot_function_2d(fig: Figure, mats: list[torch.Tensor], task: Task, points: int = 101) -> None:
+    axis = torch.linspace(-1.0, 1.0, points, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)  # (points², 2): a varies slowest
+    out = forward(mats, grid)[:, 0].reshape(points, points).T  # rows: b, columns: a
+    err = out - task(grid)[:, 0].reshape(points, points).T
+    names = input_names(2)
+    limit = max(float(err.abs().max()), 1e-12)
+    panels = [
+        (out, "network output", "viridis", None, None),
+        (err, f"error (output − target), max |error| {float(err.abs().max()):.2g}", "RdBu_r", -limit, limit),
+    ]
+    for k, (image, title, cmap, vmin, vmax) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, k + 1)
+        shown = ax.imshow(image.numpy(), origin="lower", extent=(-1, 1, -1, 1), cmap=cmap,
+                          vmin=vmin, vmax=vmax)
+        fig.colorbar(shown, ax=ax, shrink=0.85)
+        ax.set_xlabel(names[0])
+        ax.set_ylabel(names[1])
+        ax.set_title(title, fontsize="medium")
+    fig.suptitle(f"Task {task.name}: f = {task.formula}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The circuit as a graph
+# ---------------------------------------------------------------------------------------------
+
+def plot_circuit(canonical: Canonical, task: Task, out_png: str | Path, merged: bool = False) -> Path:
+    """The canonical circuit as a layered graph: inputs, hidden units (r), output.
+
+    Edge labels are the weights (3 decimals; zero weights are not drawn), colour is the sign
+    (blue +, red −), width grows with |w|. Dead units and their edges are grey.
+
+    Args:
+        canonical: from :func:`circuits_pl.readout.canonicalize`.
+        task: gives the input names and the title.
+        out_png: where to write the figure.
+        merged: draw the merged circuit (duplicates summed, dead and silent units dropped)
+            instead of every unit.
+    """
+    mats = canonical.merged if merged else canonical.weights
+    dead = [torch.zeros(w.shape[0], dtype=torch.bool) for w in mats[:-1]] if merged else canonical.dead
+    sizes = [mats[0].shape[1]] + [w.shape[0] for w in mats]
+    fig = _figure(2.2 * len(sizes) + 1, 1.1 * max(sizes) + 1.6)
+    ax = fig.add_subplot()
+    pos = [[(layer, (n - 1) / 2 - i) for i in range(n)] for layer, n in enumerate(sizes)]
+    greyed = [torch.zeros(sizes[0], dtype=torch.bool)] + list(dead) + [torch.zeros(1, dtype=torch.bool)]
+    biggest = max([float(w.abs().max()) for w in mats if w.numel()], default=1.0)
+    for layer, w in enumerate(mats):
+        for i, j in itertools.product(range(w.shape[0]), range(w.shape[1])):
+            grey = bool(greyed[layer][j]) or bool(greyed[layer + 1][i])
+            _draw_edge(ax, pos[layer][j], pos[layer + 1][i], float(w[i, j]), biggest, grey, j, w.shape[1])
+    labels = [input_names(sizes[0])] + [["r"] * n for n in sizes[1:-1]] + [["y"]]
+    for layer, layer_pos in enumerate(pos):
+        for i, (x, y) in enumerate(layer_pos):
+            face = DEAD if bool(greyed[layer][i]) else "white"
+            ax.scatter([x], [y], s=900, facecolor=face, edgecolor="k", zorder=3)
+            ax.text(x, y, labels[layer][i], ha="center", va="center", zorder=4)
+    ax.set_xlim(-0.4, len(sizes) - 0.6)
+    ax.set_ylim(-max(sizes) / 2 - 0.2, max(sizes) / 2 + 0.2)
+    ax.axis("off")
+    ax.set_title(f"Task {task.name}: {formula(canonical)}", fontsize="medium")
+    return _save(fig, out_png)
+
+
+def _draw_edge(ax: Axes, start: tuple[float, float], end: tuple[float, float], w: float, biggest: float,
+               grey: bool, source: int, n_sources: int) -> None:
+    """One weighted edge; its label sits part-way along, shifted per source so labels of edges
+    that converge on one unit do not overlap."""
+    if f"{abs(w):.3f}" == "0.000":
+        return
+    colour = DEAD if grey else (POSITIVE if w > 0 else NEGATIVE)
+    ax.plot([start[0], end[0]], [start[1], end[1]], color=colour, lw=0.6 + 3 * abs(w) / biggest, zorder=1)
+    t = 0.3 + 0.35 * source / max(n_sources - 1, 1)
+    x, y = start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1])
+    ax.text(x, y, f"{w:.3f}", ha="center", va="center", fontsize="small", color=colour, zorder=2,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})

@@ -1,0 +1,95 @@
+"""Reading circuits of real runs: inspect, results.json circuits, report."""
+
+import csv
+import json
+import math
+
+import pytest
+from conftest import results, run_dirs
+
+from circuits_pl.success import wilson_interval
+from circuits_pl.tasks import BUILTIN_TASKS, get_task
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
+
+
+@pytest.mark.parametrize("task", sorted(BUILTIN_TASKS))
+def test_inspect_reads_the_exact_circuit_of_a_solved_run(run_cli, tmp_path, capsys, task):
+    run_cli("fit", "--task", task, *QUIET)  # defaults: 64 members, stop once one is solved
+    (run,) = run_dirs(tmp_path)
+    res = results(run)
+    assert res["solved"] >= 1
+    capsys.readouterr()
+    run_cli("inspect", run)
+    out = capsys.readouterr().out
+    formulas = [c.formula.replace("-", "\u2212") for c in get_task(task).circuits]
+    assert any(f"Circuit: matches the exact circuit {f} " in out for f in formulas), out
+    assert "Homogeneity f(c·x) = c·f(x): OK" in out and "(solved: threshold" in out
+    for name in ("losses.png", f"function_member{res['best_member']}.png", f"circuit_member{res['best_member']}.png"):
+        assert (run / name).stat().st_size > 1000
+    # results.json names the circuit of every solved member
+    per = res["per_member"]
+    for k in range(res["members"]):
+        if per["solved"][k]:
+            assert per["circuit"][k] in [c.formula for c in get_task(task).circuits] + ["equivalent exact"]
+
+
+def test_inspect_a_stuck_member_says_where_it_is_wrong(run_cli, tmp_path, capsys):
+    run_cli("fit", "--task", "identity", "--model.members", 8, "--trainer.max_steps", 4000, "--stop.when", "never",
+            *QUIET)
+    (run,) = run_dirs(tmp_path)
+    per = results(run)["per_member"]
+    stuck = per["verdict"].index("stuck")
+    assert per["circuit"][stuck] is None and per["val_mse"][stuck] > 0.1
+    capsys.readouterr()
+    run_cli("inspect", run / "checkpoints" / "last.ckpt", "--member", stuck, "--no-figures")
+    out = capsys.readouterr().out
+    assert f"member {stuck} of 8" in out and "Circuit: matches no known circuit" in out
+    assert "Where it is wrong: wrong where x " in out and "Worst inputs:" in out
+    assert not list(run.glob(f"*member{stuck}.png"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["inspect", "nowhere"], r"checkpoint nowhere does not exist"),
+    (["inspect", "."], r"holds no checkpoints/last.ckpt"),
+    (["report", "--tasks", "mul"], r"unknown task 'mul'"),
+    (["report", "--members", "0"], r"--members must be a positive integer"),
+    (["report", "--config", "missing.yaml"], r"config file missing.yaml does not exist"),
+])
+def test_inspect_and_report_errors_are_one_line(run_cli, capsys, argv, message):
+    import re
+
+    run_cli(*argv, expect=2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+
+
+def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (31, 64), (64, 64)])
+def test_wilson_interval_matches_the_closed_form(k, n):
+    assert wilson_interval(k, n) == pytest.approx(_wilson_by_hand(k, n), abs=1e-12)
+
+
+def test_report_tables_every_task_with_its_ci(run_cli, tmp_path, capsys):
+    run_cli("report", "--tasks", "abs,subtract", "--members", 16, "--max_steps", 2000)
+    report = tmp_path / "reports" / "version_0"
+    rows = list(csv.DictReader((report / "report.csv").open()))
+    assert [r["task"] for r in rows] == ["abs", "subtract"]
+    for row in rows:
+        res = json.loads((tmp_path / row["run_dir"] / "results.json").read_text())
+        assert res["members"] == 16 and res["steps"] == 2000 and not res["stopped_early"]
+        assert int(row["solved"]) == sum(res["per_member"]["solved"])
+        assert (float(row["ci95_low"]), float(row["ci95_high"])) == pytest.approx(
+            _wilson_by_hand(int(row["solved"]), 16))
+        assert int(row["exact"]) + int(row["slow"]) + int(row["stuck"]) + int(row["diverged"]) == 16
+    md = (report / "report.md").read_text()
+    assert "| abs | 1-2-1 | 0.1 | 2000 |" in md and "r(x) + r(-x)" in md
+    assert (report / "report.png").stat().st_size > 1000
+    run_cli("report", "--tasks", "identity", "--members", 4, "--max_steps", 500)
+    assert (tmp_path / "reports" / "version_1" / "report.md").is_file()  # never overwrites
