@@ -25,7 +25,7 @@ from circuits_pl.callbacks import GracefulInterrupt, PredictionWriter, RunInterr
 from circuits_pl.checkpoints import check_checkpoint
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, TrainingDiverged
-from circuits_pl.module import CircuitModule
+from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.tasks import get_task, task_names
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -122,6 +122,7 @@ class CircuitsCLI(LightningCLI):
             raise CircuitsError(f"--threads must be a positive integer, got {cfg.threads}")
         torch.set_num_threads(cfg.threads)
         trainer = cfg.trainer
+        check_precision(trainer.precision)  # before any run directory exists
         if trainer.logger in (None, True):
             trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.CSVLogger",

@@ -68,9 +68,9 @@ def read_member(module: CircuitModule, data: CircuitDataModule, member: int | No
     k = module.selected_member if member is None else member
     x = data.holdout_set("test").tensors[0]
 
-    def net(z: torch.Tensor) -> torch.Tensor:  # the member as it runs, biases included
+    def net(z: torch.Tensor) -> torch.Tensor:  # the member as it runs (biases included), on its device
         with torch.no_grad():
-            return module.net(z.to(torch.float32), member=k).to(torch.float64)
+            return module.net(z.to(module.device, torch.float32), member=k).to("cpu", torch.float64)
 
     weights = [w[k].detach() for w in module.net.weights]
     return read_circuit(weights, module.task, x.to(torch.float64), fn=net, success_mse=module.success_mse)
@@ -84,19 +84,21 @@ def classify_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
     """
     from circuits_pl.readout import canonicalize, formula, match_circuit, sparsity_error
 
+    none = {"formula": None, "rough_formula": None, "circuit": None, "sparsity_error": None}
     if module.hparams.bias:
-        return [{"formula": None, "circuit": None, "sparsity_error": None}] * module.members
+        return [none] * module.members
     x = data.holdout_set("test").tensors[0].to(torch.float64)
     out = []
     for k in range(module.members):
         weights = [w[k].detach().cpu() for w in module.net.weights]
         if not all(bool(torch.isfinite(w).all()) for w in weights):
-            out.append({"formula": None, "circuit": None, "sparsity_error": None})
+            out.append(none)
             continue
         canonical = canonicalize(weights, x)
         match = match_circuit(canonical, module.task)
         out.append({
             "formula": formula(canonical),
+            "rough_formula": formula(canonical, decimals=1),  # groups members stuck in the same place
             "circuit": None if match is None else (match.formula if match.index is not None else "equivalent exact"),
             "sparsity_error": sparsity_error(canonical),
         })
@@ -109,7 +111,7 @@ def heldout_mse(run: Run, member: int) -> float | None:
         return None
     x, y = run.data.holdout_set("test", heldout=True).tensors
     with torch.no_grad():
-        return float((run.module.net(x, member=member) - y).square().mean())
+        return float((run.module.net(x.to(run.module.device), member=member).cpu() - y).square().mean())
 
 
 def write_figures(directory: Path, module: CircuitModule, member: int, readout: Readout) -> list[Path]:

@@ -116,6 +116,9 @@ class CircuitModule(pl.LightningModule):
     def alive(self) -> torch.Tensor:
         return self.diverged_at < 0
 
+    def setup(self, stage: str) -> None:
+        check_precision(self.trainer.precision)
+
     def on_fit_start(self) -> None:
         hp = self.hparams
         sizes = "-".join(map(str, hp.layer_sizes))
@@ -332,6 +335,14 @@ class CircuitModule(pl.LightningModule):
         """One member's weights in the notebook's layout: each layer transposed, 4 decimals."""
         member = self.selected_member if member is None else member
         return format_weights(self.net, member)
+
+
+def check_precision(precision: object) -> None:
+    """Only float32: exact circuits need MSE ~1e-10, beyond 16-bit floats, and the hot path runs
+    outside Lightning's precision plugins."""
+    if str(precision) not in ("32-true", "32", "None"):
+        raise CircuitsError(f"trainer.precision {str(precision)!r} is not supported; circuits_pl trains in "
+                            "float32 (32-true, the default): exact circuits need MSE ~1e-10")
 
 
 def live_median(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,9 @@ class ReLUMLP(nn.Module):
         acts = [xt]  # a_0: (in, B), shared by all members
         a = xt
         for layer, w in enumerate(weights):
-            a = torch.matmul(w, a)  # (K, out, B)
+            # bmm, not matmul, where both sides are 3-D: matmul's dispatch costs ~2 µs more per call,
+            # which is 5% of a whole step of a single 2-2-1 net (measured).
+            a = torch.matmul(w, a) if layer == 0 else torch.bmm(w, a)  # (K, out, B)
             if biases:
                 a += biases[layer]
             if layer < last:
@@ -125,14 +127,15 @@ class ReLUMLP(nn.Module):
         grad_b: list[torch.Tensor] = [None] * len(biases)  # type: ignore[list-item]
         for layer in range(last, -1, -1):
             prev = acts[layer]
-            grad_w[layer] = torch.matmul(g, prev.transpose(-1, -2))  # (K, out, in)
+            mm = torch.matmul if layer == 0 else torch.bmm  # the inputs are shared: 2-D
+            grad_w[layer] = mm(g, prev.transpose(-1, -2))  # (K, out, in)
             if biases:
                 grad_b[layer] = g.sum(-1, keepdim=True)
             if layer > 0:
                 # ReLU's gradient mask [a > 0] as sign(a): a >= 0 after the ReLU, so sign(a) is
                 # exactly 0 or 1, and a float mask skips the bool->float copy of mul_(a > 0):
                 # 2-2-1, K = 128: 160 µs instead of 460 µs per step.
-                g = torch.matmul(weights[layer].transpose(1, 2), g).mul_(prev.sign())
+                g = torch.bmm(weights[layer].transpose(1, 2), g).mul_(prev.sign())
         return grad_w + grad_b
 
     @torch.no_grad()

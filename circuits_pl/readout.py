@@ -28,7 +28,7 @@ from circuits_pl.errors import CircuitsError
 from circuits_pl.success import success_threshold
 from circuits_pl.tasks import Task, embed_circuit
 
-DUPLICATE_TOL = 1e-4  # units whose normalised incoming weights differ by less are one unit
+DUPLICATE_TOL = 1e-2  # units whose normalised incoming weights differ by less are one unit (for reading)
 MATCH_TOL = 1e-2  # max weight deviation (relative to the circuit's largest weight) of a match
 EXACT_TOL = 1e-6  # max |error| of the rounded circuit that counts as computing the target exactly
 HOMOGENEITY_RTOL = 1e-4  # float32 nets reach ~1e-7; a bias gives O(1)
@@ -262,7 +262,7 @@ def _merge_layer(mats: list[torch.Tensor], layer: int, dead: torch.Tensor, tol: 
 # Formula
 # ---------------------------------------------------------------------------------------------
 
-def formula(canonical: Canonical, names: Sequence[str] | None = None) -> str:
+def formula(canonical: Canonical, names: Sequence[str] | None = None, decimals: int = 3) -> str:
     """The merged circuit as a formula, e.g. ``y = 1.000·r(a + b) − 1.000·r(−a − b)``.
 
     Output coefficients always get 3 decimals; inner coefficients of ±1 print as the bare name or
@@ -278,40 +278,41 @@ def formula(canonical: Canonical, names: Sequence[str] | None = None) -> str:
     Args:
         canonical: from :func:`canonicalize`.
         names: input names; default ``x``, ``a, b`` or ``x1..xn`` (see :func:`input_names`).
+        decimals: digits of the coefficients (1 gives a rough form that groups similar nets).
     """
-    return _formula_of(canonical.merged, names)
+    return _formula_of(canonical.merged, names, decimals)
 
 
-def _formula_of(mats: Sequence[torch.Tensor], names: Sequence[str] | None = None) -> str:
+def _formula_of(mats: Sequence[torch.Tensor], names: Sequence[str] | None = None, decimals: int = 3) -> str:
     terms = list(names) if names is not None else input_names(mats[0].shape[1])
     named = len(mats) - 2  # hidden layers before the last one
     where = []
     for layer in range(named):
         units = [f"h{i + 1}" if named == 1 else f"h{layer + 1}_{i + 1}" for i in range(mats[layer].shape[0])]
-        defs = [f"{u} = {unit_formula(row, terms)}" for u, row in zip(units, mats[layer], strict=True)]
+        defs = [f"{u} = {unit_formula(row, terms, decimals)}" for u, row in zip(units, mats[layer], strict=True)]
         where.append("  where " + (", ".join(defs) if defs else "(no units)"))
         terms = units
     if len(mats) > 1:
-        terms = [unit_formula(row, terms) for row in mats[-2]]
-    return "\n".join([f"y = {_combination(mats[-1][0], terms, bare_ones=False)}"] + where)
+        terms = [unit_formula(row, terms, decimals) for row in mats[-2]]
+    return "\n".join([f"y = {_combination(mats[-1][0], terms, False, decimals)}"] + where)
 
 
-def unit_formula(row: torch.Tensor, terms: Sequence[str]) -> str:
+def unit_formula(row: torch.Tensor, terms: Sequence[str], decimals: int = 3) -> str:
     """One unit as ``r(a − b)``: its incoming weights ``row`` over the names ``terms``."""
-    return f"r({_combination(row, terms, bare_ones=True)})"
+    return f"r({_combination(row, terms, True, decimals)})"
 
 
-def _combination(coefs: torch.Tensor, terms: Sequence[str], bare_ones: bool) -> str:
+def _combination(coefs: torch.Tensor, terms: Sequence[str], bare_ones: bool, decimals: int = 3) -> str:
     """``c1·t1 + c2·t2 ...`` with 3 decimals; zero terms left out; ``0`` if nothing is left.
 
     With ``bare_ones``, a coefficient that prints as ±1.000 prints as ``t`` or ``−t``.
     """
     parts = []
     for c, term in zip(coefs.tolist(), terms, strict=True):
-        size = f"{abs(c):.3f}"
-        if size == "0.000":
+        size = f"{abs(c):.{decimals}f}"
+        if float(size) == 0:
             continue
-        body = term if bare_ones and size == "1.000" else f"{size}·{term}"
+        body = term if bare_ones and float(size) == 1 else f"{size}·{term}"
         parts.append((c < 0, body))
     if not parts:
         return "0"

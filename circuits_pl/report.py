@@ -83,7 +83,7 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
     """One report row from a results.json."""
     per = res["per_member"]
     verdicts = Counter(per["verdict"])
-    stuck = Counter(f for f, v in zip(per["formula"], per["verdict"]) if v == "stuck" and f)
+    stuck = Counter(f for f, v in zip(per["rough_formula"], per["verdict"]) if v == "stuck" and f)
     lo, hi = res["success_rate_ci95"]
     return {
         "task": res["task"],
