@@ -125,7 +125,7 @@ class CircuitsCLI(LightningCLI):
         check_precision(trainer.precision)  # before any run directory exists
         if trainer.logger in (None, True):
             trainer.logger = Namespace(
-                class_path="lightning.pytorch.loggers.CSVLogger",
+                class_path="circuits_pl.logger.RunLogger",
                 init_args=Namespace(save_dir=trainer.default_root_dir or ".", name="lightning_logs"),
             )
 
@@ -186,6 +186,17 @@ def _run_guarded(fn) -> Any:
         raise SystemExit(128 + err.signum) from None
     except _argument_errors() as err:
         _fail(_one_line(str(err)), 2)
+    finally:
+        _end_distributed()
+
+
+def _end_distributed() -> None:
+    """Close a DDP process group before the interpreter exits: gloo's threads otherwise die
+    with "terminate called without an active exception" (an abort) at shutdown."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _argument_errors() -> tuple[type[BaseException], ...]:
