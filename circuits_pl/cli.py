@@ -40,6 +40,10 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+# Hyper-parameters that define the weights in a checkpoint: they must match it.
+ARCHITECTURE = ("layer_sizes", "bias", "members", "init_seed")
+
+
 class CircuitsCLI(LightningCLI):
     """LightningCLI for circuits_pl (see the module docstring)."""
 
@@ -102,11 +106,19 @@ class CircuitsCLI(LightningCLI):
                 f"checkpoint {cfg.ckpt_path} holds a {'-'.join(map(str, hp['layer_sizes']))} network, "
                 f"not {'-'.join(map(str, wanted))}: drop --model.layer_sizes or match it"
             )
-        cfg.task = hp["task"]
-        cfg.data.task = hp["task"]
-        for key, value in hp.items():  # the checkpoint's architecture wins over config defaults
-            if key in cfg.model and key != "member":
-                cfg.model[key] = value
+        cfg.task = cfg.model.task = cfg.data.task = hp["task"]
+        defaults = self._parser(self.config.get("subcommand")).get_defaults()
+        for key, saved in hp.items():
+            if key not in cfg.model or key in ("member", "task"):
+                continue
+            given, default = cfg.model[key], defaults.model.get(key)
+            if key in ARCHITECTURE and given not in (None, default) and given != saved:
+                raise CircuitsError(
+                    f"checkpoint {cfg.ckpt_path} has model.{key} {saved!r}, not {given!r}: "
+                    f"drop --model.{key} or match it"
+                )
+            if key in ARCHITECTURE or given == default:
+                cfg.model[key] = saved  # the checkpoint's, unless the command line chose another lr etc.
         member = cfg.model.get("member")
         if member is not None and not 0 <= member < hp["members"]:
             raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {hp['members']} member(s)")

@@ -133,6 +133,11 @@ class CircuitModule(pl.LightningModule):
         else:  # weights are restored by now, the step counter only after this hook
             self.print(f"Resuming from {self.trainer.ckpt_path}")
 
+    def on_train_start(self) -> None:
+        # A resumed run restores the optimizer's lr from the checkpoint; --model.lr decides.
+        for group in self.optimizers().param_groups:
+            group["lr"] = self.hparams.lr
+
     # ------------------------------------------------------------------------------------------
     # Training: the hot path
     # ------------------------------------------------------------------------------------------

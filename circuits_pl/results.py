@@ -135,7 +135,7 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     if readout is not None:
         circuit = readout.match.describe() if readout.match else "matches no known circuit"
         say(f"Circuit: {readout.formula} — {circuit}")
-    say(summary_line(res) + f" after {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
+    say(summary_line(res) + f"; {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
     if res["circuits_of_solved"]:
         say("Circuits of the solved members: " + ", ".join(
             f"{n}× {c.replace('-', '−')}" for c, n in res["circuits_of_solved"].items()))

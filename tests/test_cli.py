@@ -33,6 +33,18 @@ def test_fit_add_leaves_a_complete_run_and_validate_reuses_it(run_cli, tmp_path,
     assert len(run_dirs(tmp_path)) == 2  # a new run directory: the first run is untouched
 
 
+def test_resume_takes_the_architecture_from_the_checkpoint_and_the_lr_from_the_command(run_cli, tmp_path):
+    run_cli("fit", "--task", "abs", "--model.members", 3, "--model.lr", 0.02, "--trainer.max_steps", 500, *QUIET)
+    ckpt = run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt"
+    run_cli("fit", "--ckpt_path", ckpt, "--trainer.max_steps", 800, "--stop.when", "never", *QUIET)  # no --task
+    run_cli("fit", "--ckpt_path", ckpt, "--model.lr", 0.05, "--trainer.max_steps", 800, "--stop.when", "never", *QUIET)
+    kept, changed = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True) for r in run_dirs(tmp_path)[1:])
+    for state, lr in ((kept, 0.02), (changed, 0.05)):
+        assert state["hyper_parameters"]["members"] == 3 and state["hyper_parameters"]["task"] == "abs"
+        assert state["optimizer_states"][0]["param_groups"][0]["lr"] == lr == state["hyper_parameters"]["lr"]
+        assert state["global_step"] == 800
+
+
 def test_load_from_checkpoint_alone_maps_inputs_to_outputs(run_cli, tmp_path):
     run_cli("fit", "--task", "subtract", "--model.members", 4, "--trainer.max_steps", 3000, *QUIET)
     module = CircuitModule.load_from_checkpoint(run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt")
@@ -103,6 +115,7 @@ CKPT_ERRORS = [
     (["validate", "--ckpt_path", "foreign.ckpt"], r"is a checkpoint, but not of circuits_pl"),
     (["validate", "--ckpt_path", "good.ckpt", "--task", "add"], r"is of task 'abs', not 'add'"),
     (["validate", "--ckpt_path", "good.ckpt", "--model.layer_sizes", "[1, 4, 1]"], r"holds a 1-2-1 network, not 1-4-1"),
+    (["fit", "--ckpt_path", "good.ckpt", "--model.members", "5"], r"has model.members 2, not 5"),
     (["fit", "--task", "add", "--config", "unknown_key.yaml"], r"does not accept option 'model.bogus'"),
     (["fit", "--task", "add", "--config", "broken.yaml"], r"Problems parsing config"),
     (["fit", "--task", "add", "--model.bogus", "1"], r"unrecognized arguments: --model.bogus"),

@@ -34,6 +34,21 @@ def test_inspect_reads_the_exact_circuit_of_a_solved_run(run_cli, tmp_path, caps
             assert per["circuit"][k] in [c.formula for c in get_task(task).circuits] + ["equivalent exact"]
 
 
+def test_training_on_a_cone_reports_the_held_out_directions(run_cli, tmp_path, capsys):
+    run_cli("fit", "--task", "add", "--data.cone", "[1, 0]", "--model.members", 16, "--trainer.max_steps", 3000,
+            *QUIET)
+    (run,) = run_dirs(tmp_path)
+    res = results(run)
+    best = res["best_member"]
+    # a bias-free net that found r(a + b) - r(-a - b) on x1 >= 0 is exact on x1 < 0 too
+    assert res["data"]["cone"] == [1.0, 0.0] and res["per_member"]["heldout_mse"][best] < 1e-9
+    capsys.readouterr()
+    run_cli("inspect", run, "--no-figures")
+    assert "Held-out directions (u·x < 0 for u = [1.0, 0.0]): MSE" in capsys.readouterr().out
+    rows = (run / "metrics.csv").read_text()
+    assert "test/heldout_mse" in rows.splitlines()[0]
+
+
 def test_inspect_a_stuck_member_says_where_it_is_wrong(run_cli, tmp_path, capsys):
     run_cli("fit", "--task", "identity", "--model.members", 8, "--trainer.max_steps", 4000, "--stop.when", "never",
             *QUIET)
