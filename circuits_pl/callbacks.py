@@ -114,23 +114,23 @@ def pl_task_name(trainer: pl.Trainer) -> str:
 
 
 class RunInterrupted(Exception):
-    """Raised (after a checkpoint is saved) to end fit on SIGINT/SIGTERM."""
+    """Raised after ``fit`` ended early on SIGINT/SIGTERM (its checkpoint, if any, is saved)."""
 
-    def __init__(self, signum: int, step: int, path: str):
+    def __init__(self, signum: int, step: int, path: str | None, announce: bool = True):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
-        self.signum, self.step, self.path = signum, step, path
+        self.signum, self.step, self.path, self.announce = signum, step, path, announce
 
 
 class GracefulInterrupt(pl.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM during fit: finish the current block, save ``last.ckpt``, stop.
-
-    The signal only sets a flag; the checkpoint is written at the start of the next block, where the
-    previous block, its validation and its checkpoints are complete, so resuming from it gives
-    exactly the run that was never stopped. A second Ctrl-C quits at once without saving.
+    """Ctrl-C (SIGINT) or SIGTERM during fit: finish the current block of steps, then stop the way
+    Lightning stops early (``trainer.should_stop``): it validates and ModelCheckpoint writes
+    ``last.ckpt`` with every loop counter complete, so a resumed run continues exactly, on the
+    same validation schedule, as a run that never stopped. A second Ctrl-C quits at once.
     """
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.stopped = False
         self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -158,22 +158,22 @@ class GracefulInterrupt(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
         requested = self.signum is not None
-        if trainer.world_size > 1:  # every rank stops at the same block, or DDP would hang
+        if trainer.world_size > 1:  # every rank stops after the same block, or DDP would hang
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if not requested:
-            return
-        path = last_checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
-        raise RunInterrupted(self.signum or signal.SIGINT, trainer.global_step, path)
+        if requested and not trainer.should_stop:
+            self.stopped = True
+            self.signum = self.signum or signal.SIGINT
+            trainer.should_stop = True
 
-
-def last_checkpoint_path(trainer: pl.Trainer) -> str:
-    """``<run>/checkpoints/last.ckpt``, where ModelCheckpoint(save_last=True) writes it."""
-    cb = trainer.checkpoint_callback
-    dirpath = cb.dirpath if cb is not None and cb.dirpath else os.path.join(trainer.log_dir or ".", "checkpoints")
-    return os.path.join(dirpath, "last.ckpt")
+    def interruption(self, trainer: pl.Trainer) -> RunInterrupted | None:
+        """After fit: the RunInterrupted to raise if a signal stopped it (with its checkpoint path)."""
+        if not self.stopped:
+            return None
+        cb = trainer.checkpoint_callback
+        path = cb.last_model_path if cb is not None and cb.last_model_path else None
+        return RunInterrupted(self.signum or signal.SIGINT, trainer.global_step, path, trainer.is_global_zero)
 
 
 class PredictionWriter(BasePredictionWriter):

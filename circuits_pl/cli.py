@@ -158,6 +158,10 @@ class CircuitsCLI(LightningCLI):
     def after_fit(self) -> None:
         from circuits_pl.results import finish_fit
 
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, GracefulInterrupt) and (stop := callback.interruption(self.trainer)):
+                raise stop
+
         finish_fit(self.trainer, self.model, self.datamodule, figures=self._active_config().figures)
 
 
@@ -189,12 +193,13 @@ def _run_guarded(fn) -> Any:
     except TrainingDiverged as err:
         _fail(str(err), 1)
     except RunInterrupted as err:
-        run = Path(err.path).parent.parent
-        print(
-            f"Interrupted at step {err.step}; checkpoint saved to {err.path}\n"
-            f"Resume with: python -m circuits_pl fit --config {run / 'config.yaml'} --ckpt_path {err.path}",
-            file=sys.stderr,
-        )
+        if err.announce and err.path:
+            run = Path(err.path).parent.parent
+            print(f"Interrupted at step {err.step}; checkpoint saved to {err.path}\n"
+                  f"Resume with: python -m circuits_pl fit --config {run / 'config.yaml'} --ckpt_path {err.path}",
+                  file=sys.stderr)
+        elif err.announce:
+            print(f"Interrupted at step {err.step}; no checkpoint saved (checkpointing is off)", file=sys.stderr)
         raise SystemExit(128 + err.signum) from None
     except _argument_errors() as err:
         _fail(_one_line(str(err)), 2)

@@ -86,12 +86,17 @@ def test_interrupt_saves_a_checkpoint_and_resuming_equals_never_stopping(run_cli
     assert "Traceback" not in err
     step = _ckpt(stopped)["global_step"]
     assert 1000 <= step < 100_000 and step % 100 == 0  # a whole block, after the first validation
+    assert step in _val_rows(stopped)  # Lightning validated where it stopped, then saved last.ckpt
     target = step + 1000
     run_cli("fit", "--config", stopped / "config.yaml", "--ckpt_path", stopped / "checkpoints" / "last.ckpt",
             "--trainer.max_steps", target)
     run_cli("fit", *common, "--trainer.max_steps", target)
     _, resumed, never_stopped = run_dirs(tmp_path)
     assert_same_run(never_stopped, resumed)
+    # validation stays on its schedule (every 1000 steps) after the resume
+    assert sorted(_val_rows(resumed)) == [s for s in sorted(_val_rows(never_stopped)) if s > step]
+    scheduled = {k: v for k, v in _val_rows(stopped).items() if k % 1000 == 0}  # not the one at the stop
+    assert _val_rows(never_stopped) == {**scheduled, **_val_rows(resumed)}
 
 
 def test_checkpoints_never_hold_non_finite_weights(tmp_path):
