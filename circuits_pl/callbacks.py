@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
+from circuits_pl.logger import run_dir
+
 
 class StopWhenSolved(EarlyStopping):
     """Lightning's EarlyStopping on the number of solved members.
@@ -81,12 +83,14 @@ class StepProgressBar(TQDMProgressBar):
         else:
             print(*args, sep=sep, **kwargs)
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
-        total = trainer.max_steps if trainer.max_steps > 0 else None
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)  # creates the bar (this hook runs on resume too)
         bar = self.train_progress_bar
-        bar.reset(total=total)
+        bar.reset(total=trainer.max_steps if trainer.max_steps > 0 else None)
         bar.initial = bar.n = trainer.global_step  # a resumed run starts where it stopped
-        bar.set_description(f"fit {pl_task_name(trainer)}", refresh=False)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        pass  # Lightning would reset the bar to the epoch's batches: an endless stream has no total
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
         bar = self.train_progress_bar
@@ -195,7 +199,7 @@ class PredictionWriter(BasePredictionWriter):
         target = torch.cat([p["target"] for p in predictions]).cpu().flatten()
         pred = torch.cat([p["prediction"] for p in predictions]).cpu().flatten()
         rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        root = trainer.log_dir or trainer.default_root_dir
+        root = run_dir(trainer)
         os.makedirs(root, exist_ok=True)
         self.path = os.path.join(root, self.filename.replace(".csv", f"{rank}.csv"))
         with open(self.path, "w", newline="") as f:

@@ -20,11 +20,13 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
 
 from circuits_pl.callbacks import GracefulInterrupt, PredictionWriter, RunInterrupted, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoints import check_checkpoint
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, TrainingDiverged
+from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.tasks import get_task, task_names
 
@@ -38,6 +40,19 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "log_every_n_steps": 5,  # blocks: train metrics every 500 SGD steps
     "enable_model_summary": False,  # the notebook-style weights print instead
 }
+
+
+DESCRIPTION = (
+    "Train tiny bias-free ReLU MLPs (many seeds at once) and read the exact circuit they learn. "
+    "Subcommands: fit, validate, test, predict (Lightning's), and inspect PATH (read a run's circuit) "
+    "and report (the success-rate study), each with --help."
+)
+COMMANDS = ("fit", "validate", "test", "predict", "inspect", "report")
+
+
+def program_name() -> str:
+    """How the user called us, for usage lines: the console script or ``python -m``."""
+    return "circuits-pl" if Path(sys.argv[0]).name == "circuits-pl" else "python -m circuits_pl"
 
 
 # Hyper-parameters that define the weights in a checkpoint: they must match it.
@@ -54,7 +69,8 @@ class CircuitsCLI(LightningCLI):
             seed_everything_default=0,
             trainer_defaults=TRAINER_DEFAULTS,
             auto_configure_optimizers=False,  # the fast path is plain SGD with model.lr
-            parser_kwargs={"exit_on_error": False, "default_env": False},
+            parser_kwargs={"exit_on_error": False, "default_env": False, "prog": program_name(),
+                           "description": DESCRIPTION},
             args=args,
             run=run,
         )
@@ -142,18 +158,27 @@ class CircuitsCLI(LightningCLI):
             )
 
     def instantiate_trainer(self, **kwargs: Any):
-        config = self._get(self.config_init, "trainer", default={})
+        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(StepProgressBar())
         callbacks += [GracefulInterrupt(), PredictionWriter()]
-        return super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+        config["callbacks"] = callbacks
+        if (config.get("logger") is False or config.get("fast_dev_run")) and rank_zero_only.rank == 0:
+            config["default_root_dir"] = claim_run_dir(config.get("default_root_dir") or ".")
+        # The ModelCheckpoint of --checkpoint.* is always built; --trainer.enable_checkpointing false
+        # means the user wants none (Lightning would refuse the combination).
+        extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if config.get("enable_checkpointing") is False:
+            extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
+        return self._instantiate_trainer(config, extra)
 
     # ------------------------------------------------------------------------------------------
     def before_fit(self) -> None:
+        directory = run_dir(self.trainer)
         if self.trainer.is_global_zero:
-            print(f"Run directory: {self.trainer.log_dir}")
+            print(f"Run directory: {directory}")
 
     def after_fit(self) -> None:
         from circuits_pl.results import finish_fit
@@ -173,12 +198,18 @@ def main(args: Sequence[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Every run writes into a new version directory, so a restored ModelCheckpoint always "moves".
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        return _run_guarded(lambda: _unknown_command(argv[0]))
     if argv and argv[0] in ("inspect", "report"):
         from circuits_pl import inspection, report
 
         command = {"inspect": inspection.main, "report": report.main}[argv[0]]
         return _run_guarded(lambda: command(argv[1:]))
     return _run_guarded(lambda: CircuitsCLI(args=args))
+
+
+def _unknown_command(name: str) -> None:
+    raise CircuitsError(f"unknown command {name!r}; valid commands: {', '.join(COMMANDS)}")
 
 
 def _no_adverts(record: logging.LogRecord) -> bool:

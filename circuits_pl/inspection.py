@@ -149,9 +149,15 @@ def _step(run: Run) -> int:
     return int(torch.load(run.checkpoint, map_location="cpu", weights_only=True).get("global_step", 0))
 
 
+def program_name() -> str:
+    from circuits_pl.cli import program_name as name
+
+    return name()
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m circuits_pl inspect",
+        prog=f"{program_name()} inspect",
         description="Read the circuit a trained member computes: raw and canonical weights, formula, "
                     "which exact circuit, checks; writes PNG figures into the run directory.",
     )

@@ -241,6 +241,19 @@ class CircuitModule(pl.LightningModule):
     def _member_preds(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1).T  # (N, K): one "output" per member for torchmetrics
 
+    def _announce_member(self) -> None:
+        """validate/test --ckpt_path: say which member the metrics are of (fit reports its own)."""
+        if self.members > 1 and self.trainer.state.fn in ("validate", "test"):
+            why = "the best by validation MSE" if self.member is None else "--model.member"
+            self.print(f"{self.trainer.state.fn.value}: member {self.selected_member} of {self.members} ({why})")
+
+    def on_validation_start(self) -> None:
+        self._announce_member()
+
+    def on_test_start(self) -> None:
+        if self.trainer.ckpt_path is not None:
+            self._announce_member()
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         self.val_metric.update(self._member_preds(x), y.expand(-1, self.members))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.logger import run_dir
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
 
 DEFAULT_MEMBERS = 128
@@ -38,6 +39,12 @@ def next_version(root: Path) -> Path:
     while (root / f"version_{n}").exists():
         n += 1
     return root / f"version_{n}"
+
+
+def program_name() -> str:
+    from circuits_pl.cli import program_name as name
+
+    return name()
 
 
 def run_job(job: dict[str, Any], members: int, max_steps: int | None, out: Path, seed: int) -> dict[str, Any]:
@@ -59,9 +66,9 @@ def run_job(job: dict[str, Any], members: int, max_steps: int | None, out: Path,
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f), _quiet_lightning():
         cli = CircuitsCLI(args=args)
-    run_dir = Path(cli.trainer.log_dir)
-    res = json.loads((run_dir / "results.json").read_text())
-    res["run_dir"] = str(run_dir)
+    directory = Path(run_dir(cli.trainer))
+    res = json.loads((directory / "results.json").read_text())
+    res["run_dir"] = str(directory)
     return res
 
 
@@ -166,9 +173,9 @@ def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m circuits_pl report",
+        prog=f"{program_name()} report",
         description="Train every task with many seeds (no early stop) and report success rates with "
-                    "Wilson 95%% CIs, solved-at steps, verdicts and the circuits found.",
+                    "Wilson 95% CIs, solved-at steps, verdicts and the circuits found.",
     )
     parser.add_argument("--tasks", default=",".join(BUILTIN_TASKS),
                         help="comma-separated tasks, with circuits_pl's defaults (default: all built-in)")

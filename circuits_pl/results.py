@@ -16,9 +16,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.inspection import classify_members, read_member, write_figures
+from circuits_pl.logger import run_dir
 from circuits_pl.module import HISTORY, CircuitModule
 from circuits_pl.success import wilson_interval
 
@@ -47,7 +50,7 @@ def verdicts(module: CircuitModule) -> list[str]:
     return out
 
 
-def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int, stopped_early: bool = False
+def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int, stopped_when_solved: bool = False
               ) -> dict[str, Any]:
     """Everything results.json holds, as plain Python values."""
     k_total = module.members
@@ -79,7 +82,7 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int, 
         "init_seed": int(hp.init_seed),
         "data": data,
         "steps": int(steps),
-        "stopped_early": bool(stopped_early),
+        "stopped_when_solved": bool(stopped_when_solved),
         "success_mse": float(module.success_mse),
         "solved": n_solved,
         "success_rate": n_solved / k_total,
@@ -120,9 +123,11 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     if trainer.interrupted:
         return {}
     steps = trainer.global_step
-    stopped_early = trainer.max_steps > 0 and steps < trainer.max_steps
+    stopped_when_solved = any(
+        isinstance(c, StopWhenSolved) and c.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD
+        for c in trainer.callbacks) and not (0 < trainer.max_steps <= steps)
     trainer.test(module, datamodule=datamodule, verbose=False)
-    res = summarize(module, datamodule, steps, stopped_early)
+    res = summarize(module, datamodule, steps, stopped_when_solved)
     best = res["best_member"]
     per = res["per_member"]
     say = module.print
@@ -139,10 +144,10 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     if res["circuits_of_solved"]:
         say("Circuits of the solved members: " + ", ".join(
             f"{n}× {c.replace('-', '−')}" for c, n in res["circuits_of_solved"].items()))
-    if stopped_early:
+    if stopped_when_solved:
         say("Stopped once solved: members still converging count as unsolved. For a success rate, "
             "train every member the whole budget: --stop.when never")
-    log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+    log_dir = run_dir(trainer)  # a collective under DDP: every rank must ask
     if trainer.is_global_zero and log_dir:
         path = os.path.join(log_dir, "results.json")
         with open(path, "w") as f:

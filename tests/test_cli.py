@@ -148,3 +148,41 @@ def test_bad_input_is_one_line_nonzero_and_touches_nothing(run_cli, tmp_path, ca
     assert re.search(message, err[0]), err[0]
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # no run directory created, no file of the earlier run touched
+
+
+def test_runs_without_a_logger_still_get_their_own_directory(run_cli, tmp_path):
+    for _ in range(2):  # Lightning would write both into tmp_path itself, and the second would abort
+        run_cli("fit", "--task", "abs", "--model.members", 2, "--trainer.max_steps", 200, "--trainer.logger", "false",
+                *QUIET)
+    first, second = run_dirs(tmp_path)
+    for run in (first, second):
+        assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+        assert not (run / "metrics.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lightning_logs"]
+
+
+def test_checkpointing_can_be_switched_off(run_cli, tmp_path):
+    run_cli("fit", "--task", "abs", "--model.members", 2, "--trainer.max_steps", 200,
+            "--trainer.enable_checkpointing", "false", *QUIET)
+    (run,) = run_dirs(tmp_path)
+    assert (run / "results.json").is_file() and not (run / "checkpoints").exists()
+
+
+def test_a_task_module_in_the_working_directory_is_importable(run_cli, tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_study_tasks.py").write_text("def hypot(a, b):\n    return (a * a + b * b).sqrt()\n")
+    # the console script `circuits-pl` does not put the working directory on sys.path; `python -m` does
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    run_cli("fit", "--task", "my_study_tasks:hypot", "--model.members", 2, "--trainer.max_steps", 200, *QUIET)
+    assert "network 2-4-1" in capsys.readouterr().out
+
+
+def test_unknown_command_lists_the_valid_ones(run_cli, capsys):
+    run_cli("train", "--task", "add", expect=2)
+    assert capsys.readouterr().err.strip() == (
+        "error: unknown command 'train'; valid commands: fit, validate, test, predict, inspect, report")
+
+
+def test_a_run_stopped_by_its_budget_is_not_reported_as_stopped_when_solved(run_cli, tmp_path, capsys):
+    run_cli("fit", "--task", "min", "--model.members", 4, "--trainer.max_steps", 1000, *QUIET)
+    assert results(run_dirs(tmp_path)[0])["stopped_when_solved"] is False
+    assert "Stopped once solved" not in capsys.readouterr().out

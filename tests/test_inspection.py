@@ -98,7 +98,7 @@ def test_report_tables_every_task_with_its_ci(run_cli, tmp_path, capsys):
     assert [r["task"] for r in rows] == ["abs", "subtract"]
     for row in rows:
         res = json.loads((tmp_path / row["run_dir"] / "results.json").read_text())
-        assert res["members"] == 16 and res["steps"] == 2000 and not res["stopped_early"]
+        assert res["members"] == 16 and res["steps"] == 2000 and not res["stopped_when_solved"]
         assert int(row["solved"]) == sum(res["per_member"]["solved"])
         assert (float(row["ci95_low"]), float(row["ci95_high"])) == pytest.approx(
             _wilson_by_hand(int(row["solved"]), 16))
