@@ -157,12 +157,12 @@ class CircuitModule(pl.LightningModule):
         self._handle_divergence(snapshot, x, y, n, start)
         # Is the validation after this block the regular one (every val_check_interval batches)?
         # Blocks are aligned to steps, so this is the same test in SGD steps, resumed or not.
-        every = self.trainer.val_check_batch
-        self._scheduled_validation = isinstance(every, int) and (batch_idx + 1) % every == 0
+        val_every = self.trainer.val_check_batch
+        self._scheduled_validation = isinstance(val_every, int) and (batch_idx + 1) % val_every == 0
         if self.trainer.max_steps >= 0 and self.global_step >= self.trainer.max_steps:
             self.trainer.should_stop = True  # Lightning then validates, so the last step is checkpointed
-        every = self.trainer.log_every_n_steps  # in Lightning batches; 0 turns train logging off
-        if n > 0 and every and (batch_idx + 1) % every == 0:
+        log_every = self.trainer.log_every_n_steps  # in Lightning batches; 0 turns train logging off
+        if n > 0 and log_every and (batch_idx + 1) % log_every == 0:
             loss = self.net.mse(x[n - 1], y[n - 1])  # each member's loss on the block's last step
             live = loss[self.alive & torch.isfinite(loss)]
             self._log_metrics({"train/mse": live.min() if live.numel() else torch.tensor(math.nan),
@@ -196,8 +196,7 @@ class CircuitModule(pl.LightningModule):
         exact step; this costs one block, and only when something diverged.
         """
         params = list(self.net.parameters())
-        finite = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in params]).all(0)
-        bad = self.alive & ~finite
+        bad = self.alive & ~self._finite_members()
         if not bool(bad.any()):
             return
         final = [p.detach().clone() for p in params]
@@ -209,9 +208,7 @@ class CircuitModule(pl.LightningModule):
                 before = [p.detach().clone() for p in params]
                 self._sgd_steps(x[s : s + 1], y[s : s + 1], 1, count_steps=False)
                 loss = self.net.mse(x[s], y[s])
-                now_bad = bad & (step_of < 0) & ~(
-                    torch.stack([torch.isfinite(p).flatten(1).all(1) for p in params]).all(0) & torch.isfinite(loss)
-                )
+                now_bad = bad & (step_of < 0) & ~(self._finite_members() & torch.isfinite(loss))
                 if bool(now_bad.any()):
                     step_of[now_bad] = start + s + 1
                     for p, b in zip(params, before):
@@ -234,6 +231,10 @@ class CircuitModule(pl.LightningModule):
             f"warning: member(s) {newly} diverged (non-finite loss) at step {first}; reset to their last "
             f"finite weights and frozen; the other {int(self.alive.sum())} member(s) go on training"
         )
+
+    def _finite_members(self) -> torch.Tensor:
+        """Per member: are all its weights (and biases) finite? ``(K,)`` bool."""
+        return torch.stack([torch.isfinite(p).flatten(1).all(1) for p in self.net.parameters()]).all(0)
 
     # ------------------------------------------------------------------------------------------
     # Validation and test
