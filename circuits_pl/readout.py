@@ -545,6 +545,15 @@ class Readout:
     def solved(self) -> bool:
         return self.test_mse < self.success_mse
 
+    def circuit_text(self) -> str:
+        """Which circuit, in words: a listed one, or none; a solved net that matches no listed form
+        (wide nets spread a circuit over unit pairs, r(u·x) − r(−u·x) = u·x) says so."""
+        if self.match is not None:
+            return self.match.describe()
+        if self.solved:
+            return "computes the target (solved), through a form not in the task's list of circuits"
+        return "matches no known circuit"
+
     def text(self) -> str:
         """The report: raw weights, canonical form, formula, circuit match and checks."""
         sizes = "-".join(map(str, layer_sizes(self.raw)))
@@ -552,7 +561,7 @@ class Readout:
                  "Raw weights:", weights_text(self.raw)]
         lines += _canonical_lines(self.canonical, input_names(self.task.arity))
         lines += ["", "Formula:", self.formula, ""]
-        lines.append("Circuit: " + (self.match.describe() if self.match else "matches no known circuit"))
+        lines.append("Circuit: " + self.circuit_text())
         lines.append(f"Sparsity error: {self.sparsity_error:.3g}  (max over weights of min(|w|, |1 - |w||))")
         homogeneity = "OK" if self.homogeneous else "FAILED (not bias-free; the circuit above ignores that)"
         lines.append(f"Homogeneity f(c·x) = c·f(x): {homogeneity}, "

@@ -25,6 +25,7 @@ from circuits_pl.logger import run_dir
 from circuits_pl.module import HISTORY, CircuitModule
 from circuits_pl.success import wilson_interval
 
+UNLISTED = "an unlisted circuit"
 STUCK_PROGRESS = 0.01  # relative MSE decrease over the last validations below which a member is "stuck"
 
 
@@ -69,7 +70,10 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int, 
 
     data = {k: v for k, v in datamodule.hparams.items() if k != "task"}
     circuits = classify_members(module, datamodule)
-    found = Counter(c["circuit"] for c, ok in zip(circuits, solved.tolist()) if ok and c["circuit"])
+    # A solved member whose weights match no listed form (wide nets spread a circuit over pairs of
+    # units, r(u·x) − r(−u·x) = u·x) still computes the target: count it, as what it is.
+    found = Counter(c["circuit"] or UNLISTED for c, ok in zip(circuits, solved.tolist())
+                    if ok and c["formula"] is not None)
     sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
                 if ok and c["sparsity_error"] is not None]
     return {
@@ -138,8 +142,7 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
         f"   held-out directions: {per['heldout_mse'][best]:.4g}" if per["heldout_mse"] else ""))
     readout = read_member(module, datamodule, best) if not module.hparams.bias else None
     if readout is not None:
-        circuit = readout.match.describe() if readout.match else "matches no known circuit"
-        say(f"Circuit: {readout.formula} — {circuit}")
+        say(f"Circuit: {readout.formula} — {readout.circuit_text()}")
     say(summary_line(res) + f"; {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
     if res["circuits_of_solved"]:
         say("Circuits of the solved members: " + ", ".join(
