@@ -31,6 +31,7 @@ class Run:
     data: CircuitDataModule
     directory: Path
     checkpoint: Path
+    step: int
 
 
 def load_run(path: str | Path, member: int | None = None) -> Run:
@@ -51,7 +52,7 @@ def load_run(path: str | Path, member: int | None = None) -> Run:
             f"--member {member} is out of range: the checkpoint has {members} member(s), 0..{members - 1}")
     module = CircuitModule.load_from_checkpoint(ckpt, map_location="cpu", member=member)
     module.eval()
-    return Run(module, _datamodule(info, module), directory, ckpt)
+    return Run(module, _datamodule(info, module), directory, ckpt, int(info.get("global_step", 0)))
 
 
 def _datamodule(info: dict[str, Any], module: CircuitModule) -> CircuitDataModule:
@@ -134,7 +135,7 @@ def write_figures(directory: Path, module: CircuitModule, member: int, readout: 
 def report_text(run: Run, member: int, readout: Readout) -> str:
     module = run.module
     k_total = module.members
-    header = f"{run.checkpoint}: step {_step(run)}, member {member}"
+    header = f"{run.checkpoint}: step {run.step}, member {member}"
     if k_total > 1:
         best = int(module.best_member)
         header += f" of {k_total} ({'the best by validation MSE' if member == best else f'best is {best}'})"
@@ -145,17 +146,9 @@ def report_text(run: Run, member: int, readout: Readout) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _step(run: Run) -> int:
-    return int(torch.load(run.checkpoint, map_location="cpu", weights_only=True).get("global_step", 0))
-
-
-def program_name() -> str:
-    from circuits_pl.cli import program_name as name
-
-    return name()
-
-
 def main(argv: list[str]) -> None:
+    from circuits_pl.cli import program_name
+
     parser = argparse.ArgumentParser(
         prog=f"{program_name()} inspect",
         description="Read the circuit a trained member computes: raw and canonical weights, formula, "

@@ -60,10 +60,6 @@ class ReLUMLP(nn.Module):
                     bound = 1 / math.sqrt(w.shape[-1])
                     self.biases[layer][k].uniform_(-bound, bound, generator=gen)
 
-    @property
-    def n_layers(self) -> int:
-        return len(self.weights)
-
     def parameters_of(self, member: int) -> list[torch.Tensor]:
         """Weights (and biases) of one member, PyTorch Linear layout, in notebook order."""
         out = []

@@ -41,12 +41,6 @@ def next_version(root: Path) -> Path:
     return root / f"version_{n}"
 
 
-def program_name() -> str:
-    from circuits_pl.cli import program_name as name
-
-    return name()
-
-
 def run_job(job: dict[str, Any], members: int, max_steps: int | None, out: Path, seed: int) -> dict[str, Any]:
     """One ``fit`` with every member trained the whole budget; returns its results.json."""
     from circuits_pl.cli import CircuitsCLI
@@ -172,6 +166,8 @@ def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def main(argv: list[str]) -> None:
+    from circuits_pl.cli import program_name
+
     parser = argparse.ArgumentParser(
         prog=f"{program_name()} report",
         description="Train every task with many seeds (no early stop) and report success rates with "
