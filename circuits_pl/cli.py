@@ -28,6 +28,7 @@ from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, TrainingDiverged
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
+from circuits_pl.results import RunSummary
 from circuits_pl.tasks import get_task, task_names
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -179,15 +180,13 @@ class CircuitsCLI(LightningCLI):
         directory = run_dir(self.trainer)
         if self.trainer.is_global_zero:
             print(f"Run directory: {directory}")
+        if not any(isinstance(c, RunSummary) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(RunSummary(figures=self._active_config().figures))
 
     def after_fit(self) -> None:
-        from circuits_pl.results import finish_fit
-
         for callback in self.trainer.callbacks:
             if isinstance(callback, GracefulInterrupt) and (stop := callback.interruption(self.trainer)):
                 raise stop
-
-        finish_fit(self.trainer, self.model, self.datamodule, figures=self._active_config().figures)
 
 
 def main(args: Sequence[str] | None = None) -> None:

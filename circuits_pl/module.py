@@ -95,6 +95,9 @@ class CircuitModule(pl.LightningModule):
         self.test_metrics = torch.nn.ModuleList([MeanSquaredError(num_outputs=members) for _ in range(2)])
         self.test_mse: torch.Tensor | None = None  # per member, after test
         self.heldout_mse: torch.Tensor | None = None
+        # What the loss curves show, whatever the logger (or none): column -> (steps, values).
+        # Kept in checkpoints (plain lists: they load with weights_only=True).
+        self.loss_history: dict[str, tuple[list[float], list[float]]] = {}
 
     # ------------------------------------------------------------------------------------------
     # Using a trained module
@@ -321,9 +324,32 @@ class CircuitModule(pl.LightningModule):
         x, y = batch
         return {"x": x, "target": y, "prediction": self(x)}
 
+    @torch.no_grad()
+    def members_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-member MSE ``(K,)`` on inputs ``x (N, in)`` and targets ``y (N, 1)`` (torchmetrics)."""
+        metric = MeanSquaredError(num_outputs=self.members).to(self.device)
+        metric.update(self._member_preds(x.to(self.device)), y.to(self.device).expand(-1, self.members))
+        return metric.compute().reshape(-1).detach()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["loss_history"] = {k: [list(s), list(v)] for k, (s, v) in self.loss_history.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loss_history = {k: (list(s), list(v)) for k, (s, v) in checkpoint.get("loss_history", {}).items()}
+
     # ------------------------------------------------------------------------------------------
     # Logging and printing
     # ------------------------------------------------------------------------------------------
+    def _record_history(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Append the loss columns of a fit's logging call to ``loss_history`` (at the SGD step)."""
+        if self.trainer.state.fn != "fit" or self.trainer.sanity_checking:
+            return
+        for key in ("train/mse", "train/median_mse", "val/mse", "val/median_mse"):
+            if key in metrics:
+                steps, values = self.loss_history.setdefault(key, ([], []))
+                steps.append(float(self.global_step))
+                values.append(float(metrics[key]))
+
     def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
         """The one place that calls Lightning's logger (each ``self.log`` costs ~0.2 ms: call it rarely).
 
@@ -333,6 +359,7 @@ class CircuitModule(pl.LightningModule):
         """
         if self.members == 1:
             metrics = {k: v for k, v in metrics.items() if not k.endswith("median_mse")}
+        self._record_history(metrics)
         if self.global_step > 0 or self.trainer.state.fn == "fit":
             metrics["step"] = float(self.global_step)
         sync = not self.trainer.training and self.trainer.world_size > 1

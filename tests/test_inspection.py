@@ -43,7 +43,7 @@ def test_training_on_a_cone_reports_the_held_out_directions(run_cli, tmp_path, c
     # a bias-free net that found r(a + b) - r(-a - b) on x1 >= 0 is exact on x1 < 0 too
     assert res["data"]["cone"] == [1.0, 0.0] and res["per_member"]["heldout_mse"][best] < 1e-9
     capsys.readouterr()
-    run_cli("inspect", run, "--no-figures")
+    run_cli("inspect", run, "--figures", "false")
     assert "Held-out directions (u·x < 0 for u = [1.0, 0.0]): MSE" in capsys.readouterr().out
     rows = (run / "metrics.csv").read_text()
     assert "test/heldout_mse" in rows.splitlines()[0]
@@ -57,7 +57,7 @@ def test_inspect_a_stuck_member_says_where_it_is_wrong(run_cli, tmp_path, capsys
     stuck = per["verdict"].index("stuck")
     assert per["circuit"][stuck] is None and per["val_mse"][stuck] > 0.1
     capsys.readouterr()
-    run_cli("inspect", run / "checkpoints" / "last.ckpt", "--member", stuck, "--no-figures")
+    run_cli("inspect", run / "checkpoints" / "last.ckpt", "--member", stuck, "--figures", "false")
     out = capsys.readouterr().out
     assert f"member {stuck} of 8" in out and "Circuit: matches no known circuit" in out
     assert "Where it is wrong: wrong where x " in out and "Worst inputs:" in out
@@ -108,3 +108,18 @@ def test_report_tables_every_task_with_its_ci(run_cli, tmp_path, capsys):
     assert (report / "report.png").stat().st_size > 1000
     run_cli("report", "--tasks", "identity", "--members", 4, "--max_steps", 500)
     assert (tmp_path / "reports" / "version_1" / "report.md").is_file()  # never overwrites
+
+
+def test_report_runs_jobs_in_parallel_with_the_results_of_a_serial_run(run_cli, tmp_path):
+    sweep = ["report", "--tasks", "abs", "--sizes", "2-2-1,2-3-1", "--lrs", "0.1", "--members", 4,
+             "--max_steps", 600]
+    run_cli(*sweep, "--jobs", 2)
+    run_cli(*sweep, "--jobs", 1)
+    parallel, serial = (list(csv.DictReader((tmp_path / "reports" / v / "report.csv").open()))
+                        for v in ("version_0", "version_1"))
+    # the hidden widths of --sizes apply to every task; abs has one input
+    assert [r["layer_sizes"] for r in parallel] == ["1-2-1", "1-3-1"] == [r["layer_sizes"] for r in serial]
+    for a, b in zip(parallel, serial):
+        ra, rb = (json.loads((tmp_path / r["run_dir"] / "results.json").read_text()) for r in (a, b))
+        assert ra["per_member"] == rb["per_member"]
+    assert (tmp_path / "reports" / "version_0" / "report.png").stat().st_size > 1000
