@@ -24,8 +24,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from circuits_pl.compat import record_resolved
 from circuits_pl.errors import CircuitsError
-from circuits_pl.hparams import record_resolved
 from circuits_pl.tasks import Task, get_task
 
 _MASK64 = (1 << 64) - 1

@@ -27,8 +27,8 @@ import lightning.pytorch as pl
 import torch
 from torchmetrics import MeanSquaredError
 
+from circuits_pl.compat import record_resolved
 from circuits_pl.errors import CircuitsError, TrainingDiverged
-from circuits_pl.hparams import record_resolved
 from circuits_pl.network import ReLUMLP
 from circuits_pl.success import success_threshold
 from circuits_pl.tasks import get_task
