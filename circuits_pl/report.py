@@ -35,6 +35,7 @@ from circuits_pl.errors import CircuitsError
 from circuits_pl.logger import claim_version
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
 from circuits_pl.usage import program_name
+from circuits_pl.verdicts import VERDICTS
 
 DEFAULT_MEMBERS = 128
 DEFAULT_STEPS = 20_000
@@ -109,15 +110,16 @@ def summarise(res: dict[str, Any]) -> dict[str, Any]:
         "batch_size": res["data"].get("batch_size"),
         "steps": res["steps"],
         "members": res["members"],
+        "found": res["found"],
+        "found_rate": res["found_rate"],
+        "found_ci95_low": res["found_rate_ci95"][0],
+        "found_ci95_high": res["found_rate_ci95"][1],
         "solved": res["solved"],
         "success_rate": res["success_rate"],
         "ci95_low": lo,
         "ci95_high": hi,
         "median_solved_at": res["median_solved_at"],
-        "exact": verdicts.get("exact", 0),
-        "slow": verdicts.get("slow", 0),
-        "stuck": verdicts.get("stuck", 0),
-        "diverged": verdicts.get("diverged", 0),
+        **{v.replace(" ", "_"): verdicts.get(v, 0) for v in VERDICTS},
         "max_sparsity_error_solved": res["max_sparsity_error_of_solved"],
         "circuits": "; ".join(f"{n}× {c}" for c, n in res["circuits_of_solved"].items()),
         "common_stuck": "; ".join(f"{n}× {f}" for f, n in stuck.most_common(2)),
@@ -133,19 +135,22 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
     lines = [
         "# circuits_pl report", "",
         f"`{command}`", "",
-        "Every member trains the whole budget (no early stop). Solved: validation MSE below the MSE of the",
-        "exact circuit with every weight perturbed by ±1e-5. Verdicts: exact (solved), slow (still improving),",
-        "stuck (validation MSE fell by < 1% over the last 8 validations), diverged.", "",
-        "| task | sizes | lr | steps | solved | rate (95% CI) | median solved at | exact / slow / stuck / diverged "
-        "| sparsity err. (max, solved) |",
+        "Every member trains the whole budget (no early stop). Found: the readout of its weights is an exact",
+        "circuit of the task and its MSE is below the threshold or still falling geometrically. Solved",
+        "(converged): validation MSE below the MSE of the exact circuit with every weight perturbed by ±1e-5.",
+        "Verdicts: converged, converging (found, still on its way down), slow (still improving), stuck",
+        "(validation MSE fell by < 1% over the last 8 validations), too early (< 3 validations), diverged.", "",
+        "| task | sizes | lr | steps | found (95% CI) | solved (95% CI) | median solved at "
+        "| converged / converging / slow / stuck / too early / diverged | sparsity err. (max, solved) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        counts = " / ".join(str(r[v.replace(" ", "_")]) for v in VERDICTS)
         lines.append(
-            f"| {r['task']} | {r['layer_sizes']} | {r['lr']:g} | {r['steps']} | {r['solved']}/{r['members']} "
-            f"| {r['success_rate']:.2f} ({r['ci95_low']:.2f}–{r['ci95_high']:.2f}) "
-            f"| {_fmt(r['median_solved_at'], '.0f')} | {r['exact']} / {r['slow']} / {r['stuck']} / {r['diverged']} "
-            f"| {_fmt(r['max_sparsity_error_solved'], '.2g')} |"
+            f"| {r['task']} | {r['layer_sizes']} | {r['lr']:g} | {r['steps']} "
+            f"| {r['found']}/{r['members']} ({r['found_ci95_low']:.2f}–{r['found_ci95_high']:.2f}) "
+            f"| {r['solved']}/{r['members']} ({r['ci95_low']:.2f}–{r['ci95_high']:.2f}) "
+            f"| {_fmt(r['median_solved_at'], '.0f')} | {counts} | {_fmt(r['max_sparsity_error_solved'], '.2g')} |"
         )
     lines += ["", "## Circuits found", ""]
     for r in rows:
@@ -174,8 +179,9 @@ def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
     fig = Figure(figsize=(1.1 * len(rows) + 2.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
     labels = [f"{r['task']}\n{r['layer_sizes']}" for r in rows]
-    rates = [r["success_rate"] for r in rows]
-    err = [[r["success_rate"] - r["ci95_low"] for r in rows], [r["ci95_high"] - r["success_rate"] for r in rows]]
+    rates = [r["found_rate"] for r in rows]
+    err = [[r["found_rate"] - r["found_ci95_low"] for r in rows],
+           [r["found_ci95_high"] - r["found_rate"] for r in rows]]
     ax.bar(range(len(rows)), rates, yerr=err, capsize=4, color="tab:blue", alpha=0.8)
     ax.set_xticks(range(len(rows)), labels)
     ax.set_ylim(0, 1)
@@ -206,8 +212,8 @@ def _plot_phase_diagram(rows: list[dict[str, Any]], tasks: list[str], path: Path
             if r["task"] != task:
                 continue
             i, j = widths.index(_hidden(r["layer_sizes"])), lrs.index(r["lr"])
-            grid[i][j] = r["success_rate"]
-            ax.text(j, i, f"{r['success_rate']:.2f}\n({r['ci95_low']:.2f}–{r['ci95_high']:.2f})",
+            grid[i][j] = r["found_rate"]
+            ax.text(j, i, f"{r['found_rate']:.2f}\n({r['found_ci95_low']:.2f}–{r['found_ci95_high']:.2f})",
                     ha="center", va="center", fontsize="x-small")
         shown = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
         ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
@@ -289,6 +295,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max_steps", type=int, default=None,
                         help=f"SGD steps per job (default: the config's, else {DEFAULT_STEPS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of member 0 (member k: seed + k)")
+    parser.add_argument("--success_mse", type=float, default=None,
+                        help="validation MSE below which a member counts as solved (default: the task's ε-threshold)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="fits run at once, one process and one torch thread each (default: CPU cores)")
     parser.add_argument("--out", default="reports", help="reports go to OUT/version_N (default: reports)")
@@ -297,9 +305,14 @@ def main(argv: list[str]) -> None:
         raise CircuitsError(f"--members must be a positive integer, got {args.members}")
     if args.max_steps is not None and args.max_steps < 1:
         raise CircuitsError(f"--max_steps must be a positive integer, got {args.max_steps}")
+    if args.success_mse is not None and not args.success_mse > 0:
+        raise CircuitsError(f"--success_mse must be a positive number, got {args.success_mse}")
     if args.jobs < 1:
         raise CircuitsError(f"--jobs must be a positive integer, got {args.jobs}")
     jobs = make_jobs(args)
+    if args.success_mse is not None:
+        for job in jobs:
+            job.extra += ["--model.success_mse", repr(args.success_mse)]
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise CircuitsError(f"--out {args.out} is a file, not a directory; give a directory for the reports")
     try:
@@ -321,8 +334,8 @@ def main(argv: list[str]) -> None:
             results[job.name] = res
             row = summarise(res)
             bar.update(1)
-            bar.write(f"{row['job']:>18}: {row['solved']}/{row['members']} solved "
-                      f"({row['ci95_low']:.2f}–{row['ci95_high']:.2f}), median at "
+            bar.write(f"{row['job']:>18}: {row['found']}/{row['members']} found the circuit "
+                      f"({row['found_ci95_low']:.2f}–{row['found_ci95_high']:.2f}), {row['solved']} solved, median at "
                       f"{_fmt(row['median_solved_at'], '.0f')} steps; {row['circuits'] or 'no exact circuit'}",
                       file=sys.stderr)
     bar.close()

@@ -31,30 +31,19 @@ from circuits_pl.logger import run_dir
 from circuits_pl.members import describe_members, heldout_mse, read_member, write_figures
 from circuits_pl.module import HISTORY, CircuitModule, live_median
 from circuits_pl.success import wilson_interval
+from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, found, verdict
 
 UNLISTED = "an unlisted circuit"
-STUCK_PROGRESS = 0.01  # relative MSE decrease over the last validations below which a member is "stuck"
 
 
-def verdicts(module: CircuitModule) -> list[str]:
-    """Per member: ``exact`` (solved), ``diverged``, ``stuck`` (on a plateau) or ``slow`` (still improving).
-
-    Stuck: over the last validations (up to 8) its validation MSE fell by less than 1%.
-    """
+def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]]) -> list[str]:
+    """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts)."""
+    hist = module.val_history.cpu().double()
+    solved = module.solved.cpu().tolist()
     out = []
-    hist = module.val_history.cpu()
     for k in range(module.members):
-        if int(module.diverged_at[k]) >= 0:
-            out.append("diverged")
-        elif bool(module.solved[k]):
-            out.append("exact")
-        else:
-            h = hist[:, k]
-            h = h[torch.isfinite(h)]
-            if h.numel() >= 3 and float(h[-1]) > (1 - STUCK_PROGRESS) * float(h[0]):
-                out.append("stuck")
-            else:
-                out.append("slow")
+        exact = circuits[k]["circuit"] is not None
+        out.append(verdict(bool(solved[k]), exact, hist[:, k].tolist(), diverged=int(module.diverged_at[k]) >= 0))
     return out
 
 
@@ -78,9 +67,12 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
     hp = module.hparams
     data = {k: v for k, v in datamodule.hparams.items() if k != "task" and not k.startswith("_")}
     circuits = describe_members(module, datamodule)
+    verdicts = member_verdicts(module, circuits)
+    n_found = sum(found(v) for v in verdicts)
+    found_lo, found_hi = wilson_interval(n_found, k_total)
     # A solved member whose weights match no listed form (wide nets spread a circuit over pairs of
     # units, r(u·x) − r(−u·x) = u·x) still computes the target: count it, as what it is.
-    found = Counter(c["circuit"] or UNLISTED for c, ok in zip(circuits, solved.tolist())
+    circuits_found = Counter(c["circuit"] or UNLISTED for c, ok in zip(circuits, solved.tolist())
                     if ok and c["formula"] is not None)
     sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
                 if ok and c["sparsity_error"] is not None]
@@ -96,33 +88,46 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
         "steps": int(steps),
         "stopped_when_solved": bool(stopped_when_solved),
         "success_mse": float(module.success_mse),
+        "found": n_found,
+        "found_rate": n_found / k_total,
+        "found_rate_ci95": [found_lo, found_hi],
         "solved": n_solved,
         "success_rate": n_solved / k_total,
         "success_rate_ci95": [lo, hi],
         "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
         "best_member": int(module.best_member),
-        "circuits_of_solved": dict(found.most_common()),
+        "circuits_of_solved": dict(circuits_found.most_common()),
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
         "per_member": {
             "val_mse": _floats(module.val_mse),
             "test_mse": _floats(module.test_mse),
             "heldout_mse": _floats(module.heldout_mse),
+            "found": [found(v) for v in verdicts],
             "solved": solved.tolist(),
             "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
             "diverged_at": [int(v) if v >= 0 else None for v in module.diverged_at.cpu().tolist()],
-            "verdict": verdicts(module),
+            "verdict": verdicts,
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
             "circuit": [c["circuit"] for c in circuits],
             "sparsity_error": [c["sparsity_error"] for c in circuits],
         },
-        "stuck_rule": f"validation MSE fell by less than {STUCK_PROGRESS:.0%} over the last {HISTORY} validations",
+        "verdict_rules": {
+            "found": "the readout is an exact circuit of the task, and validation MSE is below success_mse "
+                     f"or each of the last two validations is at most {GEOMETRIC_RATIO:g}x the one before",
+            "converged": "validation MSE below success_mse",
+            "stuck": f"validation MSE fell by less than {STUCK_PROGRESS:.0%} over the last {HISTORY} validations",
+            "too early": f"fewer than {MIN_VALIDATIONS} scheduled validations",
+        },
     }
 
 
 def summary_line(res: dict[str, Any]) -> str:
+    """``F/K found the exact circuit (CI), S/K converged below ε, median solved at N steps``."""
+    lo, hi = res["found_rate_ci95"]
+    line = f"{res['found']}/{res['members']} members found the exact circuit (95% Wilson CI {lo:.2f}–{hi:.2f})"
     lo, hi = res["success_rate_ci95"]
-    line = f"{res['solved']}/{res['members']} members solved (95% Wilson CI {lo:.2f}–{hi:.2f})"
+    line += f"; {res['solved']}/{res['members']} members solved (CI {lo:.2f}–{hi:.2f})"
     if res["median_solved_at"] is not None:
         line += f", median solved at {res['median_solved_at']:.0f} steps"
     return line

@@ -24,7 +24,8 @@ def test_fit_add_leaves_a_complete_run_and_validate_reuses_it(run_cli, tmp_path,
     assert res["per_member"]["val_mse"][res["best_member"]] < 1e-6
     out = capsys.readouterr().out
     assert "Starting validation MSE" in out and "Final weights (member" in out
-    assert f"{res['solved']}/8 members solved (95% Wilson CI" in out
+    assert f"{res['found']}/8 members found the exact circuit (95% Wilson CI" in out
+    assert f"; {res['solved']}/8 members solved (CI" in out
 
     run_cli("validate", "--ckpt_path", run / "checkpoints" / "last.ckpt", *QUIET)
     out = capsys.readouterr().out
