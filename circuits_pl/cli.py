@@ -10,6 +10,7 @@ no run overwrites another.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -150,8 +151,12 @@ class CircuitsCLI(LightningCLI):
         if cfg.threads < 1:
             raise CircuitsError(f"--threads must be a positive integer, got {cfg.threads}")
         torch.set_num_threads(cfg.threads)
+        # Lightning's DDP sets torch's threads to cores / local processes unless OMP_NUM_THREADS is
+        # set: a node of one process would then train with 2 threads and round differently.
+        os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
         trainer = cfg.trainer
         check_precision(trainer.precision)  # before any run directory exists
+        trainer.strategy = member_parallel(trainer.strategy, trainer.devices, trainer.num_nodes)
         if trainer.logger in (None, True):
             trainer.logger = Namespace(
                 class_path="circuits_pl.logger.RunLogger",
@@ -187,6 +192,20 @@ class CircuitsCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, GracefulInterrupt) and (stop := callback.interruption(self.trainer)):
                 raise stop
+
+
+DDP_NAMES = {"ddp": None, "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+
+
+def member_parallel(strategy: Any, devices: Any, num_nodes: int) -> Any:
+    """``--trainer.strategy ddp`` (or ``auto`` on several devices or nodes) means member parallelism:
+    circuits_pl.strategy.MemberParallelStrategy, with the start method the name asks for."""
+    several = str(devices) not in ("1", "auto", "None") or (num_nodes or 1) > 1
+    if strategy in DDP_NAMES or (strategy == "auto" and several):
+        method = DDP_NAMES.get(strategy)
+        init = Namespace(start_method=method) if method else Namespace()
+        return Namespace(class_path="circuits_pl.strategy.MemberParallelStrategy", init_args=init)
+    return strategy
 
 
 def main(args: Sequence[str] | None = None) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -163,12 +164,18 @@ def test_members(trainer: pl.Trainer, module: CircuitModule, datamodule: Circuit
 
 
 def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDataModule,
-               figures: bool = True) -> dict[str, Any]:
+               figures: bool = True, timing: tuple[int, float] | None = None) -> dict[str, Any]:
     """Test the final weights, print the summary and the best member's circuit, write results.json
-    and (with ``figures``) losses.png, function_member{k}.png and circuit_member{k}.png."""
+    and (with ``figures``) losses.png, function_member{k}.png and circuit_member{k}.png.
+
+    ``timing``: (SGD steps trained, seconds) of this fit's training loop, printed and saved.
+    """
     steps = trainer.global_step
     test_members(trainer, module, datamodule)
     res = summarize(module, datamodule, steps, stopped_when_solved(trainer))
+    if timing is not None and timing[1] > 0:
+        res["train_steps"], res["train_seconds"] = timing
+        res["member_steps_per_second"] = timing[0] * module.members / timing[1]
     best = res["best_member"]
     per = res["per_member"]
     say = module.print
@@ -185,6 +192,9 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
         readout = read_member(module, datamodule, best)
         say(f"Circuit: {readout.formula} — {readout.circuit_text()}")
     say(summary_line(res) + f"; {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
+    if "train_seconds" in res:
+        say(f"Trained {res['train_steps']} steps in {res['train_seconds']:.2f} s "
+            f"({res['member_steps_per_second']:,.0f} member-steps/s, validation and checkpoints included)")
     if res["circuits_of_solved"]:
         say("Circuits of the solved members: " + ", ".join(
             f"{n}× {c.replace('-', '−')}" for c, n in res["circuits_of_solved"].items()))
@@ -213,6 +223,16 @@ class RunSummary(pl.Callback):
     def __init__(self, figures: bool = True):
         self.figures = figures
         self.results: dict[str, Any] | None = None
+        self._start: tuple[int, float] | None = None
+        self._timing: tuple[int, float] | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = (trainer.global_step, time.perf_counter())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start is not None:
+            step0, t0 = self._start
+            self._timing = (trainer.global_step - step0, time.perf_counter() - t0)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.interrupted or not isinstance(pl_module, CircuitModule):
@@ -222,4 +242,4 @@ class RunSummary(pl.Callback):
         datamodule = trainer.datamodule
         if not isinstance(datamodule, CircuitDataModule):
             datamodule = CircuitDataModule(task=pl_module.task.name)
-        self.results = finish_fit(trainer, pl_module, datamodule, self.figures)
+        self.results = finish_fit(trainer, pl_module, datamodule, self.figures, self._timing)
