@@ -185,6 +185,7 @@ class CircuitsCLI(LightningCLI):
         directory = run_dir(self.trainer)
         if self.trainer.is_global_zero:
             print(f"Run directory: {directory}")
+            print(device_line(self.trainer, self._active_config().trainer.accelerator, self.model.members))
         if not any(isinstance(c, RunSummary) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(RunSummary(figures=self._active_config().figures))
 
@@ -192,6 +193,18 @@ class CircuitsCLI(LightningCLI):
         for callback in self.trainer.callbacks:
             if isinstance(callback, GracefulInterrupt) and (stop := callback.interruption(self.trainer)):
                 raise stop
+
+
+def device_line(trainer, accelerator: Any, members: int) -> str:
+    """Which device trains, and why: ``Device: cpu (...)``."""
+    device = trainer.strategy.root_device
+    ranks = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""
+    if accelerator != "auto":
+        return f"Device: {device}{ranks} (--trainer.accelerator {accelerator})"
+    if device.type == "cpu":
+        return f"Device: cpu{ranks} (--trainer.accelerator auto found no GPU)"
+    return (f"Device: {device}{ranks} (--trainer.accelerator auto found a GPU; with {members} members of a "
+            "network this small, a CPU may be as fast: compare with --trainer.accelerator cpu)")
 
 
 DDP_NAMES = {"ddp": None, "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}

@@ -96,7 +96,7 @@ def run_job(job: Job, members: int, max_steps: int | None, out: Path, seed: int)
     return res
 
 
-def summarise(res: dict[str, Any]) -> dict[str, Any]:
+def report_row(res: dict[str, Any]) -> dict[str, Any]:
     """One report row from a results.json."""
     per = res["per_member"]
     verdicts = Counter(per["verdict"])
@@ -332,14 +332,14 @@ def main(argv: list[str]) -> None:
             job = futures[future]
             res = future.result()
             results[job.name] = res
-            row = summarise(res)
+            row = report_row(res)
             bar.update(1)
             bar.write(f"{row['job']:>18}: {row['found']}/{row['members']} found the circuit "
                       f"({row['found_ci95_low']:.2f}–{row['found_ci95_high']:.2f}), {row['solved']} solved, median at "
                       f"{_fmt(row['median_solved_at'], '.0f')} steps; {row['circuits'] or 'no exact circuit'}",
                       file=sys.stderr)
     bar.close()
-    rows = [summarise(results[job.name]) for job in jobs]  # in the order asked, whatever finished first
+    rows = [report_row(results[job.name]) for job in jobs]  # in the order asked, whatever finished first
     command = f"{program_name()} report " + " ".join(argv)
     write_markdown(rows, out / "report.md", command.strip())
     write_csv(rows, out / "report.csv")
