@@ -17,7 +17,7 @@ COMMAND_HELP = {
     "fit": "train --task NAME, many seeds at once; writes lightning_logs/version_N/",
     "validate": "validation MSE of a trained run: --ckpt_path RUN/checkpoints/last.ckpt",
     "test": "test MSE of a trained run: --ckpt_path CKPT",
-    "predict": "the network's outputs on the test inputs: --ckpt_path CKPT",
+    "predict": "predictions.csv (inputs, target, prediction) of a trained run: --ckpt_path CKPT",
     "inspect": "read the circuit a run learned: inspect RUN_DIR_OR_CKPT",
     "report": "the success-rate study: every task, many seeds, Wilson 95% intervals",
 }
