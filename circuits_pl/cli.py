@@ -31,6 +31,7 @@ from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.results import RunSummary
 from circuits_pl.tasks import get_task, task_names
+from circuits_pl.usage import front_door, program_name
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "accelerator": "auto",
@@ -49,12 +50,6 @@ DESCRIPTION = (
     "Subcommands: fit, validate, test, predict (Lightning's), and inspect PATH (read a run's circuit) "
     "and report (the success-rate study), each with --help."
 )
-COMMANDS = ("fit", "validate", "test", "predict", "inspect", "report")
-
-
-def program_name() -> str:
-    """How the user called us, for usage lines: the console script or ``python -m``."""
-    return "circuits-pl" if Path(sys.argv[0]).name == "circuits-pl" else "python -m circuits_pl"
 
 
 # Hyper-parameters that define the weights in a checkpoint: they must match it.
@@ -222,25 +217,21 @@ def member_parallel(strategy: Any, devices: Any, num_nodes: int) -> Any:
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m circuits_pl`` and ``circuits-pl``; ``args`` for in-process use."""
+    """Run a command (circuits_pl.__main__ is the entry and calls this); ``args`` for in-process use."""
     argv = list(sys.argv[1:] if args is None else args)
+    if (status := front_door(argv)) is not None:  # --help, no command, an unknown command
+        raise SystemExit(status)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_adverts)
     # Lightning 2.6 calls an API that torch 2.13 deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Every run writes into a new version directory, so a restored ModelCheckpoint always "moves".
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        return _run_guarded(lambda: _unknown_command(argv[0]))
     if argv and argv[0] in ("inspect", "report"):
         from circuits_pl import inspection, report
 
         command = {"inspect": inspection.main, "report": report.main}[argv[0]]
         return _run_guarded(lambda: command(argv[1:]))
     return _run_guarded(lambda: CircuitsCLI(args=args))
-
-
-def _unknown_command(name: str) -> None:
-    raise CircuitsError(f"unknown command {name!r}; valid commands: {', '.join(COMMANDS)}")
 
 
 def _no_adverts(record: logging.LogRecord) -> bool:
