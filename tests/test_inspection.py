@@ -1,7 +1,5 @@
-"""Reading circuits of real runs: inspect, results.json circuits, report."""
+"""Reading circuits of real runs: inspect, results.json circuits, the Wilson interval."""
 
-import csv
-import json
 import math
 
 import pytest
@@ -89,39 +87,3 @@ def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
 @pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (31, 64), (64, 64)])
 def test_wilson_interval_matches_the_closed_form(k, n):
     assert wilson_interval(k, n) == pytest.approx(_wilson_by_hand(k, n), abs=1e-12)
-
-
-def test_report_tables_every_task_with_its_ci(run_cli, tmp_path, capsys):
-    run_cli("report", "--tasks", "abs,subtract", "--members", 16, "--max_steps", 2000)
-    report = tmp_path / "reports" / "version_0"
-    rows = list(csv.DictReader((report / "report.csv").open()))
-    assert [r["task"] for r in rows] == ["abs", "subtract"]
-    for row in rows:
-        res = json.loads((tmp_path / row["run_dir"] / "results.json").read_text())
-        assert res["members"] == 16 and res["steps"] == 2000 and not res["stopped_when_solved"]
-        assert int(row["solved"]) == sum(res["per_member"]["solved"])
-        assert (float(row["ci95_low"]), float(row["ci95_high"])) == pytest.approx(
-            _wilson_by_hand(int(row["solved"]), 16))
-        verdicts = ("converged", "converging", "slow", "stuck", "too_early", "diverged")
-        assert sum(int(row[v]) for v in verdicts) == 16
-        assert int(row["found"]) == sum(res["per_member"]["found"]) >= int(row["converged"])
-    md = (report / "report.md").read_text()
-    assert "| abs | 1-2-1 | 0.1 | 2000 | " in md and "r(x) + r(-x)" in md
-    assert (report / "report.png").stat().st_size > 1000
-    run_cli("report", "--tasks", "identity", "--members", 4, "--max_steps", 500)
-    assert (tmp_path / "reports" / "version_1" / "report.md").is_file()  # never overwrites
-
-
-def test_report_runs_jobs_in_parallel_with_the_results_of_a_serial_run(run_cli, tmp_path):
-    sweep = ["report", "--tasks", "abs", "--sizes", "2-2-1,2-3-1", "--lrs", "0.1", "--members", 4,
-             "--max_steps", 600]
-    run_cli(*sweep, "--jobs", 2)
-    run_cli(*sweep, "--jobs", 1)
-    parallel, serial = (list(csv.DictReader((tmp_path / "reports" / v / "report.csv").open()))
-                        for v in ("version_0", "version_1"))
-    # the hidden widths of --sizes apply to every task; abs has one input
-    assert [r["layer_sizes"] for r in parallel] == ["1-2-1", "1-3-1"] == [r["layer_sizes"] for r in serial]
-    for a, b in zip(parallel, serial):
-        ra, rb = (json.loads((tmp_path / r["run_dir"] / "results.json").read_text()) for r in (a, b))
-        assert ra["per_member"] == rb["per_member"]
-    assert (tmp_path / "reports" / "version_0" / "report.png").stat().st_size > 1000
