@@ -1,66 +1,105 @@
-import time, torch, numpy as np
-torch.set_num_threads(1)
-from circuits_pl.data import mix_seed
+"""Candidate training streams: µs of inputs per SGD step (B = 1000, in = 2, one thread).
+
+    python benchmarks/stream_candidates.py
+
+Every candidate produces one block of S = 100 steps; medians of 30 repetitions, all in one process.
+Which of them keep "step t depends only on (seed, rank, t)" is said in circuits_pl/stream.py.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from circuits_pl.stream import STEPS_PER_DRAW, UniformBlocks, mix_seed
+from circuits_pl.tasks import get_task
+
 B, IN, S = 1000, 2, 100
-def t(f, n=20):
-    f(); ts=[]
-    for _ in range(n):
-        a=time.perf_counter(); f(); ts.append(time.perf_counter()-a)
-    return sorted(ts)[len(ts)//2]/S*1e6
-g = torch.Generator()
-def cur():
+_gen = torch.Generator()
+
+
+def per_step_reseed() -> None:
+    """The previous stream: one mt19937 reseed per step."""
     x = torch.empty(S, B, IN)
     for s in range(S):
-        g.manual_seed(mix_seed(0,0,s)); x[s].uniform_(-1,1,generator=g)
-print("per-step reseed", t(cur))
-def chunk(C=S):
-    x = torch.empty(S, B, IN)
-    g.manual_seed(mix_seed(0,0,0)); x.uniform_(-1,1,generator=g)
-print("one reseed per block", t(chunk))
-def bare():
-    x = torch.empty(S, B, IN)
-    for s in range(S):
-        g.manual_seed(12345); 
-print("manual_seed only", t(bare))
-def ms():
-    for s in range(S): mix_seed(0,0,s)
-print("mix_seed only", t(ms))
-def unif():
-    x = torch.empty(S, B, IN)
-    for s in range(S): x[s].uniform_(-1,1,generator=g)
-print("uniform_ only per step", t(unif))
-# splitmix hash torch
-M1, M2 = -4658895280553007687, -7723592293110705685  # 0xBF58476D1CE4E5B9, 0x94D049BB133111EB as signed
-def sm():
-    c = torch.arange(S*B*IN, dtype=torch.int64) + 12345
-    h = c * -7046029254386353131
-    h ^= (h >> 30) & ((1<<34)-1); h *= M1
-    h ^= (h >> 27) & ((1<<37)-1); h *= M2
-    h ^= (h >> 31) & ((1<<33)-1)
-    x = ((h >> 40) & ((1<<24)-1)).to(torch.float32).mul_(2.0**-23).sub_(1.0)
-print("splitmix int64 torch", t(sm))
-try:
-    g2 = torch.Generator(); g2.set_offset(5); print("set_offset ok")
-except Exception as e: print("set_offset:", e)
-from numpy.random import Generator, Philox
-def ph():
-    bg = Philox(key=123, counter=0); r = Generator(bg)
-    x = torch.from_numpy(r.random((S,B,IN), dtype=np.float32)).mul_(2).sub_(1)
-print("numpy philox block float32", t(ph))
-def ph64():
-    bg = Philox(key=123, counter=0); r = Generator(bg)
-    x = torch.from_numpy(r.random((S,B,IN))).float()
-print("numpy philox block float64", t(ph64))
-from numpy.random import SFC64, PCG64
-for name, BG in [("sfc64", SFC64), ("pcg64", PCG64)]:
-    def f():
-        r = Generator(BG(123))
-        a = r.random((S,B,IN), dtype=np.float32); x = torch.from_numpy(a).mul_(2).sub_(1)
-    print("numpy", name, "float32 block", t(f))
-def ch32():
-    x = torch.empty(S, B, IN); C=32
-    for k in range(0, S+C, C):
-        g.manual_seed(mix_seed(0,0,k)); c = torch.empty(C,B,IN).uniform_(-1,1,generator=g)
-        n = min(C, S-k)
-        if n>0: x[k:k+n] = c[:n]
-print("torch chunk 32 + copy", t(ch32))
+        _gen.manual_seed(mix_seed(0, 0, s))
+        x[s].uniform_(-1, 1, generator=_gen)
+
+
+def reseed_per_draw(steps: int):
+    def draw() -> None:
+        x = torch.empty(S, B, IN)
+        for d in range(0, S, steps):
+            _gen.manual_seed(mix_seed(0, 0, d))
+            x[d : d + steps].uniform_(-1, 1, generator=_gen)
+
+    return draw
+
+
+_M1, _M2, _M0 = -4658895280553007687, -7723592293110705685, -7046029254386353131  # SplitMix64, as int64
+
+
+def splitmix_counter_hash() -> None:
+    """A counter-based SplitMix64 hash of (key + element index) in int64 torch ops, whole block at once."""
+    h = (torch.arange(S * B * IN, dtype=torch.int64) + 12345) * _M0
+    h ^= (h >> 30) & ((1 << 34) - 1)
+    h *= _M1
+    h ^= (h >> 27) & ((1 << 37) - 1)
+    h *= _M2
+    h ^= (h >> 31) & ((1 << 33) - 1)
+    ((h >> 40) & ((1 << 24) - 1)).to(torch.float32).mul_(2.0**-23).sub_(1.0)
+
+
+def numpy_block(bit_generator):
+    def draw() -> None:
+        rng = np.random.Generator(bit_generator())
+        torch.from_numpy(rng.random((S, B, IN), dtype=np.float32)).mul_(2).sub_(1)
+
+    return draw
+
+
+def project_stream() -> None:
+    """circuits_pl.stream.UniformBlocks: inputs of one block (no task, no cone)."""
+    _stream.inputs(0, S)
+
+
+_stream = UniformBlocks(get_task("add"), B, S, seed=0)
+
+
+def us_per_step(fn, repeats: int = 30) -> tuple[float, float, float]:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) / S * 1e6)
+    q = statistics.quantiles(times, n=4)
+    return statistics.median(times), q[0], q[2]
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    try:
+        torch.Generator().set_offset(5)
+        print("torch CPU Generator.set_offset: works")
+    except RuntimeError as err:
+        print(f"torch CPU Generator.set_offset: {err}")
+    candidates = {
+        "one mt19937 reseed per step (previous)": per_step_reseed,
+        "SplitMix64 counter hash, int64 torch": splitmix_counter_hash,
+        "numpy Philox4x64 per block": numpy_block(lambda: np.random.Philox(key=123, counter=0)),
+        "numpy SFC64 per block": numpy_block(lambda: np.random.SFC64(123)),
+        **{f"one mt19937 reseed per {c} steps": reseed_per_draw(c) for c in (5, 10, 20, 100)},
+        f"circuits_pl.stream (per {STEPS_PER_DRAW} steps)": project_stream,
+    }
+    print(f"{'candidate':<44}{'µs/step median':>16}{'  quartiles':>16}")
+    for name, fn in candidates.items():
+        med, lo, hi = us_per_step(fn)
+        print(f"{name:<44}{med:>16.2f}   [{lo:.2f}, {hi:.2f}]")
+
+
+if __name__ == "__main__":
+    main()
