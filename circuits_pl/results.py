@@ -199,8 +199,9 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
         say("Circuits of the solved members: " + ", ".join(
             f"{n}× {c.replace('-', '−')}" for c, n in res["circuits_of_solved"].items()))
     if res["stopped_when_solved"]:
-        say("Stopped once solved: members still converging count as unsolved. For a success rate, "
-            "train every member the whole budget: --stop.when never")
+        converging = res["found"] - sum(v == "converged" for v in per["verdict"])
+        say(f"Stopped early by --stop.when: {converging} member(s) had found the circuit and were still "
+            "converging. For success rates over a whole budget: --stop.when never")
     log_dir = run_dir(trainer)  # a collective under DDP: every rank must ask
     if trainer.is_global_zero and log_dir:
         path = Path(log_dir) / "results.json"
