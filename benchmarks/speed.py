@@ -290,6 +290,7 @@ def main() -> None:
         print("".join(c.rjust(w) for c, w in zip(row, widths)))
     print(f"fit steps per K: {', '.join(f'{k}: {5000 if args.quick and k == 1 else FIT_STEPS[k]}' for k in ks)} "
           "(validation every 1000 steps and once at the end)")
+    print("loop and val/ckpt/log are differences of noisy figures, per round: a negative value is below the noise")
     print(f"fit --task min (defaults), wall: {min_fit:.1f} s, of which import circuits_pl.cli: {import_s:.1f} s")
     if args.plot:
         plot(times, nb, args.plot)
