@@ -1,0 +1,326 @@
+"""The unique form of a bias-free ReLU net: its linear part plus a sum of kinks, L·x + Σ c_d·|d·x|.
+
+One hidden layer: each unit is v·r(w·x). Units of the same direction add up, and opposite directions
+combine, a·r(z) + b·r(−z) = ½(a+b)|z| + ½(a−b)z, so every such net is L·x + Σ c_d·|d·x| over distinct
+crease directions d (up to sign). The kinks |d·x| of distinct directions and the linear functions are
+linearly independent (each kink is non-smooth on its own line only), so this form is unique for the
+function, whatever the width: exactness is decided on it, not on a catalogue of circuits.
+
+Two hidden layers: a second-layer unit r(v·h) whose input v·h is non-negative on all inputs is v·h
+itself (non-positive: 0), and an opposite pair p·r(z) − p·r(−z) is p·z; simplified so, the net is a
+one-hidden-layer net over the first layer's units, read as above. Anything else has a crease
+inside a first-layer cone and is not named (the reason says so).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
+
+from circuits_pl.readout.matrices import MINUS, input_names, random_inputs
+from circuits_pl.tasks import Task
+
+FORM_TOL = 1e-2  # a coefficient (or direction entry) within this of a simple fraction rounds to it
+DENOMINATOR = 12  # simple fractions: denominators up to this (½, ⅓, ¼, ... 1/12)
+EXACT_POINT_TOL = 1e-9  # max |rounded form − target| on points that counts as the same function
+HALF = "\u00bd"
+
+
+@dataclass(frozen=True)
+class Form:
+    """L·x + Σ c·|d·x| with simple rational coefficients; d integer, coprime, first non-zero > 0."""
+
+    linear: tuple[Fraction, ...]
+    kinks: tuple[tuple[tuple[int, ...], Fraction], ...]  # sorted by direction
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(torch.float64)
+        y = x @ torch.tensor([float(v) for v in self.linear], dtype=torch.float64)
+        for d, c in self.kinks:
+            y = y + float(c) * (x @ torch.tensor(d, dtype=torch.float64)).abs()
+        return y[:, None]
+
+    def text(self, names: Sequence[str] | None = None) -> str:
+        """``½(a + b) − ½|a − b|``; ``0`` for the zero function."""
+        names = list(names) if names is not None else input_names(len(self.linear))
+        parts: list[tuple[bool, str]] = []
+        parts += _linear_parts(self.linear, names)
+        for d, c in self.kinks:
+            negative, pre = _coef(c)
+            parts.append((negative, pre + "|" + _terms(d, names)[1] + "|"))
+        return _join(parts)
+
+    def crease_text(self, names: Sequence[str] | None = None) -> str:
+        """The kinks' lines, ``a = b`` and ``a = 0``."""
+        names = list(names) if names is not None else input_names(len(self.linear))
+        return ", ".join(line_text(d, names) for d, _ in self.kinks)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """How a net computes its form.
+
+    Args:
+        linear, kinks: the float form (kinks as (direction, coefficient)); None when not reducible.
+        form: the form rounded to simple fractions, or None (``reason`` says why).
+        deviation: max |float coefficient − rounded coefficient| (directions included).
+        pairs: unit groups with both signs whose kinks cancel (linear pairs r(z) − r(−z) = z).
+        singles: groups of one sign (a kink plus a linear part).
+        kinked_pairs: groups with both signs and a kink left (a·r(z) + b·r(−z), a ≠ −b).
+        simplified: second-layer units read as linear (0 for one hidden layer).
+        reason: why there is no form, or None.
+    """
+
+    linear: torch.Tensor | None
+    kinks: list[tuple[torch.Tensor, float]]
+    form: Form | None
+    deviation: float
+    pairs: int = 0
+    singles: int = 0
+    kinked_pairs: int = 0
+    simplified: int = 0
+    reason: str | None = None
+
+    def how(self, names: Sequence[str] | None = None) -> str:
+        """``a + b through 2 linear pairs``; ``½(a + b) − ½|a − b|: 1 kink on a = b, linear part from 2 pairs``."""
+        if self.form is None:
+            return f"no simple form: {self.reason}"
+        text = self.form.text(names)
+        units = [_count(self.pairs, "pair"), _count(self.singles, "single unit"),
+                 _count(self.kinked_pairs, "uneven pair")]
+        units = [u for u in units if u]
+        deep = f" (after reading {_count(self.simplified, 'second-layer unit')} as linear)" if self.simplified else ""
+        if not self.form.kinks:
+            only_pairs = not self.singles and not self.kinked_pairs
+            lin = _count(self.pairs, "linear pair") if only_pairs else " and ".join(units)
+            return f"{text} through {lin or 'no units'}{deep}"
+        kinks = f"{_count(len(self.form.kinks), 'kink')} on {self.form.crease_text(names)}"
+        return f"{text}: {kinks}, from {' and '.join(units)}{deep}"
+
+    def max_error(self, task: Task, x: torch.Tensor) -> float:
+        """max |form(x) − task(x)| (inf without a form)."""
+        if self.form is None:
+            return math.inf
+        return float((self.form(x) - task(x).to(torch.float64)).abs().max())
+
+
+def structure_of(weights: Sequence[torch.Tensor], tol: float = FORM_TOL) -> Structure:
+    """The form of a bias-free ReLU net with 1 or 2 hidden layers (``(out, in)`` float64 matrices)."""
+    mats = [torch.as_tensor(w, dtype=torch.float64) for w in weights]
+    n = mats[0].shape[1]
+    if len(mats) == 2:
+        return _one_layer(mats[0], mats[1][0], tol)
+    if len(mats) != 3:
+        return Structure(None, [], None, math.inf,
+                         reason=f"{len(mats) - 1} hidden layers: the structural readout reads 1 or 2")
+    w1, w2, w3 = mats
+    if w1.shape[0] == 0 or w2.shape[0] == 0:
+        return _one_layer(torch.zeros(0, n, dtype=torch.float64), torch.zeros(0, dtype=torch.float64), tol)
+    rays = _rays(w1)
+    h = (rays @ w1.T).relu()  # first-layer units on directions covering every cone
+    out = torch.zeros(w1.shape[0], dtype=torch.float64)
+    simplified = 0
+    for sign_dir, members in _groups(w2, tol):
+        v = sign_dir
+        p, m, _ = _sides(members, w3[0])
+        z = h @ v
+        scale = max(float(z.abs().max()), 1e-12)
+        if float(z.min()) >= -tol * scale:  # r(z) = z, r(−z) = 0
+            out += p * v
+        elif float(z.max()) <= tol * scale:  # r(z) = 0, r(−z) = −z
+            out += -m * v
+        elif abs(p + m) <= tol * max(abs(p), abs(m), 1.0):  # p·r(z) + m·r(−z) = ½(p−m)·z
+            out += 0.5 * (p - m) * v
+        else:
+            return Structure(None, [], None, math.inf, reason=(
+                "a second-layer unit's input changes sign inside a first-layer cone (a second-layer "
+                "crease): not a one-hidden-layer function"))
+        simplified += len(members)
+    inner = _one_layer(w1, out, tol)
+    return Structure(inner.linear, inner.kinks, inner.form, inner.deviation, inner.pairs, inner.singles,
+                     inner.kinked_pairs, simplified, inner.reason)
+
+
+def _one_layer(w1: torch.Tensor, w2: torch.Tensor, tol: float) -> Structure:
+    n = w1.shape[1]
+    linear = torch.zeros(n, dtype=torch.float64)
+    kinks: list[tuple[torch.Tensor, float]] = []
+    pairs = singles = kinked = 0
+    for d, members in _groups(w1, tol):
+        p, m, both = _sides(members, w2)
+        linear += 0.5 * (p - m) * d  # p·r(d·x) + m·r(−d·x) = ½(p+m)|d·x| + ½(p−m)(d·x)
+        c = 0.5 * (p + m)
+        if both and abs(c) <= tol * max(abs(p), abs(m), 1.0):
+            pairs += 1
+            continue
+        singles += not both
+        kinked += both
+        kinks.append((d, c))
+    form, deviation, reason = _rounded(linear, kinks, tol)
+    return Structure(linear, kinks, form, deviation, pairs, singles, kinked, 0, reason)
+
+
+def _groups(w: torch.Tensor, tol: float) -> list[tuple[torch.Tensor, list[tuple[int, float]]]]:
+    """Rows of ``w`` grouped by direction up to sign: (direction, max |entry| 1, first clear entry > 0;
+    [(row, f)]) with row = f·direction: r(row·x) = |f|·r(±direction·x), the sign of f says which."""
+    groups: list[tuple[torch.Tensor, list[tuple[int, float]]]] = []
+    for i, row in enumerate(w):
+        size = float(row.abs().max()) if row.numel() else 0.0
+        if size == 0:
+            continue
+        row = row / size
+        first = next(float(v) for v in row if abs(float(v)) > tol)
+        f = size if first > 0 else -size
+        d = row if first > 0 else -row
+        for gd, members in groups:
+            if float((gd - d).abs().max()) <= tol:
+                members.append((i, f))
+                break
+        else:
+            groups.append((d, [(i, f)]))
+    return groups
+
+
+def _sides(members: list[tuple[int, float]], w_out: torch.Tensor) -> tuple[float, float, bool]:
+    """(p, m, both signs present) of a group: the net holds p·r(d·x) + m·r(−d·x)."""
+    p = sum(float(w_out[i]) * f for i, f in members if f > 0)
+    m = sum(float(w_out[i]) * -f for i, f in members if f < 0)
+    return p, m, any(f > 0 for _, f in members) and any(f < 0 for _, f in members)
+
+
+def _rays(w1: torch.Tensor, n_random: int = 4096) -> torch.Tensor:
+    """Input directions that touch every cone of the first layer: on a cone a positively homogeneous
+    piecewise-linear function is linear, so its sign there is decided by the cone's edges and middle.
+
+    One input: ±1. Two inputs: every crease ray, the axes, and the midpoints between neighbours.
+    More inputs: ``n_random`` random points (a sample, not a proof)."""
+    n = w1.shape[1]
+    if n == 1:
+        return torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+    if n > 2:
+        return random_inputs(n_random, n, seed=3)
+    angles = [0.0, math.pi / 2, math.pi, 3 * math.pi / 2]
+    for row in w1:
+        base = math.atan2(float(row[1]), float(row[0])) + math.pi / 2
+        angles += [base % (2 * math.pi), (base + math.pi) % (2 * math.pi)]
+    angles = sorted(set(round(a, 12) for a in angles))
+    mids = [(a + b) / 2 for a, b in zip(angles, angles[1:] + [angles[0] + 2 * math.pi], strict=True)]
+    all_angles = torch.tensor(angles + mids, dtype=torch.float64)
+    return torch.stack([all_angles.cos(), all_angles.sin()], dim=1)
+
+
+def _simple(v: float) -> Fraction:
+    return Fraction(v).limit_denominator(DENOMINATOR)
+
+
+def _rounded(linear: torch.Tensor, kinks: list[tuple[torch.Tensor, float]], tol: float
+             ) -> tuple[Form | None, float, str | None]:
+    """The float form rounded to simple fractions, its largest rounding gap, and why not (if not)."""
+    gaps = [0.0]
+    lin = tuple(_simple(float(v)) for v in linear)
+    gaps += [abs(float(v) - float(q)) for v, q in zip(linear, lin, strict=True)]
+    merged: dict[tuple[int, ...], Fraction] = {}
+    for d, c in kinks:
+        dq = [_simple(float(v)) for v in d]
+        gaps += [abs(float(v) - float(q)) for v, q in zip(d, dq, strict=True)]
+        lcm = math.lcm(*[q.denominator for q in dq])
+        ints = [int(q * lcm) for q in dq]
+        g = math.gcd(*ints) or 1
+        ints = [i // g for i in ints]
+        factor = float(dq[next(i for i, q in enumerate(dq) if q)] / ints[next(i for i, v in enumerate(ints) if v)])
+        cq = _simple(c * factor)  # c·|d·x| = (c·factor)·|ints·x|
+        gaps.append(abs(c * factor - float(cq)))
+        merged[tuple(ints)] = merged.get(tuple(ints), Fraction(0)) + cq
+    deviation = max(gaps)
+    if deviation > tol:
+        return None, deviation, (f"a coefficient is {deviation:.2g} away from the nearest simple fraction "
+                                 f"(denominator <= {DENOMINATOR}): not a simple exact form")
+    kinks_q = tuple(sorted((d, c) for d, c in merged.items() if c != 0))
+    return Form(lin, kinks_q), deviation, None
+
+
+def target_form(task: Task) -> Form | None:
+    """The task's own form, from its first exact circuit with 1 or 2 hidden layers (None without one)."""
+    for circuit in task.circuits:
+        mats = [torch.as_tensor(w, dtype=torch.float64) for w in circuit.weights]
+        s = structure_of(mats, tol=1e-9)
+        if s.form is not None:
+            return s.form
+    return None
+
+
+def is_target(form: Form, task: Task, n: int = 4096) -> tuple[bool, str | None]:
+    """Does ``form`` compute the task? Symbolically against the task's own form where it has an exact
+    circuit, and always on ``n`` random points (the only check for a task without circuits)."""
+    target = target_form(task)
+    if target is not None and form != target:
+        return False, f"its form {form.text()} is not the task's form {target.text()}"
+    x = random_inputs(n, task.arity, seed=11)
+    err = float((form(x) - task(x).to(torch.float64)).abs().max())
+    if not err < EXACT_POINT_TOL:
+        return False, f"its form {form.text()} differs from the target by up to {err:.2g} on random inputs"
+    return True, None
+
+
+def line_text(d: Sequence[int], names: Sequence[str]) -> str:
+    """The line d·x = 0 as ``a = b``, ``a = −b``, ``a = 0``."""
+    left = [(c, t) for c, t in zip(d, names, strict=True) if c > 0]
+    right = [(-c, t) for c, t in zip(d, names, strict=True) if c < 0]
+    side = lambda ts: " + ".join(t if c == 1 else f"{c}·{t}" for c, t in ts)  # noqa: E731
+    if not right:
+        rest = left[1:]
+        if not rest:
+            return f"{side(left)} = 0"
+        return f"{side(left[:1])} = {MINUS}" + f" {MINUS} ".join(t if c == 1 else f"{c}·{t}" for c, t in rest)
+    return f"{side(left)} = {side(right)}"
+
+
+def _coef(c: Fraction) -> tuple[bool, str]:
+    """(negative, prefix): ``""`` for 1, ``½`` for 1/2, ``2·``, ``1/3·``."""
+    a = abs(c)
+    if a == 1:
+        return c < 0, ""
+    if a == Fraction(1, 2):
+        return c < 0, HALF
+    return c < 0, (f"{a}·" if a.denominator == 1 else f"{a.numerator}/{a.denominator}·")
+
+
+def _term_parts(coefs: Sequence, names: Sequence[str]) -> list[tuple[bool, str]]:
+    out = []
+    for c, t in zip(coefs, names, strict=True):
+        if c:
+            neg, pre = _coef(Fraction(c))
+            out.append((neg, pre + t))
+    return out
+
+
+def _terms(coefs: Sequence, names: Sequence[str]) -> tuple[bool, str]:
+    return False, _join(_term_parts(coefs, names))
+
+
+def _linear_parts(coefs: tuple[Fraction, ...], names: Sequence[str]) -> list[tuple[bool, str]]:
+    """The linear part, with a common factor outside when every term has the same size: ½(a + b)."""
+    sizes = {abs(c) for c in coefs if c}
+    if len(sizes) == 1 and next(iter(sizes)) != 1 and sum(1 for c in coefs if c) > 1:
+        first = next(c for c in coefs if c)
+        inner = tuple(c / first for c in coefs)
+        neg, pre = _coef(first)
+        return [(neg, pre + "(" + _join(_term_parts(inner, names)) + ")")]
+    return _term_parts(coefs, names)
+
+
+def _join(parts: list[tuple[bool, str]]) -> str:
+    if not parts:
+        return "0"
+    text = (MINUS if parts[0][0] else "") + parts[0][1]
+    for negative, body in parts[1:]:
+        text += f" {MINUS if negative else '+'} {body}"
+    return text
+
+
+def _count(n: int, what: str) -> str:
+    return "" if n == 0 else f"{n} {what}{'s' if n != 1 else ''}"
