@@ -21,7 +21,7 @@ from fractions import Fraction
 
 import torch
 
-from circuits_pl.readout.matrices import MINUS, input_names, random_inputs
+from circuits_pl.readout.matrices import MINUS, forward, input_names, random_inputs
 from circuits_pl.tasks import Task
 
 FORM_TOL = 1e-2  # a coefficient (or direction entry) within this of a simple fraction rounds to it
@@ -67,7 +67,8 @@ class Structure:
     Args:
         linear, kinks: the float form (kinks as (direction, coefficient)); None when not reducible.
         form: the form rounded to simple fractions, or None (``reason`` says why).
-        deviation: max |float coefficient − rounded coefficient| (directions included).
+        deviation: max |float coefficient − rounded coefficient|, with direction entries' gaps weighted
+            by their kink's |c| (what a rounding moves the function by, per unit of |x|).
         pairs: unit groups with both signs whose kinks cancel (linear pairs r(z) − r(−z) = z).
         singles: groups of one sign (a kink plus a linear part).
         kinked_pairs: groups with both signs and a kink left (a·r(z) + b·r(−z), a ≠ −b).
@@ -84,12 +85,18 @@ class Structure:
     kinked_pairs: int = 0
     simplified: int = 0
     reason: str | None = None
+    by_cones: bool = False  # read from its values on every cone's edges (2 inputs), not unit by unit
 
     def how(self, names: Sequence[str] | None = None) -> str:
         """``a + b through 2 linear pairs``; ``½(a + b) − ½|a − b|: 1 kink on a = b, linear part from 2 pairs``."""
         if self.form is None:
             return f"no simple form: {self.reason}"
         text = self.form.text(names)
+        if self.by_cones:
+            kinks = ""
+            if self.form.kinks:
+                kinks = f": {_count(len(self.form.kinks), 'kink')} on {self.form.crease_text(names)}"
+            return f"{text}{kinks}, read cone by cone (a second-layer unit bends inside a first-layer cone)"
         units = [_count(self.pairs, "pair"), _count(self.singles, "single unit"),
                  _count(self.kinked_pairs, "uneven pair")]
         units = [u for u in units if u]
@@ -136,13 +143,61 @@ def structure_of(weights: Sequence[torch.Tensor], tol: float = FORM_TOL) -> Stru
         elif abs(p + m) <= tol * max(abs(p), abs(m), 1.0):  # p·r(z) + m·r(−z) = ½(p−m)·z
             out += 0.5 * (p - m) * v
         else:
-            return Structure(None, [], None, math.inf, reason=(
-                "a second-layer unit's input changes sign inside a first-layer cone (a second-layer "
-                "crease): not a one-hidden-layer function"))
+            return _by_cones(mats, tol)
         simplified += len(members)
     inner = _one_layer(w1, out, tol)
     return Structure(inner.linear, inner.kinks, inner.form, inner.deviation, inner.pairs, inner.singles,
                      inner.kinked_pairs, simplified, inner.reason)
+
+
+def _by_cones(mats: list[torch.Tensor], tol: float) -> Structure:
+    """A 2-hidden-layer net of 1 or 2 inputs read from its values: it is linear between neighbouring
+    creases (rays of the first layer's lines, plus the rays where a second-layer unit's input, linear
+    on each first-layer cone, crosses 0), so its values on those rays and between them fix it. Fit
+    L·x + Σ c·|d·x| over the lines of all those rays; an exact fit is the form, else there is none
+    (a crease on a half-line only, which no L·x + Σ c·|d·x| has)."""
+    w1, w2, w3 = mats
+    n = w1.shape[1]
+    why = ("a second-layer unit's input changes sign inside a first-layer cone (a second-layer crease)"
+           if n <= 2 else "")
+    if n > 2:
+        return Structure(None, [], None, math.inf, reason=why + ": read cone by cone for 1 or 2 inputs only")
+    rays = _rays(w1)[: (2 if n == 1 else None)]
+    if n == 2:
+        angles = torch.atan2(rays[:, 1], rays[:, 0]) % (2 * math.pi)
+        rays = rays[angles.argsort()]
+        z = (rays @ w1.T).relu() @ w2.T  # second-layer inputs on the rays (R, h2)
+        extra = []
+        for i in range(rays.shape[0]):
+            j = (i + 1) % rays.shape[0]
+            for k in range(z.shape[1]):
+                zi, zj = float(z[i, k]), float(z[j, k])
+                if zi * zj < 0:  # linear between neighbouring rays: crosses 0 at t
+                    t = zi / (zi - zj)
+                    extra.append(rays[i] + t * (rays[j] - rays[i]))
+        if extra:
+            rays = torch.cat([rays, torch.stack(extra)])
+        angles = sorted(set(round(float(a) % (2 * math.pi), 12) for a in torch.atan2(rays[:, 1], rays[:, 0])))
+        mids = [(a + b) / 2 for a, b in zip(angles, angles[1:] + [angles[0] + 2 * math.pi], strict=True)]
+        every = torch.tensor(angles + mids, dtype=torch.float64)
+        points = torch.stack([every.cos(), every.sin()], dim=1)
+        lines = torch.stack([torch.tensor([-math.sin(a), math.cos(a)], dtype=torch.float64) for a in angles])
+    else:
+        points = torch.tensor([[1.0], [-1.0]], dtype=torch.float64)
+        lines = torch.ones(1, 1, dtype=torch.float64)
+    dirs = [d for d, _ in _groups(lines, 1e-9)]
+    y = forward(mats, points)[:, 0]
+    design = torch.cat([points] + [(points @ d)[:, None].abs() for d in dirs], dim=1)
+    coef = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
+    residual = float((design @ coef - y).abs().max())
+    scale = max(float(y.abs().max()), 1.0)
+    if residual > tol * scale:
+        return Structure(None, [], None, math.inf, reason=(
+            f"{why}, and its value is not L·x + Σ c·|d·x| (a crease on a half-line only; fit off by {residual:.2g})"))
+    kinks = [(d, float(c)) for d, c in zip(dirs, coef[n:], strict=True) if abs(float(c)) > tol * 1e-3]
+    form, deviation, reason = _rounded(coef[:n], kinks, tol)
+    return Structure(coef[:n], kinks, form, max(deviation, residual), simplified=w2.shape[0], reason=reason,
+                     by_cones=True)
 
 
 def _one_layer(w1: torch.Tensor, w2: torch.Tensor, tol: float) -> Structure:
@@ -173,15 +228,16 @@ def _groups(w: torch.Tensor, tol: float) -> list[tuple[torch.Tensor, list[tuple[
         if size == 0:
             continue
         row = row / size
-        first = next(float(v) for v in row if abs(float(v)) > tol)
-        f = size if first > 0 else -size
-        d = row if first > 0 else -row
-        for gd, members in groups:
-            if float((gd - d).abs().max()) <= tol:
-                members.append((i, f))
+        for gd, members in groups:  # the same line as a group's, either way round
+            if float((gd - row).abs().max()) <= tol:
+                members.append((i, size))
+                break
+            if float((gd + row).abs().max()) <= tol:
+                members.append((i, -size))
                 break
         else:
-            groups.append((d, [(i, f)]))
+            first = next(float(v) for v in row if abs(float(v)) > 0.5)  # max |entry| is 1
+            groups.append((row if first > 0 else -row, [(i, size if first > 0 else -size)]))
     return groups
 
 
@@ -224,13 +280,18 @@ def _rounded(linear: torch.Tensor, kinks: list[tuple[torch.Tensor, float]], tol:
     lin = tuple(_simple(float(v)) for v in linear)
     gaps += [abs(float(v) - float(q)) for v, q in zip(linear, lin, strict=True)]
     merged: dict[tuple[int, ...], Fraction] = {}
+    kinks, gap = _near_kinks(kinks, tol)
+    gaps.append(gap)
     for d, c in kinks:
         dq = [_simple(float(v)) for v in d]
-        gaps += [abs(float(v) - float(q)) for v, q in zip(d, dq, strict=True)]
+        # a direction's rounding moves the function by |c|·|d − dq|·|x|: weigh its gap by |c|
+        gaps += [abs(c) * abs(float(v) - float(q)) for v, q in zip(d, dq, strict=True)]
         lcm = math.lcm(*[q.denominator for q in dq])
         ints = [int(q * lcm) for q in dq]
         g = math.gcd(*ints) or 1
         ints = [i // g for i in ints]
+        if next(i for i in ints if i) < 0:  # |d·x| = |−d·x|: first non-zero entry positive
+            ints, dq = [-i for i in ints], [-q for q in dq]
         factor = float(dq[next(i for i, q in enumerate(dq) if q)] / ints[next(i for i, v in enumerate(ints) if v)])
         cq = _simple(c * factor)  # c·|d·x| = (c·factor)·|ints·x|
         gaps.append(abs(c * factor - float(cq)))
@@ -241,6 +302,26 @@ def _rounded(linear: torch.Tensor, kinks: list[tuple[torch.Tensor, float]], tol:
                                  f"(denominator <= {DENOMINATOR}): not a simple exact form")
     kinks_q = tuple(sorted((d, c) for d, c in merged.items() if c != 0))
     return Form(lin, kinks_q), deviation, None
+
+
+def _near_kinks(kinks: list[tuple[torch.Tensor, float]], tol: float) -> tuple[list[tuple[torch.Tensor, float]], float]:
+    """Kinks of nearly the same direction summed onto the largest: c·|d'·x| = c·|d·x| + O(|c|·|d' − d|·|x|).
+
+    Trained nets leave pairs such as 0.187·|a + 0.975·b| − 0.150·|0.985·a + b| (add 2-4-1, MSE < 1e-6):
+    units a little apart that the canonical merge keeps separate but whose kinks almost cancel. A kink
+    joins a larger one when |c|·(direction gap) <= ``tol``; the largest such product is returned."""
+    clusters: list[tuple[torch.Tensor, float]] = []
+    worst = 0.0
+    for d, c in sorted(kinks, key=lambda k: -abs(k[1])):
+        for j, (rd, rc) in enumerate(clusters):
+            gap = abs(c) * min(float((rd - d).abs().max()), float((rd + d).abs().max()))  # |d·x| = |−d·x|
+            if gap <= tol:
+                clusters[j] = (rd, rc + c)
+                worst = max(worst, gap)
+                break
+        else:
+            clusters.append((d, c))
+    return clusters, worst
 
 
 def target_form(task: Task) -> Form | None:
