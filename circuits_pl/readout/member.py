@@ -57,7 +57,7 @@ def describe_member(weights: Sequence, task: Task, x: torch.Tensor | None = None
         x: test inputs; a unit never active on them is dead (default: only all-zero units are).
     """
     canonical = canonicalize(weights, x)
-    structure = structure_of(canonical.merged)
+    structure = structure_of(canonical.weights)
     match = match_circuit(canonical, task, structure=structure)
     rough = formula(canonical, decimals=1)
     if match is not None:

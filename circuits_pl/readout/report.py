@@ -147,7 +147,7 @@ def read_circuit(weights: Sequence, task: Task, x: torch.Tensor | None = None, f
     canonical = canonicalize(mats, x, tol)
     ok, homog_err = homogeneity_check(net, task.arity, dtype=x.dtype)
     _, _, sq = errors_of(net, task, x)
-    structure = structure_of(canonical.merged)
+    structure = structure_of(canonical.weights)
     mse = float(sq.mean())
     threshold = success_threshold(task, layer_sizes(mats)) if success_mse is None else success_mse
     unsolved = not mse < threshold  # NaN too

@@ -106,7 +106,7 @@ RULES: list[Rule] = [catalogue_rule, structural_rule]  # in order: the first mat
 def match_circuit(canonical: Canonical, task: Task, tol: float = MATCH_TOL,
                   structure: Structure | None = None) -> CircuitMatch | None:
     """The first rule of :data:`RULES` that names the merged canonical net, or None."""
-    structure = structure_of(canonical.merged) if structure is None else structure
+    structure = structure_of(canonical.weights) if structure is None else structure
     for rule in RULES:
         match = rule(canonical, task, structure, tol)
         if match is not None:

@@ -310,18 +310,21 @@ def _near_kinks(kinks: list[tuple[torch.Tensor, float]], tol: float) -> tuple[li
     Trained nets leave pairs such as 0.187·|a + 0.975·b| − 0.150·|0.985·a + b| (add 2-4-1, MSE < 1e-6):
     units a little apart that the canonical merge keeps separate but whose kinks almost cancel. A kink
     joins a larger one when |c|·(direction gap) <= ``tol``; the largest such product is returned."""
-    clusters: list[tuple[torch.Tensor, float]] = []
     worst = 0.0
-    for d, c in sorted(kinks, key=lambda k: -abs(k[1])):
-        for j, (rd, rc) in enumerate(clusters):
-            gap = abs(c) * min(float((rd - d).abs().max()), float((rd + d).abs().max()))  # |d·x| = |−d·x|
-            if gap <= tol:
-                clusters[j] = (rd, rc + c)
-                worst = max(worst, gap)
-                break
-        else:
-            clusters.append((d, c))
-    return clusters, worst
+    while True:  # again until nothing merges: sums of nearly cancelling kinks are small and merge further
+        clusters: list[tuple[torch.Tensor, float]] = []
+        for d, c in sorted(kinks, key=lambda k: -abs(k[1])):
+            for j, (rd, rc) in enumerate(clusters):
+                gap = abs(c) * min(float((rd - d).abs().max()), float((rd + d).abs().max()))  # |d·x| = |−d·x|
+                if gap <= tol:
+                    clusters[j] = (rd, rc + c)
+                    worst = max(worst, gap)
+                    break
+            else:
+                clusters.append((d, c))
+        if len(clusters) == len(kinks):
+            return clusters, worst
+        kinks = clusters
 
 
 def target_form(task: Task) -> Form | None:
