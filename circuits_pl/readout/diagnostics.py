@@ -15,6 +15,9 @@ from circuits_pl.tasks import Task
 
 HOMOGENEITY_RTOL = 1e-4  # float32 nets reach ~1e-7; a bias gives O(1)
 ALL_OF_THE_ERROR = 0.99  # a region holding this share of the squared error holds "all" of it
+# a simpler region covering at most this much more of the inputs is preferred: a trained stuck add is
+# wrong on the cone between its two units' creases (0.94·a + b > 0 and a + 0.927·b > 0), ~1% short of a + b > 0
+NEARLY_AS_SMALL = 0.05
 
 
 def sparsity_error(canonical: Canonical) -> float:
@@ -91,7 +94,8 @@ def describe_errors(fn: Fn, task: Task, x: torch.Tensor, names: Sequence[str] | 
     ``a + b > 0``, ...) and sign quadrants of pairs of inputs. The candidate that holds most of the
     squared error while covering the fewest inputs wins (score: share of the error inside − share
     of the inputs inside), unless some candidates hold (almost) all of the error: then the smallest of
-    those (a stuck add: all of it in a + b < 0, though the quadrant a, b < 0 holds 88%).
+    those, or a simpler one nearly as small (a stuck add: all of it in a + b < 0, though the quadrant
+    a, b < 0 holds 88%).
     """
     names = list(names) if names is not None else input_names(task.arity)
     _, _, sq = errors_of(fn, task, x)
@@ -107,8 +111,10 @@ def describe_errors(fn: Fn, task: Task, x: torch.Tensor, names: Sequence[str] | 
     if weights is not None and task.arity == 2:
         regions = _cone_regions(x64, names, _crease_rays(weights, task)) + regions
     holding = [r for r in regions if float(sq[r[1]].sum()) / total >= ALL_OF_THE_ERROR]
-    if holding:  # the smallest region with (almost) all of the error; the first of equals
-        label, inside = min(holding, key=lambda r: float(r[1].double().mean()))
+    if holding:  # the simplest of the smallest regions with (almost) all of the error
+        smallest = min(float(r[1].double().mean()) for r in holding)
+        near = [r for r in holding if float(r[1].double().mean()) <= smallest + NEARLY_AS_SMALL]
+        label, inside = min(near, key=lambda r: r[0].count(" and ") + r[0].count(" or "))
     else:
         label, inside = max(regions, key=score)
     if float(sq[inside].sum()) / total < 0.9:
