@@ -88,7 +88,7 @@ def test_target_forms_are_the_tasks_own():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("task, weights, label", [
     ("add", ADD_TWO_PAIRS, "a + b through 2 linear pairs"),
-    ("min", MIN_SIX, "½(a + b) − ½|a − b|: 1 kink on a = b, from 2 pairs and 1 uneven pair"),
+    ("min", MIN_SIX, "½(a + b) − ½|a − b|: 1 kink on a = b from 1 pair, linear part from 2 pairs"),
     ("min", DEEP_MIN, "r(a) − r(−a) − r(a − b)"),
     ("min", DEEP_MIN_BENT, "½(a + b) − ½|a − b|: 1 kink on a = b, read cone by cone"),
 ])

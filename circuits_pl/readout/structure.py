@@ -88,7 +88,8 @@ class Structure:
     by_cones: bool = False  # read from its values on every cone's edges (2 inputs), not unit by unit
 
     def how(self, names: Sequence[str] | None = None) -> str:
-        """``a + b through 2 linear pairs``; ``½(a + b) − ½|a − b|: 1 kink on a = b, linear part from 2 pairs``."""
+        """``a + b through 2 linear pairs``; ``½(a + b) − ½|a − b|: 1 kink on a = b from 1 pair, linear part
+        from 2 pairs``. A pair is a·r(z) + b·r(−z); a single unit gives a kink and a linear part."""
         if self.form is None:
             return f"no simple form: {self.reason}"
         text = self.form.text(names)
@@ -97,16 +98,19 @@ class Structure:
             if self.form.kinks:
                 kinks = f": {_count(len(self.form.kinks), 'kink')} on {self.form.crease_text(names)}"
             return f"{text}{kinks}, read cone by cone (a second-layer unit bends inside a first-layer cone)"
-        units = [_count(self.pairs, "pair"), _count(self.singles, "single unit"),
-                 _count(self.kinked_pairs, "uneven pair")]
-        units = [u for u in units if u]
         deep = f" (after reading {_count(self.simplified, 'second-layer unit')} as linear)" if self.simplified else ""
         if not self.form.kinks:
-            only_pairs = not self.singles and not self.kinked_pairs
-            lin = _count(self.pairs, "linear pair") if only_pairs else " and ".join(units)
-            return f"{text} through {lin or 'no units'}{deep}"
-        kinks = f"{_count(len(self.form.kinks), 'kink')} on {self.form.crease_text(names)}"
-        return f"{text}: {kinks}, from {' and '.join(units)}{deep}"
+            units = [_count(self.pairs, "linear pair"), _count(self.singles, "single unit"),
+                     _count(self.kinked_pairs, "pair")]
+            return f"{text} through {' and '.join(u for u in units if u) or 'no units'}{deep}"
+        kink_units = [_count(self.kinked_pairs, "pair"), _count(self.singles, "single unit")]
+        kinks = (f"{_count(len(self.form.kinks), 'kink')} on {self.form.crease_text(names)} from "
+                 + " and ".join(u for u in kink_units if u))
+        linear = ""
+        if any(self.form.linear):
+            lin_units = [_count(self.pairs, "pair"), _count(self.singles, "single unit")]
+            linear = ", linear part from " + (" and ".join(u for u in lin_units if u) or "the kinked pairs")
+        return f"{text}: {kinks}{linear}{deep}"
 
     def max_error(self, task: Task, x: torch.Tensor) -> float:
         """max |form(x) − task(x)| (inf without a form)."""
