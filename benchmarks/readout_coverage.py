@@ -3,9 +3,10 @@
 Trains the settings of issue 13's table through the real CLI (``python -m circuits_pl fit``,
 ``--stop.when never``, lr 0.1), reads every member whose MSE (float64, 20k points uniform in
 [-1, 1]^arity, from its weights) is below 1e-6 with :func:`circuits_pl.readout.describe_member`,
-and prints per setting: members below 1e-6, how many are named with a correct formula (the named
-structural form rebuilt as a function and compared with the target on a dense grid), and the
-unnamed ones with the reason. Goal: all of them.
+and prints per setting: members below 1e-6, how many are named with a correct formula (exact, and
+the named structural form rebuilt as a function equals the target on a dense grid), the readout's
+cost per member (one torch thread), the unnamed ones with the reason, and the 3 commonest labels.
+Goal: all of them.
 
     python benchmarks/readout_coverage.py                     # trains into a temporary directory
     python benchmarks/readout_coverage.py --root runs/cov     # keeps the runs; reuses finished ones
@@ -53,13 +54,14 @@ def train(root: Path, task: str, sizes: tuple[int, ...], steps: int, members: in
     return run
 
 
-def coverage(run: Path, task_name: str) -> tuple[int, int, Counter, float]:
+def coverage(run: Path, task_name: str) -> tuple[int, int, Counter, float, Counter]:
     task = BUILTIN_TASKS[task_name]
     module = load_run(run).module
     grid = random_inputs(20000, task.arity, seed=7)
     x = random_inputs(1000, task.arity, seed=0)
     below = named = 0
     reasons: Counter = Counter()
+    labels: Counter = Counter()
     seconds = 0.0
     for k in range(module.members):
         weights = [w[k].detach().to(torch.float64) for w in module.net.weights]
@@ -77,9 +79,10 @@ def coverage(run: Path, task_name: str) -> tuple[int, int, Counter, float]:
         form_ok = member.exact and member.structure is not None and member.structure.max_error(task, grid) < 1e-9
         if form_ok and member.label:
             named += 1
+            labels[member.label] += 1
         else:
             reasons[member.reason or "named, but the named form is not the target on the grid"] += 1
-    return below, named, reasons, seconds / max(below, 1)
+    return below, named, reasons, seconds / max(below, 1), labels
 
 
 def main() -> None:
@@ -97,10 +100,12 @@ def main() -> None:
             rows.append((f"{task} {'-'.join(map(str, sizes))}, {steps // 1000}k, {members} members",
                          *coverage(run, task)))
         print(f"\n{'setting':<36} {'below 1e-6':>10} {'named, correct':>15} {'ms/member':>10}")
-        for label, below, named, reasons, sec in rows:
+        for label, below, named, reasons, sec, labels in rows:
             print(f"{label:<36} {below:>10} {named:>15} {1000 * sec:>10.2f}")
             for reason, n in reasons.most_common():
                 print(f"    unnamed {n}x: {reason}")
+            for name, n in labels.most_common(3):
+                print(f"    {n}x {name}")
 
 
 if __name__ == "__main__":

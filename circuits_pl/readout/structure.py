@@ -102,7 +102,8 @@ class Structure:
         if not self.form.kinks:
             units = [_count(self.pairs, "linear pair"), _count(self.singles, "single unit"),
                      _count(self.kinked_pairs, "pair")]
-            return f"{text} through {' and '.join(u for u in units if u) or 'no units'}{deep}"
+            cancel = " (their kinks cancel)" if self.singles or self.kinked_pairs else ""
+            return f"{text} through {' and '.join(u for u in units if u) or 'no units'}{cancel}{deep}"
         kink_units = [_count(self.kinked_pairs, "pair"), _count(self.singles, "single unit")]
         kinks = (f"{_count(len(self.form.kinks), 'kink')} on {self.form.crease_text(names)} from "
                  + " and ".join(u for u in kink_units if u))
