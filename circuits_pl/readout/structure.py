@@ -163,10 +163,9 @@ def _by_cones(mats: list[torch.Tensor], tol: float) -> Structure:
     (a crease on a half-line only, which no L·x + Σ c·|d·x| has)."""
     w1, w2, w3 = mats
     n = w1.shape[1]
-    why = ("a second-layer unit's input changes sign inside a first-layer cone (a second-layer crease)"
-           if n <= 2 else "")
+    why = "a second-layer unit's input changes sign inside a first-layer cone"
     if n > 2:
-        return Structure(None, [], None, math.inf, reason=why + ": read cone by cone for 1 or 2 inputs only")
+        return Structure(None, [], None, math.inf, reason=why + "; such nets are read for 1 or 2 inputs only")
     rays = _rays(w1)[: (2 if n == 1 else None)]
     if n == 2:
         angles = torch.atan2(rays[:, 1], rays[:, 0]) % (2 * math.pi)
@@ -198,7 +197,7 @@ def _by_cones(mats: list[torch.Tensor], tol: float) -> Structure:
     scale = max(float(y.abs().max()), 1.0)
     if residual > tol * scale:
         return Structure(None, [], None, math.inf, reason=(
-            f"{why}, and its value is not L·x + Σ c·|d·x| (a crease on a half-line only; fit off by {residual:.2g})"))
+            f"{why}, and the net is not L·x + Σ c·|d·x|: it bends on a half-line only (fit off by {residual:.2g})"))
     kinks = [(d, float(c)) for d, c in zip(dirs, coef[n:], strict=True) if abs(float(c)) > tol * 1e-3]
     form, deviation, reason = _rounded(coef[:n], kinks, tol)
     return Structure(coef[:n], kinks, form, max(deviation, residual), simplified=w2.shape[0], reason=reason,
