@@ -22,7 +22,7 @@ from circuits_pl.readout import (
     structure_of,
     target_form,
 )
-from circuits_pl.readout.structure import Form
+from circuits_pl.readout.form import Form
 from circuits_pl.tasks import BUILTIN_TASKS
 
 H = Fraction(1, 2)

@@ -6,7 +6,8 @@ One concept per module, bottom up:
 - :mod:`.matrices`: weights as ``(out, in)`` matrices, forward pass, input names, printing.
 - :mod:`.canonical`: the permutation and rescaling symmetries removed (:func:`canonicalize`).
 - :mod:`.formula`: a canonical net as ``y = 1.000·r(a) − ...``.
-- :mod:`.structure`: the unique form L·x + Σ c·|d·x| of 1- and 2-hidden-layer nets.
+- :mod:`.form`: a unique form L·x + Σ c·|d·x| with simple fractions, as text (``½(a + b) − ½|a − b|``).
+- :mod:`.structure`: reading that form from a net with 1 or 2 hidden layers, and how its units make it.
 - :mod:`.rules`: the ordered rules that name a net (:data:`RULES`), one label (:attr:`CircuitMatch.label`).
 - :mod:`.diagnostics`: sparsity, homogeneity, where a net is wrong (in its own cones).
 - :mod:`.member`: one member in a few fields for results.json (:func:`describe_member`).
@@ -37,7 +38,8 @@ from circuits_pl.readout.matrices import (
 from circuits_pl.readout.member import MemberDescription, describe_member
 from circuits_pl.readout.report import Readout, read_circuit
 from circuits_pl.readout.rules import MATCH_TOL, RULES, CircuitMatch, match_circuit, why_unnamed
-from circuits_pl.readout.structure import Form, Structure, is_target, structure_of, target_form
+from circuits_pl.readout.form import Form
+from circuits_pl.readout.structure import Structure, is_target, structure_of, target_form
 
 __all__ = [
     "DUPLICATE_TOL", "HOMOGENEITY_RTOL", "MATCH_TOL", "MINUS", "RULES", "Canonical", "CircuitMatch", "Fn",

@@ -21,43 +21,12 @@ from fractions import Fraction
 
 import torch
 
-from circuits_pl.readout.matrices import MINUS, forward, input_names, random_inputs
+from circuits_pl.readout.form import DENOMINATOR, Form, simple_fraction
+from circuits_pl.readout.matrices import forward, random_inputs
 from circuits_pl.tasks import Task
 
 FORM_TOL = 1e-2  # a coefficient (or direction entry) within this of a simple fraction rounds to it
-DENOMINATOR = 12  # simple fractions: denominators up to this (½, ⅓, ¼, ... 1/12)
 EXACT_POINT_TOL = 1e-9  # max |rounded form − target| on points that counts as the same function
-HALF = "\u00bd"
-
-
-@dataclass(frozen=True)
-class Form:
-    """L·x + Σ c·|d·x| with simple rational coefficients; d integer, coprime, first non-zero > 0."""
-
-    linear: tuple[Fraction, ...]
-    kinks: tuple[tuple[tuple[int, ...], Fraction], ...]  # sorted by direction
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float64)
-        y = x @ torch.tensor([float(v) for v in self.linear], dtype=torch.float64)
-        for d, c in self.kinks:
-            y = y + float(c) * (x @ torch.tensor(d, dtype=torch.float64)).abs()
-        return y[:, None]
-
-    def text(self, names: Sequence[str] | None = None) -> str:
-        """``½(a + b) − ½|a − b|``; ``0`` for the zero function."""
-        names = list(names) if names is not None else input_names(len(self.linear))
-        parts: list[tuple[bool, str]] = []
-        parts += _linear_parts(self.linear, names)
-        for d, c in self.kinks:
-            negative, pre = _coef(c)
-            parts.append((negative, pre + "|" + _terms(d, names)[1] + "|"))
-        return _join(parts)
-
-    def crease_text(self, names: Sequence[str] | None = None) -> str:
-        """The kinks' lines, ``a = b`` and ``a = 0``."""
-        names = list(names) if names is not None else input_names(len(self.linear))
-        return ", ".join(line_text(d, names) for d, _ in self.kinks)
 
 
 @dataclass(frozen=True)
@@ -273,21 +242,17 @@ def _rays(w1: torch.Tensor, n_random: int = 4096) -> torch.Tensor:
     return torch.stack([all_angles.cos(), all_angles.sin()], dim=1)
 
 
-def _simple(v: float) -> Fraction:
-    return Fraction(v).limit_denominator(DENOMINATOR)
-
-
 def _rounded(linear: torch.Tensor, kinks: list[tuple[torch.Tensor, float]], tol: float
              ) -> tuple[Form | None, float, str | None]:
     """The float form rounded to simple fractions, its largest rounding gap, and why not (if not)."""
     gaps = [0.0]
-    lin = tuple(_simple(float(v)) for v in linear)
+    lin = tuple(simple_fraction(float(v)) for v in linear)
     gaps += [abs(float(v) - float(q)) for v, q in zip(linear, lin, strict=True)]
     merged: dict[tuple[int, ...], Fraction] = {}
     kinks, gap = _near_kinks(kinks, tol)
     gaps.append(gap)
     for d, c in kinks:
-        dq = [_simple(float(v)) for v in d]
+        dq = [simple_fraction(float(v)) for v in d]
         # a direction's rounding moves the function by |c|·|d − dq|·|x|: weigh its gap by |c|
         gaps += [abs(c) * abs(float(v) - float(q)) for v, q in zip(d, dq, strict=True)]
         lcm = math.lcm(*[q.denominator for q in dq])
@@ -297,7 +262,7 @@ def _rounded(linear: torch.Tensor, kinks: list[tuple[torch.Tensor, float]], tol:
         if next(i for i in ints if i) < 0:  # |d·x| = |−d·x|: first non-zero entry positive
             ints, dq = [-i for i in ints], [-q for q in dq]
         factor = float(dq[next(i for i, q in enumerate(dq) if q)] / ints[next(i for i, v in enumerate(ints) if v)])
-        cq = _simple(c * factor)  # c·|d·x| = (c·factor)·|ints·x|
+        cq = simple_fraction(c * factor)  # c·|d·x| = (c·factor)·|ints·x|
         gaps.append(abs(c * factor - float(cq)))
         merged[tuple(ints)] = merged.get(tuple(ints), Fraction(0)) + cq
     deviation = max(gaps)
@@ -352,62 +317,6 @@ def is_target(form: Form, task: Task, n: int = 4096) -> tuple[bool, str | None]:
     if not err < EXACT_POINT_TOL:
         return False, f"its form {form.text()} differs from the target by up to {err:.2g} on random inputs"
     return True, None
-
-
-def line_text(d: Sequence[int], names: Sequence[str]) -> str:
-    """The line d·x = 0 as ``a = b``, ``a = −b``, ``a = 0``."""
-    left = [(c, t) for c, t in zip(d, names, strict=True) if c > 0]
-    right = [(-c, t) for c, t in zip(d, names, strict=True) if c < 0]
-    side = lambda ts: " + ".join(t if c == 1 else f"{c}·{t}" for c, t in ts)  # noqa: E731
-    if not right:
-        rest = left[1:]
-        if not rest:
-            return f"{side(left)} = 0"
-        return f"{side(left[:1])} = {MINUS}" + f" {MINUS} ".join(t if c == 1 else f"{c}·{t}" for c, t in rest)
-    return f"{side(left)} = {side(right)}"
-
-
-def _coef(c: Fraction) -> tuple[bool, str]:
-    """(negative, prefix): ``""`` for 1, ``½`` for 1/2, ``2·``, ``1/3·``."""
-    a = abs(c)
-    if a == 1:
-        return c < 0, ""
-    if a == Fraction(1, 2):
-        return c < 0, HALF
-    return c < 0, (f"{a}·" if a.denominator == 1 else f"{a.numerator}/{a.denominator}·")
-
-
-def _term_parts(coefs: Sequence, names: Sequence[str]) -> list[tuple[bool, str]]:
-    out = []
-    for c, t in zip(coefs, names, strict=True):
-        if c:
-            neg, pre = _coef(Fraction(c))
-            out.append((neg, pre + t))
-    return out
-
-
-def _terms(coefs: Sequence, names: Sequence[str]) -> tuple[bool, str]:
-    return False, _join(_term_parts(coefs, names))
-
-
-def _linear_parts(coefs: tuple[Fraction, ...], names: Sequence[str]) -> list[tuple[bool, str]]:
-    """The linear part, with a common factor outside when every term has the same size: ½(a + b)."""
-    sizes = {abs(c) for c in coefs if c}
-    if len(sizes) == 1 and next(iter(sizes)) != 1 and sum(1 for c in coefs if c) > 1:
-        first = next(c for c in coefs if c)
-        inner = tuple(c / first for c in coefs)
-        neg, pre = _coef(first)
-        return [(neg, pre + "(" + _join(_term_parts(inner, names)) + ")")]
-    return _term_parts(coefs, names)
-
-
-def _join(parts: list[tuple[bool, str]]) -> str:
-    if not parts:
-        return "0"
-    text = (MINUS if parts[0][0] else "") + parts[0][1]
-    for negative, body in parts[1:]:
-        text += f" {MINUS if negative else '+'} {body}"
-    return text
 
 
 def _count(n: int, what: str) -> str:
