@@ -24,6 +24,7 @@ from circuits_pl.readout.diagnostics import (
     sparsity_error,
     worst_inputs,
 )
+from circuits_pl.readout.form import Form
 from circuits_pl.readout.formula import formula, formula_of, unit_formula
 from circuits_pl.readout.matrices import (
     MINUS,
@@ -38,7 +39,6 @@ from circuits_pl.readout.matrices import (
 from circuits_pl.readout.member import MemberDescription, describe_member
 from circuits_pl.readout.report import Readout, read_circuit
 from circuits_pl.readout.rules import MATCH_TOL, RULES, CircuitMatch, match_circuit, why_unnamed
-from circuits_pl.readout.form import Form
 from circuits_pl.readout.structure import Structure, is_target, structure_of, target_form
 
 __all__ = [
