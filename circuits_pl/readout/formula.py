@@ -1,0 +1,70 @@
+"""A canonical net as a formula: ``y = 1.000·r(a + b) − 1.000·r(−a − b)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from circuits_pl.readout.canonical import Canonical
+from circuits_pl.readout.matrices import MINUS, input_names
+
+
+def formula(canonical: Canonical, names: Sequence[str] | None = None, decimals: int = 3) -> str:
+    """The merged circuit as a formula, e.g. ``y = 1.000·r(a + b) − 1.000·r(−a − b)``.
+
+    Output coefficients always get 3 decimals; inner coefficients of ±1 print as the bare name or
+    minus, others with 3 decimals (``r(0.500·a − b)``). In deeper nets the last hidden layer stays
+    inline and earlier layers' units get names, defined on the lines below::
+
+        y = 1.000·r(h1 − h2 − h3) − 1.000·r(−h1 + h2 + h3)
+          where h1 = r(a), h2 = r(a − b), h3 = r(−a)
+
+    (units of the first hidden layer are h1, h2, ... when it is the only named layer, else layer l's
+    units are hl_1, hl_2, ...).
+
+    Args:
+        canonical: from :func:`canonicalize`.
+        names: input names; default ``x``, ``a, b`` or ``x1..xn`` (see :func:`input_names`).
+        decimals: digits of the coefficients (1 gives a rough form that groups similar nets).
+    """
+    return formula_of(canonical.merged, names, decimals)
+
+
+def formula_of(mats: Sequence[torch.Tensor], names: Sequence[str] | None = None, decimals: int = 3) -> str:
+    terms = list(names) if names is not None else input_names(mats[0].shape[1])
+    named = len(mats) - 2  # hidden layers before the last one
+    where = []
+    for layer in range(named):
+        units = [f"h{i + 1}" if named == 1 else f"h{layer + 1}_{i + 1}" for i in range(mats[layer].shape[0])]
+        defs = [f"{u} = {unit_formula(row, terms, decimals)}" for u, row in zip(units, mats[layer], strict=True)]
+        where.append("  where " + (", ".join(defs) if defs else "(no units)"))
+        terms = units
+    if len(mats) > 1:
+        terms = [unit_formula(row, terms, decimals) for row in mats[-2]]
+    return "\n".join([f"y = {combination(mats[-1][0], terms, False, decimals)}"] + where)
+
+
+def unit_formula(row: torch.Tensor, terms: Sequence[str], decimals: int = 3) -> str:
+    """One unit as ``r(a − b)``: its incoming weights ``row`` over the names ``terms``."""
+    return f"r({combination(row, terms, True, decimals)})"
+
+
+def combination(coefs: torch.Tensor, terms: Sequence[str], bare_ones: bool, decimals: int = 3) -> str:
+    """``c1·t1 + c2·t2 ...`` with 3 decimals; zero terms left out; ``0`` if nothing is left.
+
+    With ``bare_ones``, a coefficient that prints as ±1.000 prints as ``t`` or ``−t``.
+    """
+    parts = []
+    for c, term in zip(coefs.tolist(), terms, strict=True):
+        size = f"{abs(c):.{decimals}f}"
+        if float(size) == 0:
+            continue
+        body = term if bare_ones and float(size) == 1 else f"{size}·{term}"
+        parts.append((c < 0, body))
+    if not parts:
+        return "0"
+    text = (MINUS if parts[0][0] else "") + parts[0][1]
+    for negative, body in parts[1:]:
+        text += f" {MINUS if negative else '+'} {body}"
+    return text
