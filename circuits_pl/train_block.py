@@ -1,0 +1,62 @@
+"""One block of S training steps for K stacked networks: gradients by hand, then the update rule.
+Plain PyTorch, no Lightning (called from ``CircuitModule.training_step``).
+
+Members are processed in chunks: a chunk runs all S steps of the block while its weights, rule
+state and activations stay in cache, then the next chunk. Every op is per member (see
+``network.member_gradients`` and ``optim``), so the result is bit-identical whatever the chunking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from circuits_pl.network import member_gradients
+from circuits_pl.optim import MemberOptimizer
+
+# Bytes of one chunk's per-step working set (activations, gradients, masks) aimed at: about half
+# of one core's 2 MiB L2 on the machine measured (see chunk_members and benchmarks/hotpath.py).
+CHUNK_BYTES = 1 << 20
+
+
+def chunk_members(layer_sizes: Sequence[int], batch: int, members: int) -> int:
+    """Members per chunk: as many as fit ``CHUNK_BYTES`` of float32 working set, at least 1.
+
+    Per member and step the loop touches about 3 float32 values per unit and sample (activation,
+    back-propagated gradient, ReLU mask) for every layer after the input.
+    """
+    per_member = 4 * batch * 3 * sum(layer_sizes[1:])
+    return max(1, min(members, CHUNK_BYTES // per_member))
+
+
+def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt: torch.Tensor,
+                chunk: int | None = None,
+                reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None) -> None:
+    """``xt.shape[0]`` training steps of every member, in place.
+
+    Args:
+        optimizer: holds the parameters (all weights, then all biases, member dimension first)
+            and the rule's state; its step counters advance by the number of steps.
+        n_weights: how many of the parameters are weights (the rest are biases).
+        xt: inputs ``(S, in, B)``; yt: targets ``(S, 1, B)`` (batch-last).
+        chunk: members per chunk; default all members.
+        reduce: applied to each step's gradients of all members (DDP's average over ranks); it
+            needs every member at every step, so it turns chunking off.
+    """
+    params = optimizer.params
+    members = params[0].shape[0]
+    chunk = members if chunk is None or reduce is not None else chunk
+    first = optimizer.steps_done + 1
+    states = optimizer.state_tensors()
+    with torch.no_grad():
+        for lo in range(0, members, chunk):
+            ps = [p[lo : lo + chunk] for p in params]  # views: updated in place
+            st = [[s[lo : lo + chunk] for s in ss] for ss in states]
+            weights, biases = ps[:n_weights], ps[n_weights:]
+            for s in range(xt.shape[0]):
+                grads = member_gradients(weights, biases, xt[s], yt[s])
+                if reduce is not None:
+                    grads = reduce(grads)
+                optimizer.update(ps, grads, st, first + s)
+    optimizer.set_steps(first - 1 + xt.shape[0])
