@@ -46,7 +46,7 @@ def test_member_k_equals_a_single_run_with_seed_plus_k(run_cli, tmp_path):
     run_cli("fit", *common, "--model.members", 1, "--model.init_seed", 2)
     ensemble, single = run_dirs(tmp_path)
     for a, b in zip(_weights(ensemble, 2)[0], _weights(single, 0)[0]):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a, b)  # issue 13.5: training is K-independent bit for bit
     res_e, res_s = results(ensemble), results(single)
     assert res_e["per_member"]["val_mse"][2] == pytest.approx(res_s["per_member"]["val_mse"][0], rel=1e-4)
 
@@ -96,3 +96,111 @@ def test_all_members_diverging_raises_in_python():
 
     with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+"):
         _trainer(max_steps=500).fit(module, CircuitDataModule(task="add", stream_seed=0))
+
+
+RULES = [
+    ("momentum", ["--model.momentum", 0.9, "--model.nesterov", "true"], torch.optim.SGD,
+     {"momentum": 0.9, "nesterov": True}),
+    ("adam", ["--model.betas", "[0.8, 0.99]", "--model.weight_decay", 0.001], torch.optim.Adam,
+     {"betas": (0.8, 0.99), "weight_decay": 0.001}),
+]
+
+
+@pytest.mark.parametrize("rule, args, torch_cls, kwargs", RULES, ids=[r[0] for r in RULES])
+def test_each_rule_through_the_cli_equals_torch_optim_with_autograd(run_cli, tmp_path, rule, args, torch_cls, kwargs):
+    steps, batch, lr = 300, 200, 0.01
+    run_cli("fit", "--task", "min", "--seed_everything", 5, "--model.members", 2, "--model.lr", lr,
+            "--model.optimizer", rule, *args, "--data.batch_size", batch, "--data.steps_per_batch", 64,
+            "--trainer.max_steps", steps, "--stop.when", "never", *QUIET)
+    run = run_dirs(tmp_path)[-1]
+    for k in range(2):
+        got, module = _weights(run, k)
+        sizes = module.hparams.layer_sizes
+        torch.manual_seed(5 + k)
+        layers = [torch.nn.Linear(i, o, bias=False) for i, o in zip(sizes[:-1], sizes[1:])]
+        net = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1])
+        opt = torch_cls(net.parameters(), lr=lr, **kwargs)
+        stream = iter(UniformBlocks(get_task("min"), batch, steps_per_batch=1, seed=5))
+        for _ in range(steps):
+            x, y = next(stream)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x[0]), y[0]).backward()
+            opt.step()
+        for g, w in zip(got, [lin.weight.detach() for lin in layers]):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)  # autograd rounds the gradients differently
+
+
+def test_a_diverging_member_gets_its_adam_state_back_and_stays_frozen():
+    module = CircuitModule(task="abs", members=3, lr=0.01, init_seed=0, optimizer="adam")
+    with torch.no_grad():
+        module.net.weights[0][1].mul_(1e30)  # member 1 will overflow
+    from circuits_pl.data import CircuitDataModule
+
+    trainer = _trainer(max_steps=300)
+    trainer.fit(module, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
+    step = int(module.diverged_at[1])
+    assert step > 0 and module.diverged_at[0] == -1 and module.diverged_at[2] == -1
+    opt = trainer.optimizers[0]
+    tensors = list(module.net.parameters()) + [t for ts in opt.state_tensors() for t in ts]
+    assert all(bool(torch.isfinite(t[1]).all()) for t in tensors)
+    # the healthy members are exactly those of a run without member 1's blow-up
+    clean = CircuitModule(task="abs", members=3, lr=0.01, init_seed=0, optimizer="adam")
+    clean_trainer = _trainer(max_steps=300)
+    clean_trainer.fit(clean, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
+    clean_tensors = list(clean.net.parameters()) + [t for ts in clean_trainer.optimizers[0].state_tensors() for t in ts]
+    for a, b in zip(tensors, clean_tensors):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    # member 1 holds its weights and Adam state before the diverging step: replay them by hand
+    replay = CircuitModule(task="abs", members=3, lr=0.01, init_seed=0, optimizer="adam")
+    with torch.no_grad():
+        replay.net.weights[0][1].mul_(1e30)
+    replay_trainer = _trainer(max_steps=step - 1)
+    replay_trainer.fit(replay, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
+    replay_tensors = list(replay.net.parameters()) + [t for ts in replay_trainer.optimizers[0].state_tensors() for t in ts]
+    for a, b in zip(tensors, replay_tensors):
+        assert torch.equal(a[1], b[1])
+
+
+def test_a_foreign_optimizer_is_refused_in_one_line():
+    class WithAdam(CircuitModule):
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.1)
+
+    from circuits_pl.data import CircuitDataModule
+    from circuits_pl.errors import CircuitsError
+
+    with pytest.raises(CircuitsError, match="must return one circuits_pl.optim.MemberOptimizer.*got Adam"):
+        _trainer(max_steps=100).fit(WithAdam(task="abs", members=2), CircuitDataModule(task="abs", stream_seed=0))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"optimizer": "rmsprop"}, "model.optimizer must be one of sgd, momentum, adam"),
+    ({"optimizer": "momentum", "momentum": 1.5}, "model.momentum must be in"),
+    ({"optimizer": "adam", "betas": [0.9]}, "model.betas must be two numbers"),
+    ({"optimizer": "sgd", "nesterov": True}, "model.nesterov needs"),
+    ({"weight_decay": -1.0}, "model.weight_decay must be"),
+])
+def test_bad_optimizer_settings_are_one_line_errors(kwargs, message):
+    from circuits_pl.errors import CircuitsError
+
+    with pytest.raises(CircuitsError, match=message):
+        CircuitModule(task="abs", **kwargs)
+
+
+@pytest.mark.parametrize("rule", [["momentum", "--model.momentum", 0.9], ["adam"]], ids=["momentum", "adam"])
+def test_resume_with_rule_state_is_bit_identical(run_cli, tmp_path, rule):
+    from test_resume import _ckpt, assert_same_run
+
+    common = ["--task", "min", "--model.members", 5, "--model.lr", 0.01, "--model.optimizer", *rule,
+              "--stop.when", "never", "--data.batch_size", 200, *QUIET]
+    run_cli("fit", *common, "--trainer.max_steps", 2000)
+    run_cli("fit", *common, "--trainer.max_steps", 1500)  # stops between validations (every 1000)
+    half = run_dirs(tmp_path)[1]
+    state = _ckpt(half)["optimizer_states"][0]["state"][0]
+    assert float(state["step"]) == 1500 and set(state) > {"step"}  # the rule's state is in the checkpoint
+    run_cli("fit", "--config", half / "config.yaml", "--ckpt_path", half / "checkpoints" / "last.ckpt",
+            "--trainer.max_steps", 2000)
+    full, _, resumed = run_dirs(tmp_path)
+    assert_same_run(full, resumed)
+    for key, value in _ckpt(full)["optimizer_states"][0]["state"][0].items():
+        assert torch.equal(value, _ckpt(resumed)["optimizer_states"][0]["state"][0][key]), key
