@@ -15,9 +15,15 @@ import torch
 from circuits_pl.network import member_gradients
 from circuits_pl.optim import MemberOptimizer
 
-# Bytes of one chunk's per-step working set (activations, gradients, masks) aimed at: about half
-# of one core's 2 MiB L2 on the machine measured (see chunk_members and benchmarks/hotpath.py).
-CHUNK_BYTES = 1 << 20
+# Bytes of one chunk's per-step working set (activations, gradients, masks) aimed at. Measured
+# (benchmarks/hotpath.py, one thread, batch 1000, K = 1024, SGD; 2 MiB L2 per core, 32 MiB L3),
+# µs per network-step by members per chunk:
+#   chunk   4     8    16    32    64   128   256  1024 (no chunks)
+#   2-2-1  6.6   4.6   3.7   2.9   2.8   2.7   2.7  21.9
+#   2-3-1 14.5   9.9   7.5   6.4   5.8   5.8   5.9  47.0
+# Flat from 64 to 256 members (2.3-9 MiB working set), 8x slower unchunked: 4 MiB gives 116
+# members for 2-2-1 and 87 for 2-3-1.
+CHUNK_BYTES = 4 << 20
 
 
 def chunk_members(layer_sizes: Sequence[int], batch: int, members: int) -> int:

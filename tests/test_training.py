@@ -130,34 +130,30 @@ def test_each_rule_through_the_cli_equals_torch_optim_with_autograd(run_cli, tmp
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)  # autograd rounds the gradients differently
 
 
-def test_a_diverging_member_gets_its_adam_state_back_and_stays_frozen():
-    module = CircuitModule(task="abs", members=3, lr=0.01, init_seed=0, optimizer="adam")
-    with torch.no_grad():
-        module.net.weights[0][1].mul_(1e30)  # member 1 will overflow
+def _adam_run(max_steps, blow_up):
+    """3 members on abs with Adam; member 1's first layer times 1e30 (its Adam update turns NaN)."""
     from circuits_pl.data import CircuitDataModule
 
-    trainer = _trainer(max_steps=300)
+    module = CircuitModule(task="abs", members=3, lr=0.01, init_seed=0, optimizer="adam")
+    if blow_up:
+        with torch.no_grad():
+            module.net.weights[0][1].mul_(1e30)
+    trainer = _trainer(max_steps=max_steps)
     trainer.fit(module, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
+    states = [t for ts in trainer.optimizers[0].state_tensors() for t in ts]
+    return module, list(module.net.parameters()) + states
+
+
+def test_a_diverging_member_gets_its_adam_state_back_and_stays_frozen():
+    module, tensors = _adam_run(300, blow_up=True)
     step = int(module.diverged_at[1])
     assert step > 0 and module.diverged_at[0] == -1 and module.diverged_at[2] == -1
-    opt = trainer.optimizers[0]
-    tensors = list(module.net.parameters()) + [t for ts in opt.state_tensors() for t in ts]
     assert all(bool(torch.isfinite(t[1]).all()) for t in tensors)
     # the healthy members are exactly those of a run without member 1's blow-up
-    clean = CircuitModule(task="abs", members=3, lr=0.01, init_seed=0, optimizer="adam")
-    clean_trainer = _trainer(max_steps=300)
-    clean_trainer.fit(clean, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
-    clean_tensors = list(clean.net.parameters()) + [t for ts in clean_trainer.optimizers[0].state_tensors() for t in ts]
-    for a, b in zip(tensors, clean_tensors):
+    for a, b in zip(tensors, _adam_run(300, blow_up=False)[1]):
         assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
-    # member 1 holds its weights and Adam state before the diverging step: replay them by hand
-    replay = CircuitModule(task="abs", members=3, lr=0.01, init_seed=0, optimizer="adam")
-    with torch.no_grad():
-        replay.net.weights[0][1].mul_(1e30)
-    replay_trainer = _trainer(max_steps=step - 1)
-    replay_trainer.fit(replay, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
-    replay_tensors = list(replay.net.parameters()) + [t for ts in replay_trainer.optimizers[0].state_tensors() for t in ts]
-    for a, b in zip(tensors, replay_tensors):
+    # member 1 holds its weights and Adam state from before the diverging step, as a run stopped there
+    for a, b in zip(tensors, _adam_run(step - 1, blow_up=True)[1]):
         assert torch.equal(a[1], b[1])
 
 
