@@ -130,30 +130,40 @@ def test_each_rule_through_the_cli_equals_torch_optim_with_autograd(run_cli, tmp
             torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)  # autograd rounds the gradients differently
 
 
-def _adam_run(max_steps, blow_up):
-    """3 members on abs with Adam; member 1's first layer times 1e30 (its Adam update turns NaN)."""
+BLOW_UPS = {  # member 1's weights scaled so that it diverges: Adam at step 1, momentum at step 4 (mid-block)
+    "adam": ({"optimizer": "adam", "lr": 0.01}, (1e30, 1.0)),
+    "momentum": ({"optimizer": "momentum", "momentum": 0.9, "lr": 0.1}, (30.0, 30.0)),
+}
+
+
+def _diverging_run(rule, max_steps, blow_up):
+    """3 members on abs; with ``blow_up``, member 1's layers scaled until its updates overflow."""
     from circuits_pl.data import CircuitDataModule
 
-    module = CircuitModule(task="abs", members=3, lr=0.01, init_seed=0, optimizer="adam")
+    kwargs, scales = BLOW_UPS[rule]
+    module = CircuitModule(task="abs", members=3, init_seed=0, **kwargs)
     if blow_up:
         with torch.no_grad():
-            module.net.weights[0][1].mul_(1e30)
+            for w, scale in zip(module.net.weights, scales):
+                w[1].mul_(scale)
     trainer = _trainer(max_steps=max_steps)
     trainer.fit(module, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
     states = [t for ts in trainer.optimizers[0].state_tensors() for t in ts]
     return module, list(module.net.parameters()) + states
 
 
-def test_a_diverging_member_gets_its_adam_state_back_and_stays_frozen():
-    module, tensors = _adam_run(300, blow_up=True)
+@pytest.mark.parametrize("rule", list(BLOW_UPS))
+def test_a_diverging_member_gets_its_rule_state_back_and_stays_frozen(rule):
+    module, tensors = _diverging_run(rule, 300, blow_up=True)
     step = int(module.diverged_at[1])
     assert step > 0 and module.diverged_at[0] == -1 and module.diverged_at[2] == -1
     assert all(bool(torch.isfinite(t[1]).all()) for t in tensors)
     # the healthy members are exactly those of a run without member 1's blow-up
-    for a, b in zip(tensors, _adam_run(300, blow_up=False)[1]):
+    for a, b in zip(tensors, _diverging_run(rule, 300, blow_up=False)[1]):
         assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
-    # member 1 holds its weights and Adam state from before the diverging step, as a run stopped there
-    for a, b in zip(tensors, _adam_run(step - 1, blow_up=True)[1]):
+    # member 1 holds its weights and rule state from before the diverging step, as a run stopped
+    # there, and has not moved since under the rule (300 - step more steps)
+    for a, b in zip(tensors, _diverging_run(rule, step - 1, blow_up=True)[1]):
         assert torch.equal(a[1], b[1])
 
 
