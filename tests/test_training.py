@@ -210,3 +210,15 @@ def test_resume_with_rule_state_is_bit_identical(run_cli, tmp_path, rule):
     assert_same_run(full, resumed)
     for key, value in _ckpt(full)["optimizer_states"][0]["state"][0].items():
         assert torch.equal(value, _ckpt(resumed)["optimizer_states"][0]["state"][0][key]), key
+
+
+def test_resuming_with_another_rule_is_a_one_line_error(run_cli, tmp_path, capsys):
+    common = ["--task", "abs", "--model.members", 2, "--stop.when", "never", *QUIET]
+    run_cli("fit", *common, "--trainer.max_steps", 100)
+    ckpt = run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    run_cli("fit", *common, "--trainer.max_steps", 200, "--model.optimizer", "adam", "--ckpt_path", ckpt, expect=1)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: the checkpoint was trained with --model.optimizer sgd, not adam: "
+                   "its optimizer state cannot continue another rule")
+    assert ckpt.read_bytes() == before  # the run on disk stays intact
