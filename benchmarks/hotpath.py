@@ -115,8 +115,8 @@ def main() -> None:
             old = _time(partial(before, ReLUMLP(sizes, members=k, seed=0), xk, yk), n, k) if k <= 1024 else None
             rules = {r: _time(after(sizes, k, r, xk, yk), n, k) for r in ("sgd", "momentum", "adam")}
             old_s = f"{old:8.2f}" if old is not None else f"{'-':>8}"
-            print(f"{k:>6} {chunk_members(sizes, BATCH, k):>6} {nb:9.1f} {old_s} {rules['sgd']:8.2f} {rules['momentum']:9.2f} "
-                  f"{rules['adam']:8.2f} {nb / rules['sgd']:14.0f}x")
+            print(f"{k:>6} {chunk_members(sizes, BATCH, k):>6} {nb:9.1f} {old_s} {rules['sgd']:8.2f} "
+                  f"{rules['momentum']:9.2f} {rules['adam']:8.2f} {nb / rules['sgd']:14.0f}x")
         print("chunk sweep, K = 1024, sgd (µs per network-step):")
         xk, yk = xt[:10], yt[:10]
         for c in (4, 8, 16, 32, 64, 128, 256, 1024):

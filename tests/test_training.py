@@ -217,7 +217,7 @@ def test_resuming_with_another_rule_is_a_one_line_error(run_cli, tmp_path, capsy
     run_cli("fit", *common, "--trainer.max_steps", 100)
     ckpt = run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
-    run_cli("fit", *common, "--trainer.max_steps", 200, "--model.optimizer", "adam", "--ckpt_path", ckpt, expect=1)
+    run_cli("fit", *common, "--trainer.max_steps", 200, "--model.optimizer", "adam", "--ckpt_path", ckpt, expect=2)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == ("error: the checkpoint was trained with --model.optimizer sgd, not adam: "
                    "its optimizer state cannot continue another rule")
