@@ -16,14 +16,14 @@ from circuits_pl.network import member_gradients
 from circuits_pl.optim import MemberOptimizer
 
 # Bytes of one chunk's per-step working set (activations, gradients, masks) aimed at. Measured
-# (benchmarks/hotpath.py, one thread, batch 1000, K = 1024, SGD; 2 MiB L2 per core, 32 MiB L3),
-# µs per network-step by members per chunk:
+# (benchmarks/hotpath.py, one thread, batch 1000, K = 1024, SGD; 2 MiB L2 per core, 32 MiB L3;
+# a shared machine, three runs agreed on the shape), µs per network-step by members per chunk:
 #   chunk   4     8    16    32    64   128   256  1024 (no chunks)
-#   2-2-1  6.6   4.6   3.7   2.9   2.8   2.7   2.7  21.9
-#   2-3-1 14.5   9.9   7.5   6.4   5.8   5.8   5.9  47.0
-# Flat from 64 to 256 members (2.3-9 MiB working set), 8x slower unchunked: 4 MiB gives 116
-# members for 2-2-1 and 87 for 2-3-1.
-CHUNK_BYTES = 4 << 20
+#   2-2-1  6.3   3.8   2.7   2.3   2.0   1.8   1.8  14.7
+#   2-3-1  6.8   4.7   3.4   2.8   2.6   2.4   2.3  22.1
+# Flat from 128 to 256 members (5-12 MiB working set: L3, not L2), 6-9x slower unchunked: 8 MiB
+# gives 233 members for 2-2-1 and 174 for 2-3-1.
+CHUNK_BYTES = 8 << 20
 
 
 def chunk_members(layer_sizes: Sequence[int], batch: int, members: int) -> int:
