@@ -8,7 +8,7 @@ state and activations stay in cache, then the next chunk. Every op is per member
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -37,8 +37,7 @@ def chunk_members(layer_sizes: Sequence[int], batch: int, members: int) -> int:
 
 
 def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt: torch.Tensor,
-                chunk: int | None = None,
-                reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None) -> None:
+                chunk: int | None = None, members: slice | None = None) -> None:
     """``xt.shape[0]`` training steps of every member, in place.
 
     Args:
@@ -47,22 +46,21 @@ def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt
         n_weights: how many of the parameters are weights (the rest are biases).
         xt: inputs ``(S, in, B)``; yt: targets ``(S, 1, B)`` (batch-last).
         chunk: members per chunk; default all members.
-        reduce: applied to each step's gradients of all members (DDP's average over ranks); it
-            needs every member at every step, so it turns chunking off.
+        members: train only these members (a process's share under MemberParallelStrategy);
+            default all. The others do not move.
     """
     params = optimizer.params
-    members = params[0].shape[0]
-    chunk = members if chunk is None or reduce is not None else chunk
+    first_member, end, _ = (members or slice(None)).indices(params[0].shape[0])
+    chunk = end - first_member if chunk is None else chunk
     first = optimizer.steps_done + 1
     states = optimizer.state_tensors()
     with torch.no_grad():
-        for lo in range(0, members, chunk):
-            ps = [p[lo : lo + chunk] for p in params]  # views: updated in place
-            st = [[s[lo : lo + chunk] for s in ss] for ss in states]
+        for lo in range(first_member, end, chunk):
+            hi = min(lo + chunk, end)
+            ps = [p[lo:hi] for p in params]  # views: updated in place
+            st = [[s[lo:hi] for s in ss] for ss in states]
             weights, biases = ps[:n_weights], ps[n_weights:]
             for s in range(xt.shape[0]):
                 grads = member_gradients(weights, biases, xt[s], yt[s])
-                if reduce is not None:
-                    grads = reduce(grads)
                 optimizer.update(ps, grads, st, first + s)
     optimizer.set_steps(first - 1 + xt.shape[0])

@@ -1,12 +1,33 @@
-"""The private Lightning APIs in circuits_pl.compat still behave as relied on."""
+"""Every private-API shim in circuits_pl.compat still works with the installed Lightning."""
 
 import lightning.pytorch as pl
 import torch
+import yaml
 
 from circuits_pl.compat import count_optimizer_steps
+from circuits_pl.data import CircuitDataModule
+from circuits_pl.module import CircuitModule
 
 
-class _Manual(pl.LightningModule):
+def test_record_resolved_reaches_hparams_yaml_and_drops_the_instantiator(tmp_path):
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters_context
+
+    # what LightningCLI does when it builds the module: _instantiator rides along in the hparams
+    cli_instantiator = "lightning.pytorch.cli.instantiate_module"
+    with _given_hyperparameters_context({"task": "add", "layer_sizes": None}, cli_instantiator):
+        module = CircuitModule(task="add", layer_sizes=None)
+    assert module.hparams["layer_sizes"] == [2, 2, 1] and module.hparams_initial["layer_sizes"] == [2, 2, 1]
+    assert "_instantiator" not in module.hparams and "_instantiator" not in module.hparams_initial
+    data = CircuitDataModule(task="add")
+    assert isinstance(data.hparams_initial["stream_seed"], int)
+    from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+    save_hparams_to_yaml(tmp_path / "hparams.yaml", module.hparams_initial)
+    saved = yaml.safe_load((tmp_path / "hparams.yaml").read_text())
+    assert saved["layer_sizes"] == [2, 2, 1] and "_instantiator" not in saved
+
+
+class _CountingModule(pl.LightningModule):
     def __init__(self):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
@@ -25,6 +46,6 @@ class _Manual(pl.LightningModule):
 def test_count_optimizer_steps_advances_global_step():
     trainer = pl.Trainer(max_steps=21, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False)
-    trainer.fit(_Manual())
+    trainer.fit(_CountingModule())
     assert trainer.global_step == 21  # three batches of 7 counted steps, then max_steps stops it
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 3
