@@ -100,3 +100,20 @@ def test_gradients_with_bias_do_not_depend_on_k():
     one = ReLUMLP((2, 3, 2, 1), members=1, bias=True, seed=4)
     for g, h in zip(full, one.gradients(x.T, y.T)):
         assert torch.equal(g[4], h[0])
+
+
+def test_a_member_share_trains_only_its_members_exactly_as_the_whole():
+    """MemberParallelStrategy: a process trains members[share]; those end as in a one-process run."""
+    from circuits_pl.optim import MemberOptimizer
+    from circuits_pl.train_block import train_block
+
+    whole, _ = _train(7, 0, 3, 100, "adam")
+    net = ReLUMLP((2, 3, 1), members=7, seed=0)
+    start = [p.detach().clone() for p in net.parameters()]
+    opt = MemberOptimizer(net.parameters(), rule="adam", lr=0.05)
+    gen = torch.Generator().manual_seed(123)
+    for _ in range(2):
+        xt = torch.rand(50, 2, 200, generator=gen) * 2 - 1
+        train_block(opt, 2, xt, xt.amin(1, keepdim=True), chunk=2, members=slice(2, 5))
+    for p, w, s in zip(net.parameters(), whole.parameters(), start):
+        assert torch.equal(p[2:5], w[2:5]) and torch.equal(p[:2], s[:2]) and torch.equal(p[5:], s[5:])
