@@ -1,20 +1,22 @@
-"""The LightningModule: K ReLU MLPs trained with SGD on MSE, per-member metrics, solved/diverged state.
+"""The LightningModule: K ReLU MLPs trained on MSE, per-member metrics, solved/diverged state.
 
-Flow of one training batch (a block of S SGD steps, see ``circuits_pl.data``)::
+Flow of one training batch (a block of S steps, see ``circuits_pl.data`` and ``circuits_pl.train_block``)::
 
     x (S, B, in), y (S, B, 1)
-      -> for each step s:  grads = net.gradients(x[s], y[s])      hand-derived, equal to autograd
-                           [DDP: grads averaged over ranks]
-                           W -= lr * grad                           plain SGD, every member at once
-                           global_step += 1                         Lightning's own step counter
-      -> after the block:  members whose weights became non-finite are reset to their last finite
-                           state and frozen ("diverged"); train/mse is logged.
+      -> for each chunk of members (cache-sized), for each step s:
+                           grads = member_gradients(chunk, x[s], y[s])   hand-derived, equal to autograd
+                           [DDP: grads averaged over ranks; one chunk]
+                           optimizer.update(chunk, grads)      sgd | momentum | adam (circuits_pl.optim)
+      -> global_step += S                                      Lightning's own step counter
+      -> after the block:  frozen members are put back; members whose weights became non-finite are
+                           reset to their weights and rule state before that step and frozen
+                           ("diverged"); train/mse is logged.
 
-Why by hand (one thread, 2-2-1, batch 1000, measured in this repo's benchmarks/speed.py): the
-notebook's autograd loop costs ~200 µs per step; Lightning's batch machinery ~1.6 ms per batch; the
-hand-derived step 40 µs. ``LightningOptimizer.step()`` adds ~65 µs per step (closure, precision and
-strategy hooks), so the update is applied directly and only Lightning's step bookkeeping is called
-(``_on_before_step``/``_on_after_step``, the exact calls ``LightningOptimizer.step`` makes), keeping
+Why by hand (one thread, 2-2-1, batch 1000): the notebook's autograd loop costs ~200 µs per step;
+Lightning's batch machinery ~1.6 ms per batch; the hand-derived step a few µs per network (see
+benchmarks/hotpath.py). ``LightningOptimizer.step()`` adds ~65 µs per step (closure, precision and
+strategy hooks), so the update is applied directly by the MemberOptimizer that configure_optimizers
+returns, and only Lightning's step bookkeeping is called (``compat.count_optimizer_steps``), keeping
 ``global_step``, ``max_steps`` and checkpoint resume in SGD steps. Not run on this path:
 ``on_before_optimizer_step`` hooks, gradient clipping, mixed precision.
 """
@@ -28,12 +30,14 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 from torchmetrics import MeanSquaredError
 
-from circuits_pl.compat import record_resolved
+from circuits_pl.compat import count_optimizer_steps, record_resolved
 from circuits_pl.errors import CircuitsError, TrainingDiverged
 from circuits_pl.network import ReLUMLP
+from circuits_pl.optim import RULES, MemberOptimizer
 from circuits_pl.strategy import MemberParallelStrategy, member_share, sync_members
 from circuits_pl.success import success_threshold
 from circuits_pl.tasks import get_task
+from circuits_pl.train_block import chunk_members, train_block
 
 HISTORY = 8  # validations of per-member MSE kept, to tell a stuck member from a slow one
 
@@ -52,6 +56,11 @@ class CircuitModule(pl.LightningModule):
         init_seed: seed of member 0's initial weights; default: the run's ``seed_everything``.
         success_mse: validation MSE below which a member counts as solved; default: the MSE of the
             task's exact circuit with every weight perturbed by ±1e-5 (about 1e-10).
+        optimizer: update rule, ``sgd`` (the notebook's), ``momentum`` or ``adam`` (``circuits_pl.optim``,
+            each bit-identical to torch.optim's step per member).
+        momentum, dampening, nesterov: for ``momentum`` (torch.optim.SGD's meanings).
+        betas, eps: for ``adam`` (default betas ``[0.9, 0.999]``, torch.optim.Adam's).
+        weight_decay: L2 penalty added to the gradient, every rule (torch.optim's, not AdamW's).
         member: member used by ``forward``, ``validate``/``test``/``predict`` metrics and readout;
             default: the best (lowest validation MSE). Not a hyper-parameter: not saved.
     """
@@ -66,6 +75,13 @@ class CircuitModule(pl.LightningModule):
         init_seed: int | None = None,
         success_mse: float | None = None,
         member: int | None = None,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        dampening: float = 0.0,
+        nesterov: bool = False,
+        betas: list[float] | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
     ):
         super().__init__()
         self.task = get_task(task)
@@ -78,9 +94,10 @@ class CircuitModule(pl.LightningModule):
             raise CircuitsError(f"model.success_mse must be a positive number, got {success_mse!r}")
         if member is not None and not 0 <= member < members:
             raise CircuitsError(f"model.member must be in 0..{members - 1} ({members} members), got {member!r}")
+        betas = check_optimizer_args(optimizer, momentum, dampening, nesterov, betas, eps, weight_decay)
         init_seed = int(torch.initial_seed() if init_seed is None else init_seed)  # seed_everything's
         self.save_hyperparameters(ignore=["member"])
-        record_resolved(self, layer_sizes=list(sizes), init_seed=init_seed)
+        record_resolved(self, layer_sizes=list(sizes), init_seed=init_seed, betas=betas)
         self.member = member
         self.automatic_optimization = False  # S SGD steps per Lightning batch: see the module docstring
 
@@ -150,7 +167,7 @@ class CircuitModule(pl.LightningModule):
             if self.members > 1 else f"seed {hp.init_seed}"
         bias = "on" if hp.bias else "off"
         self.print(f"Task {self.task.name}: f = {self.task.formula}; network {sizes}, bias {bias}, "
-                   f"{members}, SGD lr {hp.lr:g}; solved when validation MSE < {self.success_mse:.3g}")
+                   f"{members}, {hp.optimizer} lr {hp.lr:g}; solved when validation MSE < {self.success_mse:.3g}")
         if self.trainer.ckpt_path is None:
             self.print(f"Initial weights{' of member 0' if self.members > 1 else ''}:")
             self.print(self.weights_text(0))
@@ -158,16 +175,33 @@ class CircuitModule(pl.LightningModule):
             self.print(f"Resuming from {self.trainer.ckpt_path}")
 
     def on_train_start(self) -> None:
-        # A resumed run restores the optimizer's lr from the checkpoint; --model.lr decides.
-        for group in self.optimizers().param_groups:
-            group["lr"] = self.hparams.lr
+        # A resumed run restores the optimizer's hyper-parameters from the checkpoint; --model.* decide.
+        hp, group = self.hparams, self._member_optimizer().param_groups[0]
+        if group["rule"] != hp.optimizer:
+            raise CircuitsError(f"the checkpoint was trained with --model.optimizer {group['rule']}, not "
+                                f"{hp.optimizer}: its optimizer state cannot continue another rule")
+        group.update(lr=float(hp.lr), momentum=float(hp.momentum), dampening=float(hp.dampening),
+                     nesterov=bool(hp.nesterov), betas=tuple(hp.betas), eps=float(hp.eps),
+                     weight_decay=float(hp.weight_decay))
 
     # ------------------------------------------------------------------------------------------
     # Training: the hot path
     # ------------------------------------------------------------------------------------------
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        # Plain SGD (no momentum, no weight decay): the update in _sgd_steps equals SGD.step exactly.
-        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> MemberOptimizer:
+        # The one optimizer the hot path drives (training_step): it holds the rule's state, so
+        # Lightning saves it in the checkpoint's optimizer_states and restores it on resume.
+        hp = self.hparams
+        return MemberOptimizer(self.net.parameters(), rule=hp.optimizer, lr=hp.lr, momentum=hp.momentum,
+                               dampening=hp.dampening, nesterov=hp.nesterov, betas=hp.betas, eps=hp.eps,
+                               weight_decay=hp.weight_decay)
+
+    def _member_optimizer(self) -> MemberOptimizer:
+        optimizer = self.optimizers()
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # unwrap the LightningOptimizer
+        if not isinstance(optimizer, MemberOptimizer):
+            raise CircuitsError(f"configure_optimizers must return one circuits_pl.optim.MemberOptimizer (choose the "
+                                f"rule with --model.optimizer sgd|momentum|adam), got {type(optimizer).__name__}")
+        return optimizer
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch  # (S, B, in), (S, B, 1)
@@ -175,12 +209,15 @@ class CircuitModule(pl.LightningModule):
         n = x.shape[0]
         if self.trainer.max_steps >= 0:
             n = min(n, self.trainer.max_steps - start)
-        params = list(self.net.parameters())
-        snapshot = [p.detach().clone() for p in params]  # the last state known to be finite
-        self._sgd_steps(x, y, n)
-        self._handle_divergence(snapshot, x, y, n, start)
-        # Is the validation after this block the regular one (every val_check_interval batches)?
-        # Blocks are aligned to steps, so this is the same test in SGD steps, resumed or not.
+        optimizer = self._member_optimizer()
+        tensors = self._trained_tensors(optimizer)
+        snapshot = [t.detach().clone() for t in tensors]  # the last state known to be finite
+        self._sgd_steps(optimizer, x, y, n)
+        count_optimizer_steps(self.optimizers(), n)  # global_step counts SGD steps
+        self._handle_divergence(optimizer, snapshot, x, y, n, start)
+        # Scheduled validation: is the validation after this block the regular one (every
+        # val_check_interval batches)? Blocks are aligned to steps, so this is the same test in SGD
+        # steps, resumed or not.
         val_every = self.trainer.val_check_batch
         self._scheduled_validation = isinstance(val_every, int) and (batch_idx + 1) % val_every == 0
         if self.trainer.max_steps >= 0 and self.global_step >= self.trainer.max_steps:
@@ -194,54 +231,61 @@ class CircuitModule(pl.LightningModule):
             self._log_metrics({"train/mse": live.min() if live.numel() else torch.tensor(math.nan),
                                "train/median_mse": live_median(loss, self.alive)})
 
-    def _sgd_steps(self, x: torch.Tensor, y: torch.Tensor, n: int, count_steps: bool = True) -> None:
-        share = self.share  # this rank's members (all of them, on one process)
-        params = [p[share] for p in self.net.parameters()]  # views: updates land in the parameters
-        optimizer = self.optimizers()
-        lr = optimizer.param_groups[0]["lr"]
-        alive = self.alive[share]
-        alive = None if bool(alive.all()) else alive.view(-1, 1, 1)
+    def _trained_tensors(self, optimizer: MemberOptimizer) -> list[torch.Tensor]:
+        """Everything a step changes, member dimension first: parameters, then the rule's state."""
+        return list(optimizer.params) + [t for ts in optimizer.state_tensors() for t in ts]
+
+    def _sgd_steps(self, optimizer: MemberOptimizer, x: torch.Tensor, y: torch.Tensor, n: int,
+                   chunk: int | None = None) -> None:
+        """``n`` steps of this rank's members (all, on one process; frozen ones too: the caller
+        restores them), in member chunks."""
+        if chunk is None:
+            chunk = chunk_members(self.hparams.layer_sizes, x.shape[1], self.members)
         with torch.no_grad():
             xt = x[:n].transpose(1, 2).contiguous()  # (n, in, B): the hot path is batch-last
             yt = y[:n].transpose(1, 2)  # (n, 1, B), a view
-            for s in range(n):
-                grads = self.net.gradients(xt[s], yt[s], alive, members=share)
-                if count_steps:
-                    optimizer._on_before_step()
-                torch._foreach_add_(params, grads, alpha=-lr)
-                if count_steps:
-                    optimizer._on_after_step()
+            train_block(optimizer, len(self.net.weights), xt, yt, chunk, self.share)
 
-    def _handle_divergence(self, snapshot: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                           n: int, start: int) -> None:
-        """Reset members whose weights became non-finite to their last finite state and freeze them.
+    def _handle_divergence(self, optimizer: MemberOptimizer, snapshot: list[torch.Tensor], x: torch.Tensor,
+                           y: torch.Tensor, n: int, start: int) -> None:
+        """Keep frozen members frozen; reset members whose weights became non-finite to their
+        weights and rule state before the step where they diverged, and freeze them.
 
-        The block is replayed from its snapshot one step at a time to find each such member's
-        exact step; this costs one block, and only when something diverged.
+        Frozen members are stepped with the others (every op is per member, so they cannot touch
+        another member's values) and put back to their snapshot here, under every rule. The block
+        is replayed from its snapshot one step at a time to find each diverged member's exact step;
+        this costs one block, and only when something diverged.
         """
-        params = list(self.net.parameters())
+        tensors = self._trained_tensors(optimizer)
+        with torch.no_grad():
+            frozen = ~self.alive
+            if bool(frozen.any()):
+                for t, s in zip(tensors, snapshot):
+                    t[frozen] = s[frozen]
         bad = self.alive & ~self._finite_members()
         if not bool(bad.any()):
             return
-        final = [p.detach().clone() for p in params]
         with torch.no_grad():
-            for p, s in zip(params, snapshot):
-                p.copy_(s)
+            result = [t.detach().clone() for t in tensors]  # healthy members keep exactly the real run's values
+            for t, s in zip(tensors, snapshot):
+                t.copy_(s)
+            optimizer.set_steps(start)
             step_of = torch.full_like(self.diverged_at, -1)
             for s in range(n):
-                before = [p.detach().clone() for p in params]
-                self._sgd_steps(x[s : s + 1], y[s : s + 1], 1, count_steps=False)
+                before = [t.detach().clone() for t in tensors]
+                self._sgd_steps(optimizer, x[s : s + 1], y[s : s + 1], 1, chunk=self.members)
                 loss = self.net.mse(x[s], y[s])
                 now_bad = bad & (step_of < 0) & ~(self._finite_members() & torch.isfinite(loss))
                 if bool(now_bad.any()):
                     step_of[now_bad] = start + s + 1
-                    for p, b in zip(params, before):
-                        p[now_bad] = b[now_bad]
-                    self.diverged_at[now_bad] = start + s + 1  # frozen from now on (see _sgd_steps)
-            keep = ~bad
-            for p, f in zip(params, final):
-                p[keep] = f[keep]  # healthy members keep exactly the values of the real run
-            self.diverged_at[bad] = step_of[bad]
+                    for r, b in zip(result, before):
+                        r[now_bad] = b[now_bad]  # weights and rule state before the diverging step
+                if bool((step_of[bad] >= 0).all()):
+                    break
+            for t, r in zip(tensors, result):
+                t.copy_(r)
+            optimizer.set_steps(start + n)
+            self.diverged_at[bad] = step_of[bad]  # frozen from now on
         newly = bad.nonzero().flatten().tolist()
         first = int(step_of[bad].min())
         if self.trainer.world_size > 1:  # other ranks' members may live: decided at the next validation
@@ -283,7 +327,9 @@ class CircuitModule(pl.LightningModule):
         if self.trainer.state.fn == "fit" and self.trainer.world_size > 1 and not self.trainer.sanity_checking:
             # every rank gets every member's weights and divergence marks: from here on (validation,
             # the best member, early stopping, the checkpoint) all ranks see the whole population
-            sync_members([*self.net.parameters(), self.diverged_at], self.share, self.trainer.strategy)
+            # (the update rule's state too: the checkpoint holds rank 0's optimizer state)
+            state = [t for ts in self._member_optimizer().state_tensors() for t in ts]
+            sync_members([*self.net.parameters(), *state, self.diverged_at], self.share, self.trainer.strategy)
             self._raise_if_all_diverged(int(self.diverged_at.max()))
         self._announce_member()
 
@@ -414,6 +460,30 @@ class CircuitModule(pl.LightningModule):
         """One member's weights in the notebook's layout: each layer transposed, 4 decimals."""
         member = self.selected_member if member is None else member
         return format_weights(self.net, member)
+
+
+def check_optimizer_args(optimizer: str, momentum: float, dampening: float, nesterov: bool,
+                         betas: list[float] | None, eps: float, weight_decay: float) -> list[float]:
+    """One-line errors for impossible update-rule settings (torch.optim's ranges); the betas to use."""
+    def number(v: object) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if optimizer not in RULES:
+        raise CircuitsError(f"model.optimizer must be one of {', '.join(RULES)}, got {optimizer!r}")
+    if not number(momentum) or not 0 <= momentum < 1:
+        raise CircuitsError(f"model.momentum must be in [0, 1), got {momentum!r}")
+    if not number(dampening) or not 0 <= dampening <= 1:
+        raise CircuitsError(f"model.dampening must be in [0, 1], got {dampening!r}")
+    if nesterov and (optimizer != "momentum" or momentum <= 0 or dampening != 0):
+        raise CircuitsError("model.nesterov needs --model.optimizer momentum, a momentum > 0 and dampening 0")
+    betas = [0.9, 0.999] if betas is None else list(betas)
+    if len(betas) != 2 or not all(number(b) and 0 <= b < 1 for b in betas):
+        raise CircuitsError(f"model.betas must be two numbers in [0, 1), got {betas!r}")
+    if not number(eps) or not eps > 0:
+        raise CircuitsError(f"model.eps must be a positive number, got {eps!r}")
+    if not number(weight_decay) or weight_decay < 0:
+        raise CircuitsError(f"model.weight_decay must be a number >= 0, got {weight_decay!r}")
+    return [float(b) for b in betas]
 
 
 def check_precision(precision: object) -> None:

@@ -54,3 +54,66 @@ def test_forward_one_member_matches_all_members():
     net = ReLUMLP((2, 3, 1), members=4, seed=3)
     x = torch.rand(10, 2)
     torch.testing.assert_close(net(x, member=2), net(x)[2])
+
+
+def _train(members, seed, chunk, steps, rule="sgd", sizes=(2, 3, 1), **hp):
+    """Plain-torch block loop (no Lightning): ``steps`` steps on a fixed stream."""
+    from circuits_pl.optim import MemberOptimizer
+    from circuits_pl.train_block import train_block
+
+    net = ReLUMLP(sizes, members=members, seed=seed)
+    opt = MemberOptimizer(net.parameters(), rule=rule, lr=0.05, **hp)
+    gen = torch.Generator().manual_seed(123)
+    for _ in range(steps // 50):
+        xt = torch.rand(50, sizes[0], 200, generator=gen) * 2 - 1
+        yt = xt.amin(1, keepdim=True)
+        train_block(opt, len(net.weights), xt, yt, chunk)
+    return net, opt
+
+
+@pytest.mark.parametrize("rule, hp", [("sgd", {}), ("momentum", {"momentum": 0.9}), ("adam", {})])
+def test_member_k_is_bit_identical_whatever_k(rule, hp):
+    """Issue 13.5: member k of a K = 5 run equals a K = 1 run of seed k, bit for bit."""
+    ensemble, _ = _train(5, 0, None, 300, rule, **hp)
+    for k in (0, 3):
+        single, _ = _train(1, k, None, 300, rule, **hp)
+        for a, b in zip(ensemble.parameters(), single.parameters()):
+            assert torch.equal(a[k], b[0])
+
+
+def test_member_chunks_are_bit_identical_to_one_chunk():
+    """Issue 14.1: K = 1000 in chunks of 64 (last one partial) equals all members at once."""
+    whole, opt_w = _train(1000, 0, None, 200, "momentum", momentum=0.9)
+    chunked, opt_c = _train(1000, 0, 64, 200, "momentum", momentum=0.9)
+    for a, b in zip(whole.parameters(), chunked.parameters()):
+        assert torch.equal(a, b)
+    for a, b in zip(opt_w.state_tensors(), opt_c.state_tensors()):
+        assert torch.equal(a[0], b[0])
+    assert opt_w.steps_done == opt_c.steps_done == 200
+
+
+def test_gradients_with_bias_do_not_depend_on_k():
+    net = ReLUMLP((2, 3, 2, 1), members=6, bias=True, seed=0)
+    x = torch.rand(300, 2) * 2 - 1
+    y = x.sum(-1, keepdim=True)
+    full = net.gradients(x.T, y.T)
+    one = ReLUMLP((2, 3, 2, 1), members=1, bias=True, seed=4)
+    for g, h in zip(full, one.gradients(x.T, y.T)):
+        assert torch.equal(g[4], h[0])
+
+
+def test_a_member_share_trains_only_its_members_exactly_as_the_whole():
+    """MemberParallelStrategy: a process trains members[share]; those end as in a one-process run."""
+    from circuits_pl.optim import MemberOptimizer
+    from circuits_pl.train_block import train_block
+
+    whole, _ = _train(7, 0, 3, 100, "adam")
+    net = ReLUMLP((2, 3, 1), members=7, seed=0)
+    start = [p.detach().clone() for p in net.parameters()]
+    opt = MemberOptimizer(net.parameters(), rule="adam", lr=0.05)
+    gen = torch.Generator().manual_seed(123)
+    for _ in range(2):
+        xt = torch.rand(50, 2, 200, generator=gen) * 2 - 1
+        train_block(opt, 2, xt, xt.amin(1, keepdim=True), chunk=2, members=slice(2, 5))
+    for p, w, s in zip(net.parameters(), whole.parameters(), start):
+        assert torch.equal(p[2:5], w[2:5]) and torch.equal(p[:2], s[:2]) and torch.equal(p[5:], s[5:])

@@ -46,7 +46,7 @@ def test_member_k_equals_a_single_run_with_seed_plus_k(run_cli, tmp_path):
     run_cli("fit", *common, "--model.members", 1, "--model.init_seed", 2)
     ensemble, single = run_dirs(tmp_path)
     for a, b in zip(_weights(ensemble, 2)[0], _weights(single, 0)[0]):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+        assert torch.equal(a, b)  # issue 13.5: training is K-independent bit for bit
     res_e, res_s = results(ensemble), results(single)
     assert res_e["per_member"]["val_mse"][2] == pytest.approx(res_s["per_member"]["val_mse"][0], rel=1e-4)
 
@@ -96,3 +96,129 @@ def test_all_members_diverging_raises_in_python():
 
     with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+"):
         _trainer(max_steps=500).fit(module, CircuitDataModule(task="add", stream_seed=0))
+
+
+RULES = [
+    ("momentum", ["--model.momentum", 0.9, "--model.nesterov", "true"], torch.optim.SGD,
+     {"momentum": 0.9, "nesterov": True}),
+    ("adam", ["--model.betas", "[0.8, 0.99]", "--model.weight_decay", 0.001], torch.optim.Adam,
+     {"betas": (0.8, 0.99), "weight_decay": 0.001}),
+]
+
+
+@pytest.mark.parametrize("rule, args, torch_cls, kwargs", RULES, ids=[r[0] for r in RULES])
+def test_each_rule_through_the_cli_equals_torch_optim_with_autograd(run_cli, tmp_path, rule, args, torch_cls, kwargs):
+    steps, batch, lr = 300, 200, 0.01
+    run_cli("fit", "--task", "min", "--seed_everything", 5, "--model.members", 2, "--model.lr", lr,
+            "--model.optimizer", rule, *args, "--data.batch_size", batch, "--data.steps_per_batch", 64,
+            "--trainer.max_steps", steps, "--stop.when", "never", *QUIET)
+    run = run_dirs(tmp_path)[-1]
+    for k in range(2):
+        got, module = _weights(run, k)
+        sizes = module.hparams.layer_sizes
+        torch.manual_seed(5 + k)
+        layers = [torch.nn.Linear(i, o, bias=False) for i, o in zip(sizes[:-1], sizes[1:])]
+        net = torch.nn.Sequential(layers[0], torch.nn.ReLU(), layers[1])
+        opt = torch_cls(net.parameters(), lr=lr, **kwargs)
+        stream = iter(UniformBlocks(get_task("min"), batch, steps_per_batch=1, seed=5))
+        for _ in range(steps):
+            x, y = next(stream)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x[0]), y[0]).backward()
+            opt.step()
+        for g, w in zip(got, [lin.weight.detach() for lin in layers]):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)  # autograd rounds the gradients differently
+
+
+BLOW_UPS = {  # member 1's weights scaled so that it diverges: Adam at step 1, momentum at step 4 (mid-block)
+    "adam": ({"optimizer": "adam", "lr": 0.01}, (1e30, 1.0)),
+    "momentum": ({"optimizer": "momentum", "momentum": 0.9, "lr": 0.1}, (30.0, 30.0)),
+}
+
+
+def _diverging_run(rule, max_steps, blow_up):
+    """3 members on abs; with ``blow_up``, member 1's layers scaled until its updates overflow."""
+    from circuits_pl.data import CircuitDataModule
+
+    kwargs, scales = BLOW_UPS[rule]
+    module = CircuitModule(task="abs", members=3, init_seed=0, **kwargs)
+    if blow_up:
+        with torch.no_grad():
+            for w, scale in zip(module.net.weights, scales):
+                w[1].mul_(scale)
+    trainer = _trainer(max_steps=max_steps)
+    trainer.fit(module, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
+    states = [t for ts in trainer.optimizers[0].state_tensors() for t in ts]
+    return module, list(module.net.parameters()) + states
+
+
+@pytest.mark.parametrize("rule", list(BLOW_UPS))
+def test_a_diverging_member_gets_its_rule_state_back_and_stays_frozen(rule):
+    module, tensors = _diverging_run(rule, 300, blow_up=True)
+    step = int(module.diverged_at[1])
+    assert step > 0 and module.diverged_at[0] == -1 and module.diverged_at[2] == -1
+    assert all(bool(torch.isfinite(t[1]).all()) for t in tensors)
+    # the healthy members are exactly those of a run without member 1's blow-up
+    for a, b in zip(tensors, _diverging_run(rule, 300, blow_up=False)[1]):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[2], b[2])
+    # member 1 holds its weights and rule state from before the diverging step, as a run stopped
+    # there, and has not moved since under the rule (300 - step more steps)
+    for a, b in zip(tensors, _diverging_run(rule, step - 1, blow_up=True)[1]):
+        assert torch.equal(a[1], b[1])
+
+
+def test_a_foreign_optimizer_is_refused_in_one_line():
+    class WithAdam(CircuitModule):
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.1)
+
+    from circuits_pl.data import CircuitDataModule
+    from circuits_pl.errors import CircuitsError
+
+    with pytest.raises(CircuitsError, match="must return one circuits_pl.optim.MemberOptimizer.*got Adam"):
+        _trainer(max_steps=100).fit(WithAdam(task="abs", members=2), CircuitDataModule(task="abs", stream_seed=0))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"optimizer": "rmsprop"}, "model.optimizer must be one of sgd, momentum, adam"),
+    ({"optimizer": "momentum", "momentum": 1.5}, "model.momentum must be in"),
+    ({"optimizer": "adam", "betas": [0.9]}, "model.betas must be two numbers"),
+    ({"optimizer": "sgd", "nesterov": True}, "model.nesterov needs"),
+    ({"weight_decay": -1.0}, "model.weight_decay must be"),
+])
+def test_bad_optimizer_settings_are_one_line_errors(kwargs, message):
+    from circuits_pl.errors import CircuitsError
+
+    with pytest.raises(CircuitsError, match=message):
+        CircuitModule(task="abs", **kwargs)
+
+
+@pytest.mark.parametrize("rule", [["momentum", "--model.momentum", 0.9], ["adam"]], ids=["momentum", "adam"])
+def test_resume_with_rule_state_is_bit_identical(run_cli, tmp_path, rule):
+    from test_resume import _ckpt, assert_same_run
+
+    common = ["--task", "min", "--model.members", 5, "--model.lr", 0.01, "--model.optimizer", *rule,
+              "--stop.when", "never", "--data.batch_size", 200, *QUIET]
+    run_cli("fit", *common, "--trainer.max_steps", 2000)
+    run_cli("fit", *common, "--trainer.max_steps", 1500)  # stops between validations (every 1000)
+    half = run_dirs(tmp_path)[1]
+    state = _ckpt(half)["optimizer_states"][0]["state"][0]
+    assert float(state["step"]) == 1500 and set(state) > {"step"}  # the rule's state is in the checkpoint
+    run_cli("fit", "--config", half / "config.yaml", "--ckpt_path", half / "checkpoints" / "last.ckpt",
+            "--trainer.max_steps", 2000)
+    full, _, resumed = run_dirs(tmp_path)
+    assert_same_run(full, resumed)
+    for key, value in _ckpt(full)["optimizer_states"][0]["state"][0].items():
+        assert torch.equal(value, _ckpt(resumed)["optimizer_states"][0]["state"][0][key]), key
+
+
+def test_resuming_with_another_rule_is_a_one_line_error(run_cli, tmp_path, capsys):
+    common = ["--task", "abs", "--model.members", 2, "--stop.when", "never", *QUIET]
+    run_cli("fit", *common, "--trainer.max_steps", 100)
+    ckpt = run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    run_cli("fit", *common, "--trainer.max_steps", 200, "--model.optimizer", "adam", "--ckpt_path", ckpt, expect=2)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("error: the checkpoint was trained with --model.optimizer sgd, not adam: "
+                   "its optimizer state cannot continue another rule")
+    assert ckpt.read_bytes() == before  # the run on disk stays intact

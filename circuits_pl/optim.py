@@ -1,0 +1,130 @@
+"""Update rules for K stacked networks at once: SGD, SGD with momentum, Adam. Plain PyTorch.
+
+Every tensor here has the leading member dimension K (weights ``(K, out, in)``, and the rule's
+state likewise), so one elementwise op updates every member. Each rule replicates, op for op and
+in the same order, torch.optim's *single-tensor* implementation (``_single_tensor_sgd``,
+``_single_tensor_adam`` in torch 2.13: the path torch.optim takes by default on CPU), so a member
+ends bit-identical to ``torch.optim.SGD``/``Adam`` stepping that member alone on the same
+gradients (tests/test_optim.py, 300 steps, ``torch.equal``). All ops are elementwise, so member
+k's values never depend on K or on how members are split into chunks.
+
+Hyper-parameters (torch.optim's names and meanings):
+    sgd       lr, weight_decay (L2: grad + wd * w)
+    momentum  lr, momentum, dampening, nesterov, weight_decay
+    adam      lr, betas, eps, weight_decay (L2, as torch.optim.Adam; not AdamW's decoupled decay)
+Left out: maximize, amsgrad, and fused/foreach/capturable (implementation switches, not rules).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+RULES = ("sgd", "momentum", "adam")
+STATE_KEYS = {"sgd": (), "momentum": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
+
+
+class MemberOptimizer(torch.optim.Optimizer):
+    """One update rule for stacked members, holding its state where torch.optim keeps it.
+
+    ``state[p]`` holds tensors shaped like ``p`` (member dimension first) and ``step``, a float32
+    scalar tensor counting the updates, as torch.optim's own: ``state_dict()`` therefore holds
+    tensors and plain values only (checkpoints load with ``weights_only=True``) and Lightning saves
+    and restores it like any optimizer's. The state is created at construction (zeros, step 0), so
+    a chunk of members can be updated through views of it.
+
+    ``step()`` with no argument is not how it is driven: the training loop computes gradients itself
+    (no autograd) and calls :meth:`update` with them, for all members or a chunk of them.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], rule: str = "sgd", lr: float = 0.1,
+                 momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False,
+                 betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        if rule not in RULES:
+            raise ValueError(f"optimizer must be one of {', '.join(RULES)}, got {rule!r}")
+        defaults = dict(rule=rule, lr=float(lr), momentum=float(momentum), dampening=float(dampening),
+                        nesterov=bool(nesterov), betas=tuple(float(b) for b in betas), eps=float(eps),
+                        weight_decay=float(weight_decay))
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError("MemberOptimizer takes one parameter group")
+        for p in self.params:
+            self.state[p]["step"] = torch.tensor(0.0)
+            for key in STATE_KEYS[rule]:
+                self.state[p][key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return self.param_groups[0]["params"]
+
+    @property
+    def steps_done(self) -> int:
+        return int(self.state[self.params[0]]["step"]) if self.params else 0
+
+    def state_tensors(self) -> list[list[torch.Tensor]]:
+        """Per parameter, its rule state tensors (member dimension first), in ``STATE_KEYS`` order."""
+        keys = STATE_KEYS[self.param_groups[0]["rule"]]
+        return [[self.state[p][k] for k in keys] for p in self.params]
+
+    def update(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+               states: Sequence[Sequence[torch.Tensor]], step: int) -> None:
+        """Apply update number ``step`` (1-based) to ``params`` (all members or a chunk of them).
+
+        ``states`` are the matching (possibly chunked) views of :meth:`state_tensors`. The caller sets
+        the ``step`` counters once the block is done (:meth:`set_steps`), so every chunk sees the
+        same step numbers. Gradients may be overwritten (they are scratch).
+        """
+        group = self.param_groups[0]
+        rule, lr, wd = group["rule"], group["lr"], group["weight_decay"]
+        with torch.no_grad():
+            for p, g, st in zip(params, grads, states):
+                if wd != 0:
+                    g = g.add(p, alpha=wd)
+                if rule == "sgd":
+                    p.add_(g, alpha=-lr)
+                elif rule == "momentum":
+                    momentum_update(p, g, st[0], step, lr, group["momentum"], group["dampening"], group["nesterov"])
+                else:
+                    adam_update(p, g, st[0], st[1], step, lr, group["betas"], group["eps"])
+
+    def set_steps(self, steps: int) -> None:
+        for p in self.params:
+            self.state[p]["step"].fill_(float(steps))
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch.optim's signature
+        """torch.optim's interface, for completeness: one update from the ``.grad`` of each param."""
+        loss = closure() if closure is not None else None
+        params = [p for p in self.params if p.grad is not None]
+        if len(params) == len(self.params):
+            step = self.steps_done + 1
+            self.update(params, [p.grad for p in params], self.state_tensors(), step)
+            self.set_steps(step)
+        return loss
+
+
+def momentum_update(p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, step: int, lr: float,
+                    momentum: float, dampening: float, nesterov: bool) -> None:
+    """torch 2.13 ``_single_tensor_sgd`` with momentum: the buffer starts as the first gradient."""
+    if step == 1:
+        buf.copy_(g)
+    else:
+        buf.mul_(momentum).add_(g, alpha=1 - dampening)
+    g = g.add(buf, alpha=momentum) if nesterov else buf
+    p.add_(g, alpha=-lr)
+
+
+def adam_update(p: torch.Tensor, g: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                step: int, lr: float, betas: Sequence[float], eps: float) -> None:
+    """torch 2.13 ``_single_tensor_adam`` (not capturable, no amsgrad): same ops, same Python scalars."""
+    beta1, beta2 = betas
+    exp_avg.lerp_(g, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    step = float(step)  # torch: step_t (float32 tensor) += 1, then .item()
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    step_size = lr / bias_correction1
+    bias_correction2_sqrt = bias_correction2**0.5
+    denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
+    p.addcdiv_(exp_avg, denom, value=-step_size)
