@@ -2,8 +2,10 @@
 
 Lightning counts *batches*; one circuits_pl batch is a block of ``steps_per_batch`` (S) SGD steps.
 A user sets the cadence in SGD steps (``--trainer.val_check_interval 1000`` validates at steps 1000,
-2000, ...); S is chosen to divide it, and Lightning gets ``1000 / S`` batches. The data module keeps
-every block aligned so that batch b ends at SGD step (b + 1)·S, resumed or not.
+2000, ...); S is chosen to divide it (the largest divisor <= 100), and Lightning gets ``1000 / S``
+batches. Train metrics are logged every ``log_every_n_steps`` SGD steps rounded to whole blocks
+(500 with S = 100; 518 = 7 blocks of 74 with validation every 370). The data module keeps every
+block aligned so that batch b ends at SGD step (b + 1)·S, resumed or not.
 
 Python API: ``Trainer(max_steps=..., **trainer_cadence(1000, 500, steps_per_batch=100))``.
 """
@@ -46,7 +48,12 @@ def trainer_cadence(val_every_steps: int = 1000, log_every_steps: int = 500,
                     steps_per_batch: int | None = None) -> dict[str, int | None]:
     """Trainer keyword arguments that validate every ``val_every_steps`` and log train metrics every
     ``log_every_steps`` SGD steps (0: no train logging), for blocks of ``steps_per_batch`` steps."""
-    s = steps_per_batch or default_steps_per_batch(val_every_steps, log_every_steps)
-    check_steps_per_batch(s, val_check_interval=val_every_steps, log_every_n_steps=log_every_steps)
-    return {"val_check_interval": val_every_steps // s, "log_every_n_steps": log_every_steps // s,
+    s = steps_per_batch or default_steps_per_batch(val_every_steps)
+    check_steps_per_batch(s, val_check_interval=val_every_steps)
+    return {"val_check_interval": val_every_steps // s, "log_every_n_steps": log_blocks(log_every_steps, s),
             "check_val_every_n_epoch": None}
+
+
+def log_blocks(log_every_steps: int, steps_per_batch: int) -> int:
+    """Lightning's ``log_every_n_steps`` (in blocks) nearest to ``log_every_steps`` SGD steps (0: off)."""
+    return max(1, round(log_every_steps / steps_per_batch)) if log_every_steps else 0

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 
-from circuits_pl.cadence import check_steps_per_batch, default_steps_per_batch, is_step_count
+from circuits_pl.cadence import check_steps_per_batch, default_steps_per_batch, is_step_count, log_blocks
 from circuits_pl.callbacks import LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.checkpoints import check_checkpoint
@@ -175,12 +175,12 @@ class CircuitsCLI(LightningCLI):
         cfg = self._active_config()
         if "data" not in cfg or "trainer" not in cfg:
             return
-        intervals = self._step_intervals(cfg.trainer)
+        val_every = self._step_intervals(cfg.trainer).get("val_check_interval")
         given = cfg.data.get("steps_per_batch")
         if given is None:
-            cfg.data.steps_per_batch = default_steps_per_batch(*intervals.values())
-        elif is_step_count(given):
-            check_steps_per_batch(given, **{f"trainer.{k}": v for k, v in intervals.items()})
+            cfg.data.steps_per_batch = default_steps_per_batch(val_every) if val_every else 100
+        elif is_step_count(given) and val_every:
+            check_steps_per_batch(given, **{"trainer.val_check_interval": val_every})
 
     @staticmethod
     def _step_intervals(trainer: Any) -> dict[str, int]:
@@ -200,8 +200,11 @@ class CircuitsCLI(LightningCLI):
         datamodule = self._get(self.config_init, "data")
         steps = getattr(getattr(datamodule, "hparams", None), "steps_per_batch", None)
         if steps:
-            for key, value in self._step_intervals(config).items():
-                config[key] = value // steps
+            intervals = self._step_intervals(config)
+            if "val_check_interval" in intervals:
+                config["val_check_interval"] = intervals["val_check_interval"] // steps
+            if "log_every_n_steps" in intervals:
+                config["log_every_n_steps"] = log_blocks(intervals["log_every_n_steps"], steps)
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
@@ -319,15 +322,16 @@ def interrupt_message(err: RunInterrupted) -> str:
         nothing = ("nothing was trained yet" if err.phase == SANITY
                    else "no checkpoint was written (checkpointing is off)")
         return f"{name}: interrupted during {err.phase} at step {err.step}; {nothing}: {where}"
-    run = Path(err.path).parent.parent
+    path = Path(err.path)  # prints without a leading ./
+    run = path.parent.parent
     step = _checkpoint_step(err.path)
     at = f"step {step}" if step is not None else "its last validation"
     if err.phase == END:
         return (f"{name}: interrupted at the end of fit (test, readout, results.json, figures); training is "
-                f"complete: {err.path} holds {at}. Regenerate results.json with: {prog} test --ckpt_path "
-                f"{err.path}; the readout and figures with: {prog} inspect {run}")
-    return (f"{name}: interrupted during {err.phase}; checkpoint {err.path} holds {at}\n"
-            f"Resume with: {prog} fit --config {run / 'config.yaml'} --ckpt_path {err.path}")
+                f"complete: {path} holds {at}. Regenerate results.json with: {prog} test --ckpt_path "
+                f"{path}; the readout and figures with: {prog} inspect {run}")
+    return (f"{name}: interrupted during {err.phase}; checkpoint {path} holds {at}\n"
+            f"Resume with: {prog} fit --config {run / 'config.yaml'} --ckpt_path {path}")
 
 
 def _checkpoint_step(path: str) -> int | None:

@@ -126,7 +126,9 @@ class GracefulInterrupt(pl.Callback):
         path = latest_checkpoint(trainer)
         step = trainer.global_step
         phase = self.phase
-        if phase == TRAINING and not self.stopped:
+        if self.stopped:  # training was stopping on the first signal: the run is to be resumed
+            phase = TRAINING
+        elif phase == TRAINING:
             phase = TRAINING + " (at once, by a second signal)"
         return RunInterrupted(signum or self.signum or signal.SIGINT, step, path, trainer.is_global_zero, phase,
                               resumed_from=str(trainer.ckpt_path) if trainer.ckpt_path else None)
