@@ -72,10 +72,16 @@ class GracefulInterrupt(pl.Callback):
         raise self.interruption(self._trainer, signum=signum, force=True)
 
     def install(self) -> None:
-        if self._previous or threading.current_thread() is not threading.main_thread():
+        """Handle SIGINT/SIGTERM from now on (again, if Lightning has put its own handler in front).
+
+        Lightning's signal connector, registered after ``setup``, would turn SIGTERM into its
+        ``SIGTERMException`` (a SystemExit with status 0, no checkpoint) at the next validation.
+        """
+        if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.getsignal(sig)
+            if sig not in self._previous:
+                self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
 
     def _restore(self) -> None:
@@ -91,7 +97,11 @@ class GracefulInterrupt(pl.Callback):
             self._trainer, self.phase = trainer, SANITY
             self.install()
 
+    def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.install()
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.install()
         self.phase = TRAINING
         if self.signum is not None and not self._raised:  # a signal during the sanity validation
             self._raised = True
