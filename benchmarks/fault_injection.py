@@ -6,8 +6,8 @@
 Each trial starts ``python -m circuits_pl fit`` (2-64-1 ``add`` nets, 1024 members, so a checkpoint
 is ~0.8 MB and a save takes measurable time; validation and last.ckpt every 200 SGD steps) and then:
 
-- a third of the trials: SIGKILL the moment a save's temporary file appears in ``checkpoints/``;
-- a third: SIGKILL at a random moment in the first 14 s (import, sanity validation, training, saves);
+- a third of the trials: SIGKILL while the k-th save (k random in 1..5) is writing its temporary file;
+- a third: SIGKILL at a random moment in the first 20 s (import, sanity validation, training, saves);
 - a third: SIGINT or SIGTERM at a random moment (must exit 130 / 143 unless it had not started fit).
 
 The run directory is on a tmpfs mounted for the purpose when running as root (another filesystem
@@ -72,14 +72,14 @@ def trial(root: Path, kind: str, rng: random.Random) -> dict:
     start = time.monotonic()
     sig = signal.SIGKILL
     during_save = False
-    if kind == "save":  # wait for the second or later save to be in progress, then kill
-        seen = 0
+    if kind == "save":  # wait for the k-th save (k = 1..5) to be in progress, then kill
+        seen, target = 0, rng.randint(1, 5)
         while proc.poll() is None and time.monotonic() - start < 60:
             ckdir = cwd / "lightning_logs" / "version_0" / "checkpoints"
             temps = [e for e in os.scandir(ckdir) if is_temp_file(e.name)] if ckdir.exists() else []
             if temps:
                 seen += 1
-                if seen >= 2 or rng.random() < 0.5:
+                if seen >= target:
                     proc.kill()
                     during_save = True
                     break
@@ -87,7 +87,7 @@ def trial(root: Path, kind: str, rng: random.Random) -> dict:
                     time.sleep(0.0005)
             time.sleep(0.0005)
     else:
-        time.sleep(rng.uniform(0.5, 14.0))
+        time.sleep(rng.uniform(0.5, 20.0))
         if kind == "signal":
             sig = rng.choice([signal.SIGINT, signal.SIGTERM])
         proc.send_signal(sig)
