@@ -31,7 +31,7 @@ from circuits_pl.checkpoints import check_checkpoint
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, TrainingDiverged
 from circuits_pl.files import atomic_write_text
-from circuits_pl.interrupts import END, SANITY, GracefulInterrupt, RunInterrupted
+from circuits_pl.interrupts import END, SANITY, GracefulInterrupt, RunInterrupted, release_all
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.tasks import get_task, task_names
@@ -240,7 +240,7 @@ class CircuitsCLI(LightningCLI):
                 if stop := guard.interruption(self.trainer):
                     raise stop
             # A signal from here on stops at once (GracefulInterrupt's END phase): training is done
-            # and last.ckpt holds it; results.json and figures are written atomically or not at all.
+            # and last.ckpt holds it.
             finish_fit(self.trainer, self.model, self.datamodule, figures=self._active_config().figures)
         finally:
             for guard in guards:
@@ -310,6 +310,7 @@ def _run_guarded(fn) -> Any:
     except _argument_errors() as err:
         _fail(_one_line(str(err)), 2)
     finally:
+        release_all()
         _end_distributed()
 
 

@@ -83,11 +83,15 @@ class GracefulInterrupt(pl.Callback):
             if sig not in self._previous:
                 self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handler)
+        if self not in _INSTALLED:
+            _INSTALLED.append(self)
 
     def _restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+        if self in _INSTALLED:
+            _INSTALLED.remove(self)
 
     release = _restore
 
@@ -124,8 +128,8 @@ class GracefulInterrupt(pl.Callback):
             self._restore()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, RunInterrupted):
-            self._restore()
+        if not (isinstance(exception, RunInterrupted) and self.keep_after_fit):
+            self._restore()  # else the CLI restores them (release_all) once it has said what is on disk
 
     # ---------------------------------------------------------------------------------------- #
     def interruption(self, trainer: pl.Trainer | None, signum: int | None = None,
@@ -142,6 +146,15 @@ class GracefulInterrupt(pl.Callback):
             phase = TRAINING + " (at once, by a second signal)"
         return RunInterrupted(signum or self.signum or signal.SIGINT, step, path, trainer.is_global_zero, phase,
                               resumed_from=str(trainer.ckpt_path) if trainer.ckpt_path else None)
+
+
+_INSTALLED: list[GracefulInterrupt] = []
+
+
+def release_all() -> None:
+    """Give SIGINT/SIGTERM back to the handlers they had before ``fit`` (the CLI's last act)."""
+    for guard in reversed(list(_INSTALLED)):
+        guard.release()
 
 
 def latest_checkpoint(trainer: pl.Trainer) -> str | None:
