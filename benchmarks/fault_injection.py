@@ -124,7 +124,7 @@ def trial(root: Path, kind: str, rng: random.Random) -> dict:
               "rc": proc.returncode, "rc_ok": rc_ok, "traceback": "Traceback" in err,
               "last_val_printed": last_val, "last_ckpt_step": last_step, "lost": lost, "corrupt": corrupt,
               "stale": bool(stale), "strays": len(strays), "stray_after_cleanup": len(left),
-              "during_save": during_save}
+              "during_save": during_save, "stderr_tail": err.strip().splitlines()[-3:]}
     shutil.rmtree(cwd, ignore_errors=True)
     return result
 
@@ -147,7 +147,8 @@ def main() -> None:
             print(f"{i + 1:2d} {r['kind']:6s} {r['signal']:7s} at {r['at']:5.2f}s rc={r['rc']:4d} "
                   f"val_printed={r['last_val_printed']:5d} last.ckpt={r['last_ckpt_step']} lost={r['lost']} "
                   f"corrupt={r['corrupt']} strays={r['strays']} during_save={r['during_save']}"
-                  f"{'' if r['rc_ok'] and not r['traceback'] else '  <-- bad exit'}", flush=True)
+                  f"{'' if r['rc_ok'] and not r['traceback'] else '  <-- bad exit: ' + ' | '.join(r['stderr_tail'])}",
+                  flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
         if mount:
