@@ -191,7 +191,8 @@ def _signal_when(proc: subprocess.Popen, prefix: str, sig: int) -> tuple[str, st
 SLEEPY = ["--task", "slow_tasks:sleepy_add", "--model.members", 4, "--stop.when", "never", *QUIET]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGTERM"])
 def test_signal_during_sanity_validation(tmp_path, sig):
     proc = _start(["fit", *SLEEPY, "--trainer.max_steps", 2000], tmp_path, CIRCUITS_PL_TEST_SLOW="sanity")
     out, err = _signal_when(proc, "SLOW sanity", sig)
