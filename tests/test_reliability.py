@@ -203,7 +203,7 @@ def test_signal_during_sanity_validation(tmp_path, sig):
     assert not (run / "checkpoints").exists() and not (run / "results.json").exists()
 
 
-def test_signal_during_the_end_of_fit_readout_and_a_second_one(tmp_path):
+def test_signal_during_the_end_of_fit_readout(tmp_path):
     proc = _start(["fit", *SLEEPY, "--trainer.max_steps", 1500], tmp_path, CIRCUITS_PL_TEST_SLOW="end")
     out, err = _signal_when(proc, "SLOW end", signal.SIGTERM)
     assert proc.returncode == 143, err
@@ -217,6 +217,7 @@ def test_signal_during_the_end_of_fit_readout_and_a_second_one(tmp_path):
     assert not (run / "results.json").exists() and _temps(run) == []
 
 
+@pytest.mark.slow  # ~7 s, mostly process start
 def test_second_ctrl_c_stops_at_once_with_the_last_complete_checkpoint(tmp_path):
     proc = _start(["fit", "--task", "min", "--model.members", 64, "--stop.when", "never", *QUIET,
                    "--trainer.max_steps", 100_000, "--trainer.val_check_interval", 500], tmp_path)
