@@ -34,9 +34,11 @@ def check_steps_per_batch(steps_per_batch: int, **intervals: int) -> None:
     for name, n in intervals.items():
         if n and n % steps_per_batch:
             good = default_steps_per_batch(n)
+            old = (f" (it counts SGD steps now; a config that counted blocks of {steps_per_batch} "
+                   f"steps means {n * steps_per_batch})") if n < steps_per_batch else ""
             raise CircuitsError(
                 f"data.steps_per_batch {steps_per_batch} does not divide {name} {n} (SGD steps): "
-                f"give a divisor of {n} (e.g. {good}) or omit data.steps_per_batch to have it chosen"
+                f"give a divisor of {n} (e.g. {good}) or omit data.steps_per_batch to have it chosen{old}"
             )
 
 

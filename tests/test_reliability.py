@@ -286,3 +286,5 @@ def test_trainer_cadence_helper():
     assert trainer_cadence(370, 500)["log_every_n_steps"] == 7  # 7 blocks of 74 = every 518 steps
     with pytest.raises(CircuitsError, match="steps_per_batch 37 does not divide val_check_interval 1000"):
         trainer_cadence(1000, 500, steps_per_batch=37)
+    with pytest.raises(CircuitsError, match=r"a config that counted blocks of 100 steps means 1000\)$"):
+        trainer_cadence(10, 5, steps_per_batch=100)  # a config.yaml written before the cadence counted steps
