@@ -1,17 +1,16 @@
-"""Lightning callbacks: stop when solved, a step-based progress bar, interrupts, predictions to CSV."""
+"""Lightning callbacks: stop when solved, a step-based progress bar, last.ckpt at every validation,
+predictions to CSV. (Interrupts: ``circuits_pl.interrupts``.)"""
 
 from __future__ import annotations
 
 import csv
 import os
-import signal
 import sys
-import threading
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, TQDMProgressBar
+from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from tqdm import tqdm
 
 from circuits_pl.logger import run_dir
@@ -114,67 +113,23 @@ def pl_task_name(trainer: pl.Trainer) -> str:
     return getattr(getattr(module, "task", None), "name", "")
 
 
-class RunInterrupted(Exception):
-    """Raised after ``fit`` ended early on SIGINT/SIGTERM (its checkpoint, if any, is saved)."""
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``, rewritten at every validation (so also where a run stops: at ``max_steps``, when
+    solved, on an interrupt), whatever the monitored metric does.
 
-    def __init__(self, signum: int, step: int, path: str | None, announce: bool = True):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}")
-        self.signum, self.step, self.path, self.announce = signum, step, path, announce
-
-
-class GracefulInterrupt(pl.Callback):
-    """Ctrl-C (SIGINT) or SIGTERM during fit: finish the current block of steps, then stop the way
-    Lightning stops early (``trainer.should_stop``): it validates and ModelCheckpoint writes
-    ``last.ckpt`` with every loop counter complete, so a resumed run continues exactly, on the
-    same validation schedule, as a run that never stopped. A second Ctrl-C quits at once.
+    Lightning's ``ModelCheckpoint(save_last=True)`` rewrites last.ckpt only when it saves another
+    checkpoint, i.e. when ``val/mse`` improves: a run on a plateau kept a stale last.ckpt (issue 9).
+    This is Lightning's ModelCheckpoint with no monitor and one file named ``last``; the CLI adds it
+    beside the best-by-``val/mse`` callback of ``--checkpoint.*`` (whose own ``save_last`` it takes over).
     """
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.stopped = False
-        self._previous: dict[int, Any] = {}
+    def __init__(self, dirpath: str | None = None):
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, save_last=False,
+                         enable_version_counter=False)
 
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        print(f"\n{signal.Signals(signum).name} received: stopping after the current block of steps and "
-              "saving a checkpoint (Ctrl-C again quits at once, without saving)", file=sys.stderr, flush=True)
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handler)
-
-    def _restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
-        requested = self.signum is not None
-        if trainer.world_size > 1:  # every rank stops after the same block, or DDP would hang
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if requested and not trainer.should_stop:
-            self.stopped = True
-            self.signum = self.signum or signal.SIGINT
-            trainer.should_stop = True
-
-    def interruption(self, trainer: pl.Trainer) -> RunInterrupted | None:
-        """After fit: the RunInterrupted to raise if a signal stopped it (with its checkpoint path)."""
-        if not self.stopped:
-            return None
-        cb = trainer.checkpoint_callback
-        path = cb.last_model_path if cb is not None and cb.last_model_path else None
-        return RunInterrupted(self.signum or signal.SIGINT, trainer.global_step, path, trainer.is_global_zero)
+    @property
+    def state_key(self) -> str:
+        return "LastCheckpoint"
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -19,14 +19,19 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 
-from circuits_pl.callbacks import GracefulInterrupt, PredictionWriter, RunInterrupted, StepProgressBar, StopWhenSolved
+from circuits_pl.cadence import check_steps_per_batch, default_steps_per_batch, is_step_count, log_blocks
+from circuits_pl.callbacks import LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
+from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.checkpoints import check_checkpoint
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, TrainingDiverged
+from circuits_pl.files import atomic_write_text
+from circuits_pl.interrupts import END, SANITY, GracefulInterrupt, RunInterrupted, release_all
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.results import RunSummary
@@ -36,11 +41,12 @@ from circuits_pl.usage import front_door, program_name
 TRAINER_DEFAULTS: dict[str, Any] = {
     "accelerator": "auto",
     "max_steps": 20_000,
-    # An endless stream never ends an epoch: validate every N Lightning batches (blocks of
-    # data.steps_per_batch SGD steps), never per epoch. 10 blocks x 100 steps = every 1000 steps.
-    "val_check_interval": 10,
+    # An endless stream never ends an epoch: validate every N SGD steps, never per epoch. The CLI
+    # counts both options below in SGD steps and passes them to Lightning in blocks of
+    # data.steps_per_batch (circuits_pl.cadence).
+    "val_check_interval": 1000,
     "check_val_every_n_epoch": None,
-    "log_every_n_steps": 5,  # blocks: train metrics every 500 SGD steps
+    "log_every_n_steps": 500,  # SGD steps: train metrics every 500 steps
     "enable_model_summary": False,  # the notebook-style weights print instead
 }
 
@@ -66,6 +72,7 @@ class CircuitsCLI(LightningCLI):
             seed_everything_default=0,
             trainer_defaults=TRAINER_DEFAULTS,
             auto_configure_optimizers=False,  # the fast path is plain SGD with model.lr
+            save_config_callback=AtomicSaveConfig,
             parser_kwargs={"exit_on_error": False, "default_env": False, "prog": program_name(),
                            "description": DESCRIPTION},
             args=args,
@@ -89,7 +96,7 @@ class CircuitsCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/mse",
             "checkpoint.mode": "min",
-            "checkpoint.save_last": True,
+            "checkpoint.save_last": True,  # last.ckpt at every validation, by LastCheckpoint
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-{step}",
         })
@@ -158,21 +165,64 @@ class CircuitsCLI(LightningCLI):
                 init_args=Namespace(save_dir=trainer.default_root_dir or ".", name="lightning_logs"),
             )
 
+    def instantiate_classes(self) -> None:
+        self._resolve_cadence()
+        super().instantiate_classes()
+
+    def _resolve_cadence(self) -> None:
+        """--trainer.val_check_interval and --trainer.log_every_n_steps count SGD steps: choose
+        data.steps_per_batch to divide them (or check the one given) before the data module exists."""
+        cfg = self._active_config()
+        if "data" not in cfg or "trainer" not in cfg:
+            return
+        val_every = self._step_intervals(cfg.trainer).get("val_check_interval")
+        given = cfg.data.get("steps_per_batch")
+        if given is None:
+            cfg.data.steps_per_batch = default_steps_per_batch(val_every) if val_every else 100
+        elif is_step_count(given) and val_every:
+            check_steps_per_batch(given, **{"trainer.val_check_interval": val_every})
+
+    @staticmethod
+    def _step_intervals(trainer: Any) -> dict[str, int]:
+        """The cadence options given as SGD-step counts (floats and None are Lightning's own meaning)."""
+        return {k: trainer.get(k) for k in ("val_check_interval", "log_every_n_steps")
+                if isinstance(trainer.get(k), int) and not isinstance(trainer.get(k), bool)}
+
     def instantiate_trainer(self, **kwargs: Any):
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(StepProgressBar())
-        callbacks += [GracefulInterrupt(), PredictionWriter()]
+        callbacks += [GracefulInterrupt(keep_after_fit=True), PredictionWriter()]
         config["callbacks"] = callbacks
+        # Lightning counts batches: the SGD-step cadence goes to it in blocks of steps_per_batch.
+        datamodule = self._get(self.config_init, "data")
+        steps = getattr(getattr(datamodule, "hparams", None), "steps_per_batch", None)
+        if steps:
+            intervals = self._step_intervals(config)
+            if "val_check_interval" in intervals:
+                config["val_check_interval"] = intervals["val_check_interval"] // steps
+            if "log_every_n_steps" in intervals:
+                config["log_every_n_steps"] = log_blocks(intervals["log_every_n_steps"], steps)
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())  # saves never leave a partial file (issue 9)
+        config["plugins"] = plugins
         if (config.get("logger") is False or config.get("fast_dev_run")) and rank_zero_only.rank == 0:
             config["default_root_dir"] = claim_run_dir(config.get("default_root_dir") or ".")
         # The ModelCheckpoint of --checkpoint.* is always built; --trainer.enable_checkpointing false
-        # means the user wants none (Lightning would refuse the combination).
+        # means the user wants none (Lightning would refuse the combination). Its save_last is done
+        # by LastCheckpoint, which rewrites last.ckpt at every validation (Lightning's only when the
+        # monitored metric improves).
         extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         if config.get("enable_checkpointing") is False:
             extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
+        for c in list(extra):
+            if isinstance(c, ModelCheckpoint) and not isinstance(c, LastCheckpoint) and c.save_last:
+                c.save_last = False
+                extra.append(LastCheckpoint(dirpath=c.dirpath))
         return self._instantiate_trainer(config, extra)
 
     # ------------------------------------------------------------------------------------------
@@ -185,9 +235,36 @@ class CircuitsCLI(LightningCLI):
             self.trainer.callbacks.append(RunSummary(figures=self._active_config().figures))
 
     def after_fit(self) -> None:
-        for callback in self.trainer.callbacks:
-            if isinstance(callback, GracefulInterrupt) and (stop := callback.interruption(self.trainer)):
-                raise stop
+        # The end of fit (RunSummary: test, results.json, figures) ran inside trainer.fit, in
+        # GracefulInterrupt's END phase: a signal there stopped it at once, last.ckpt holding the run.
+        guards = [c for c in self.trainer.callbacks if isinstance(c, GracefulInterrupt)]
+        try:
+            for guard in guards:
+                if stop := guard.interruption(self.trainer):
+                    raise stop
+        finally:
+            for guard in guards:
+                guard.release()
+
+
+class AtomicSaveConfig(SaveConfigCallback):
+    """LightningCLI's SaveConfigCallback, writing config.yaml atomically (circuits_pl.files)."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self.already_saved:
+            return
+        if self.save_to_log_dir:
+            log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+            path = os.path.join(log_dir, self.config_filename)
+            exists = trainer.strategy.broadcast(os.path.isfile(path) if trainer.is_global_zero else False)
+            if exists and not self.overwrite:
+                raise RuntimeError(f"{path} exists: refusing to overwrite the config of another run")
+            if trainer.is_global_zero:
+                atomic_write_text(path, self.parser.dump(self.config, skip_none=False))
+        if trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
 def device_line(trainer, accelerator: Any, members: int) -> str:
@@ -246,18 +323,45 @@ def _run_guarded(fn) -> Any:
     except TrainingDiverged as err:
         _fail(str(err), 1)
     except RunInterrupted as err:
-        if err.announce and err.path:
-            run = Path(err.path).parent.parent
-            print(f"Interrupted at step {err.step}; checkpoint saved to {err.path}\n"
-                  f"Resume with: python -m circuits_pl fit --config {run / 'config.yaml'} --ckpt_path {err.path}",
-                  file=sys.stderr)
-        elif err.announce:
-            print(f"Interrupted at step {err.step}; no checkpoint saved (checkpointing is off)", file=sys.stderr)
+        if err.announce:
+            print(interrupt_message(err), file=sys.stderr)
         raise SystemExit(128 + err.signum) from None
+    except KeyboardInterrupt:  # Ctrl-C outside fit (parsing, inspect, validate...): nothing half-written
+        print("Interrupted (SIGINT)", file=sys.stderr)
+        raise SystemExit(130) from None
     except _argument_errors() as err:
         _fail(_one_line(str(err)), 2)
     finally:
+        release_all()
         _end_distributed()
+
+
+def interrupt_message(err: RunInterrupted) -> str:
+    """What is on disk after an interrupt, and the command that continues from it."""
+    prog = program_name()
+    name = f"{__import__('signal').Signals(err.signum).name}"
+    if err.path is None:
+        where = f"resume from {err.resumed_from} again" if err.resumed_from else "run the command again"
+        nothing = ("nothing was trained yet" if err.phase == SANITY
+                   else "no checkpoint was written (checkpointing is off)")
+        return f"{name}: interrupted during {err.phase} at step {err.step}; {nothing}: {where}"
+    path = Path(err.path)  # prints without a leading ./
+    run = path.parent.parent
+    step = _checkpoint_step(err.path)
+    at = f"step {step}" if step is not None else "its last validation"
+    if err.phase == END:
+        return (f"{name}: interrupted at the end of fit (test, readout, results.json, figures); training is "
+                f"complete: {path} holds {at}. Regenerate results.json with: {prog} test --ckpt_path "
+                f"{path}; the readout and figures with: {prog} inspect {run}")
+    return (f"{name}: interrupted during {err.phase}; checkpoint {path} holds {at}\n"
+            f"Resume with: {prog} fit --config {run / 'config.yaml'} --ckpt_path {path}")
+
+
+def _checkpoint_step(path: str) -> int | None:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    except Exception:  # noqa: BLE001 - the message still names the file
+        return None
 
 
 def _end_distributed() -> None:

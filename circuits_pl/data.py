@@ -51,9 +51,10 @@ class CircuitDataModule(pl.LightningDataModule):
     Args:
         task: task name (linked from the top-level ``--task``).
         batch_size: inputs per SGD step (the notebook: 1000).
-        steps_per_batch: SGD steps per Lightning batch. Trainer options that count *batches*
-            (``val_check_interval``, ``log_every_n_steps``) count blocks of this many steps;
-            ``max_steps`` and checkpoint ``every_n_train_steps`` count SGD steps.
+        steps_per_batch: SGD steps per Lightning batch (default 100; the CLI picks the largest
+            divisor <= 100 of its validation and logging intervals, which it counts in SGD steps).
+            A plain ``Trainer``'s options that count *batches* (``val_check_interval``,
+            ``log_every_n_steps``) count blocks of this many steps: see ``circuits_pl.cadence``.
         val_size: points in the validation set and in the test set (the notebook's ``test_n``).
         stream_seed: seed of the training stream (default: the run's ``seed_everything``).
         holdout_seed: seed of the validation and test sets (the same for every run, so runs compare).
@@ -67,7 +68,7 @@ class CircuitDataModule(pl.LightningDataModule):
         self,
         task: str = "identity",
         batch_size: int = 1000,
-        steps_per_batch: int = 100,
+        steps_per_batch: int | None = None,
         val_size: int = 1000,
         stream_seed: int | None = None,
         holdout_seed: int = 20_231_128,
@@ -75,6 +76,7 @@ class CircuitDataModule(pl.LightningDataModule):
         predict_points: int = 41,
     ):
         super().__init__()
+        steps_per_batch = 100 if steps_per_batch is None else steps_per_batch
         for name, value in [("batch_size", batch_size), ("steps_per_batch", steps_per_batch),
                             ("val_size", val_size), ("predict_points", predict_points)]:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -89,13 +91,14 @@ class CircuitDataModule(pl.LightningDataModule):
             cone = [float(c) for c in cone]
         stream_seed = int(torch.initial_seed() if stream_seed is None else stream_seed)  # seed_everything's
         self.save_hyperparameters()
-        record_resolved(self, stream_seed=stream_seed, cone=cone)
+        record_resolved(self, stream_seed=stream_seed, cone=cone, steps_per_batch=steps_per_batch)
         self.cone = cone
 
     # --------------------------------------------------------------------------------------------
-    def train_stream(self, start_step: int = 0, rank: int = 0) -> UniformBlocks:
+    def train_stream(self, start_step: int = 0, rank: int = 0, first_block_end: int | None = None) -> UniformBlocks:
         hp = self.hparams
-        return UniformBlocks(self.task, hp.batch_size, hp.steps_per_batch, hp.stream_seed, rank, start_step, self.cone)
+        return UniformBlocks(self.task, hp.batch_size, hp.steps_per_batch, hp.stream_seed, rank, start_step,
+                             self.cone, first_block_end)
 
     def holdout_set(self, stage: str, heldout: bool = False) -> TensorDataset:
         """Fixed points for ``val`` or ``test`` (``heldout``: from the directions training never saw)."""
@@ -117,9 +120,17 @@ class CircuitDataModule(pl.LightningDataModule):
         # (circuits_pl.strategy), so member k's trajectory does not depend on the world size.
         trainer = self.trainer
         start = trainer.global_step if trainer is not None else 0
+        # Lightning validates after batch b when (b + 1) % val_check_interval == 0, counting batches.
+        # A run stopped inside a block (max_steps 550) has counted a short batch: the resumed first
+        # block then ends at (b + 1)·S, so every later batch b' ends at (b' + 1)·S as in an
+        # unbroken run, and validations stay on their SGD-step grid.
+        first_end = None
+        if trainer is not None and start > 0:
+            done = trainer.fit_loop.epoch_loop.batch_progress.total.completed  # batches before this fit
+            first_end = (done + 1) * self.hparams.steps_per_batch
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
         # num_workers=0: a block costs ~5 µs per step to draw; workers would cost more.
-        return DataLoader(self.train_stream(start), batch_size=None, num_workers=0)
+        return DataLoader(self.train_stream(start, first_end=first_end), batch_size=None, num_workers=0)
 
     def _loader(self, dataset: TensorDataset) -> DataLoader:
         # The whole set as one ready-made batch: per-sample indexing and collation of 1000 points

@@ -215,11 +215,12 @@ class CircuitModule(pl.LightningModule):
         self._sgd_steps(optimizer, x, y, n)
         count_optimizer_steps(self.optimizers(), n)  # global_step counts SGD steps
         self._handle_divergence(optimizer, snapshot, x, y, n, start)
-        # Scheduled validation: is the validation after this block the regular one (every
-        # val_check_interval batches)? Blocks are aligned to steps, so this is the same test in SGD
-        # steps, resumed or not.
+        # Is the validation after this block a regular one? circuits_pl.data aligns blocks so that batch
+        # b ends at SGD step (b + 1)·S, resumed or not: regular validations fall on multiples of
+        # val_check_interval·S steps, and only when the block ran whole (not cut short by max_steps).
         val_every = self.trainer.val_check_batch
-        self._scheduled_validation = isinstance(val_every, int) and (batch_idx + 1) % val_every == 0
+        self._scheduled_validation = (isinstance(val_every, int) and (batch_idx + 1) % val_every == 0
+                                      and self.global_step == start + x.shape[0])
         if self.trainer.max_steps >= 0 and self.global_step >= self.trainer.max_steps:
             self.trainer.should_stop = True  # Lightning then validates, so the last step is checkpointed
         log_every = self.trainer.log_every_n_steps  # in Lightning batches; 0 turns train logging off

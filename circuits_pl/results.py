@@ -26,8 +26,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-from circuits_pl.callbacks import GracefulInterrupt, StopWhenSolved
+from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
+from circuits_pl.files import atomic_write_text
+from circuits_pl.interrupts import GracefulInterrupt
 from circuits_pl.logger import run_dir
 from circuits_pl.members import describe_members, heldout_mse, read_member, write_figures
 from circuits_pl.module import HISTORY, CircuitModule, live_median
@@ -206,7 +208,7 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     if trainer.is_global_zero and log_dir:
         path = Path(log_dir) / "results.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(res, indent=2) + "\n")
+        atomic_write_text(path, json.dumps(res, indent=2) + "\n")
         say(f"Results: {path}")
         if figures:
             for fig in write_figures(log_dir, module, best, readout):

@@ -87,6 +87,7 @@ def test_interrupt_saves_a_checkpoint_and_resuming_equals_never_stopping(run_cli
     step = _ckpt(stopped)["global_step"]
     assert 1000 <= step < 100_000 and step % 100 == 0  # a whole block, after the first validation
     assert step in _val_rows(stopped)  # Lightning validated where it stopped, then saved last.ckpt
+    assert f"checkpoint {Path('lightning_logs/version_0/checkpoints/last.ckpt')} holds step {step}" in err
     target = step + 1000
     run_cli("fit", "--config", stopped / "config.yaml", "--ckpt_path", stopped / "checkpoints" / "last.ckpt",
             "--trainer.max_steps", target)

@@ -29,7 +29,7 @@ def _reference(task, sizes, seed, data_seed, steps, batch, lr):
 def test_fast_path_equals_plain_autograd_sgd(run_cli, tmp_path, task, members):
     steps, batch, lr = 300, 200, 0.05
     run_cli("fit", "--task", task, "--seed_everything", 5, "--model.members", members, "--model.lr", lr,
-            "--data.batch_size", batch, "--data.steps_per_batch", 64, "--trainer.max_steps", steps,
+            "--data.batch_size", batch, "--data.steps_per_batch", 40, "--trainer.max_steps", steps,
             "--stop.when", "never", *QUIET)
     run = run_dirs(tmp_path)[-1]
     for k in range(members):

@@ -1,0 +1,122 @@
+"""Atomic file writes: at every instant a file holds its previous complete version or its new one.
+
+The pattern of databases and package managers: write a temporary file in the *target's own
+directory* (a rename is atomic only within one filesystem), flush and fsync it, ``os.replace`` it
+over the target, then fsync the directory so the rename itself survives a power cut. A crash or a
+full disk in the middle leaves the old file untouched and at most a hidden temporary file
+``.NAME.tmp-PID-XXXX``, which never ends in the target's suffix (so nothing mistakes it for a
+checkpoint) and is removed by the next write into that directory (or :func:`remove_stray_temps`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+_TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def temp_prefix(target: str | os.PathLike) -> str:
+    return f".{Path(target).name}.tmp-{os.getpid()}-"
+
+
+def is_temp_file(path: str | os.PathLike) -> bool:
+    """Is this a temporary file of an atomic write (finished, crashed or running)?"""
+    return _TEMP.match(Path(path).name) is not None
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit make it ``path`` atomically.
+
+    On any exception (including KeyboardInterrupt or a signal handler's exception raised inside
+    the block) the temporary file is removed and ``path`` keeps its previous content.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
+    target = Path(path)
+    directory = target.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    remove_stray_temps(directory)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), dir=directory)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see the module docstring)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename itself is still atomic
+    finally:
+        os.close(fd)
+
+
+def remove_stray_temps(directory: str | os.PathLike) -> list[Path]:
+    """Remove temporary files left in ``directory`` by crashed writes (their process is gone).
+
+    Temporary files of a live process (a write in progress) are left alone. Returns what was removed.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMP.match(entry.name)
+        if match is None or _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

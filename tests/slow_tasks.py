@@ -1,0 +1,23 @@
+"""A task that sleeps at a chosen moment of ``fit``, so a test can send a signal right then.
+
+``CIRCUITS_PL_TEST_SLOW=sanity``: the first evaluation of a fixed set (the validation set, built
+for the sanity validation) sleeps; ``=end``: the first one after training (the test set of the
+end-of-fit readout) sleeps. Training blocks are 2-D (steps, batch), fixed sets 1-D (points).
+"""
+
+import os
+import sys
+import time
+
+_seen = {"training": False, "slept": False}
+
+
+def sleepy_add(a, b):
+    phase = os.environ.get("CIRCUITS_PL_TEST_SLOW")
+    if a.dim() >= 2:
+        _seen["training"] = True
+    elif phase and not _seen["slept"] and _seen["training"] == (phase == "end"):
+        _seen["slept"] = True
+        print(f"SLOW {phase}", file=sys.stdout, flush=True)
+        time.sleep(60)
+    return a + b

@@ -1,0 +1,290 @@
+"""Never lose a run, part 2 (issue 9): last.ckpt always current, atomic saves, signals anywhere,
+validation cadence in SGD steps."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import results, run_dirs
+
+from circuits_pl.cadence import default_steps_per_batch, trainer_cadence
+from circuits_pl.checkpoint_io import AtomicCheckpointIO
+from circuits_pl.errors import CircuitsError
+from circuits_pl.files import atomic_write_text, is_temp_file, remove_stray_temps
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
+TESTS = Path(__file__).parent
+
+
+def _ckpt(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
+
+
+def _temps(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if is_temp_file(p)]
+
+
+# ---------------------------------------------------------------------------------------------- #
+# 9.1 last.ckpt always current
+# ---------------------------------------------------------------------------------------------- #
+def test_last_ckpt_holds_the_last_step_when_val_mse_plateaus(run_cli, tmp_path):
+    # 8 members of add at lr 0.1 are solved by step 1000: the best val/mse stops improving then
+    run_cli("fit", "--task", "add", "--model.members", 8, "--stop.when", "never", "--trainer.max_steps", 3000, *QUIET)
+    (run,) = run_dirs(tmp_path)
+    best = [p for p in (run / "checkpoints").glob("best-*.ckpt")]
+    assert [p.name for p in best] == ["best-step=1000.ckpt"]  # the plateau: no better val/mse after 1000
+    assert _ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 3000 == results(run)["steps"]
+
+
+def test_checkpoint_save_last_false_writes_no_last_ckpt(run_cli, tmp_path):
+    run_cli("fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 1000, "--checkpoint.save_last",
+            "false", *QUIET)
+    (run,) = run_dirs(tmp_path)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best-step=1000.ckpt"]
+
+
+# ---------------------------------------------------------------------------------------------- #
+# 9.2 atomic saves
+# ---------------------------------------------------------------------------------------------- #
+class _BrokenIO(AtomicCheckpointIO):
+    """Writes half a checkpoint, then fails the way ``fail`` says."""
+
+    def __init__(self, fail: BaseException):
+        super().__init__()
+        self.fail = fail
+
+    def write(self, checkpoint, f):
+        import io
+
+        buf = io.BytesIO()
+        torch.save(checkpoint, buf)
+        f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+        f.flush()
+        raise self.fail
+
+
+@pytest.mark.parametrize("fail", [RuntimeError("writer failed"), OSError(errno.ENOSPC, "No space left on device"),
+                                  KeyboardInterrupt()], ids=["raises", "disk-full", "ctrl-c"])
+def test_a_failed_save_keeps_the_previous_complete_checkpoint(tmp_path, fail):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    old = {"global_step": 1000, "state_dict": {"w": torch.arange(6.0)}}
+    AtomicCheckpointIO().save_checkpoint(old, path)
+    new = {"global_step": 2000, "state_dict": {"w": torch.zeros(100_000)}}
+    with pytest.raises(type(fail)):
+        _BrokenIO(fail).save_checkpoint(new, path)
+    state = _ckpt(path)
+    assert state["global_step"] == 1000 and torch.equal(state["state_dict"]["w"], torch.arange(6.0))
+    assert _temps(path.parent) == []
+
+
+def test_atomic_write_text_keeps_the_old_file_on_a_full_disk(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    atomic_write_text(path, '{"old": true}')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(path, '{"new": true}' * 1000)
+    assert path.read_text() == '{"old": true}'
+    assert _temps(tmp_path) == []
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_stray_temp_files_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stray = tmp_path / f".last.ckpt.tmp-{int(dead.stdout)}-abc123"
+    stray.write_bytes(b"half a checkpoint")
+    live = tmp_path / f".last.ckpt.tmp-{os.getpid()}-def456"  # a save in progress in this process
+    live.write_bytes(b"in progress")
+    assert is_temp_file(stray) and not stray.name.endswith(".ckpt")  # never mistaken for a checkpoint
+    assert remove_stray_temps(tmp_path) == [stray]
+    assert live.exists()
+
+
+SLOW_SAVE_SCRIPT = textwrap.dedent('''
+    import sys, time
+    import lightning.pytorch as pl
+    from circuits_pl.callbacks import LastCheckpoint, StopWhenSolved
+    from circuits_pl.checkpoint_io import AtomicCheckpointIO
+    from circuits_pl.data import CircuitDataModule
+    from circuits_pl.module import CircuitModule
+
+    class SlowIO(AtomicCheckpointIO):
+        saves = 0
+        def write(self, checkpoint, f):
+            import io, torch
+            buf = io.BytesIO(); torch.save(checkpoint, buf); data = buf.getvalue()
+            SlowIO.saves += 1
+            if SlowIO.saves == 2:
+                print("SAVING", checkpoint["global_step"], flush=True)
+                for i in range(0, len(data), 512):  # ~seconds: plenty of time to be killed mid-write
+                    f.write(data[i:i + 512]); f.flush(); time.sleep(0.05)
+            else:
+                f.write(data)
+
+    trainer = pl.Trainer(max_steps=3000, val_check_interval=10, check_val_every_n_epoch=None, logger=False,
+                         enable_progress_bar=False, default_root_dir=sys.argv[1], plugins=[SlowIO()],
+                         callbacks=[LastCheckpoint(dirpath=sys.argv[1]), StopWhenSolved("never")])
+    trainer.fit(CircuitModule(task="min", members=64), CircuitDataModule(task="min", stream_seed=0))
+''')
+
+
+def test_a_kill_during_a_save_leaves_the_previous_last_ckpt(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SAVE_SCRIPT, str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("SAVING"):
+            break
+    else:
+        pytest.fail(proc.stderr.read())
+    time.sleep(0.3)  # into the middle of the write
+    assert _temps(tmp_path), "the save should be in progress"
+    proc.kill()
+    proc.communicate(timeout=60)
+    state = _ckpt(tmp_path / "last.ckpt")  # a complete checkpoint, loadable safely
+    assert state["global_step"] == 1000  # the previous one: the save at 2000 never landed
+    AtomicCheckpointIO().load_checkpoint(tmp_path / "last.ckpt", weights_only=True)  # the next run cleans up
+    assert _temps(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------- #
+# 9.3 signals anywhere in fit
+# ---------------------------------------------------------------------------------------------- #
+def _start(args: list, cwd: Path, **env: str) -> subprocess.Popen:
+    path = os.pathsep.join([str(TESTS.parent), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    return subprocess.Popen([sys.executable, "-m", "circuits_pl", *map(str, args)], cwd=cwd,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _signal_when(proc: subprocess.Popen, prefix: str, sig: int) -> tuple[str, str]:
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(prefix):
+            break
+    else:
+        pytest.fail("".join(seen) + proc.stderr.read())
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return "".join(seen) + out, err
+
+
+SLEEPY = ["--task", "slow_tasks:sleepy_add", "--model.members", 4, "--stop.when", "never", *QUIET]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_during_sanity_validation(tmp_path, sig):
+    proc = _start(["fit", *SLEEPY, "--trainer.max_steps", 2000], tmp_path, CIRCUITS_PL_TEST_SLOW="sanity")
+    out, err = _signal_when(proc, "SLOW sanity", sig)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    assert "interrupted during sanity validation at step 0; nothing was trained yet: run the command again" in err
+    (run,) = run_dirs(tmp_path)
+    assert not (run / "checkpoints").exists() and not (run / "results.json").exists()
+
+
+def test_signal_during_the_end_of_fit_readout(tmp_path):
+    proc = _start(["fit", *SLEEPY, "--trainer.max_steps", 1500], tmp_path, CIRCUITS_PL_TEST_SLOW="end")
+    out, err = _signal_when(proc, "SLOW end", signal.SIGTERM)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    (run,) = run_dirs(tmp_path)
+    last = Path("lightning_logs/version_0/checkpoints/last.ckpt")
+    assert f"interrupted at the end of fit (test, readout, results.json, figures); training is complete: " \
+           f"{last} holds step 1500" in err
+    assert f"python -m circuits_pl inspect {last.parent.parent}" in err
+    assert _ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 1500
+    assert not (run / "results.json").exists() and _temps(run) == []
+
+
+@pytest.mark.slow  # ~7 s, mostly process start
+def test_second_ctrl_c_stops_at_once_with_the_last_complete_checkpoint(tmp_path):
+    proc = _start(["fit", "--task", "min", "--model.members", 64, "--stop.when", "never", *QUIET,
+                   "--trainer.max_steps", 100_000, "--trainer.val_check_interval", 500], tmp_path)
+    for line in proc.stdout:
+        if line.startswith("step "):
+            break
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)  # two signals at once would merge into one
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    (run,) = run_dirs(tmp_path)
+    step = _ckpt(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert step >= 500 and f"holds step {step}" in err and "Resume with:" in err
+
+
+# ---------------------------------------------------------------------------------------------- #
+# 9.4 exact resume at any step; cadence in SGD steps
+# ---------------------------------------------------------------------------------------------- #
+def _val_rows(run: Path) -> dict[int, dict[str, str]]:
+    import csv
+
+    rows = csv.DictReader((run / "metrics.csv").open())
+    return {int(r["step"]): {k: v for k, v in r.items() if k.startswith("val/")} for r in rows if r["val/mse"]}
+
+
+def test_stop_at_550_and_resume_equals_never_stopping(run_cli, tmp_path):
+    from test_resume import assert_same_run
+
+    common = ["--task", "add", "--model.members", 16, "--stop.when", "never", *QUIET]
+    run_cli("fit", *common, "--trainer.max_steps", 3000)
+    run_cli("fit", *common, "--trainer.max_steps", 550)
+    half = run_dirs(tmp_path)[1]
+    run_cli("fit", "--config", half / "config.yaml", "--ckpt_path", half / "checkpoints" / "last.ckpt",
+            "--trainer.max_steps", 3000)
+    full, _, resumed = run_dirs(tmp_path)
+    assert_same_run(full, resumed)  # every weight, solved_at, verdicts, per-member MSEs
+    assert sorted(_val_rows(resumed)) == [1000, 2000, 3000]
+    assert _val_rows(full) == _val_rows(resumed)
+    assert results(full)["per_member"]["solved_at"] == results(resumed)["per_member"]["solved_at"]
+
+
+def test_validation_interval_counts_sgd_steps(run_cli, tmp_path):
+    run_cli("fit", "--task", "add", "--model.members", 2, "--stop.when", "never", "--trainer.max_steps", 1200,
+            "--trainer.val_check_interval", 370, *QUIET)
+    (run,) = run_dirs(tmp_path)
+    assert sorted(_val_rows(run)) == [370, 740, 1110, 1200]  # the last: where the run stops
+    assert results(run)["data"]["steps_per_batch"] == 74  # the largest divisor of 370 up to 100
+
+
+def test_steps_per_batch_that_does_not_divide_the_validation_interval_is_refused(run_cli, tmp_path, capsys):
+    run_cli("fit", "--task", "add", "--data.steps_per_batch", 37, "--trainer.max_steps", 100, expect=2)
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == ("error: data.steps_per_batch 37 does not divide trainer.val_check_interval 1000 "
+                                    "(SGD steps): give a divisor of 1000 (e.g. 100) or omit data.steps_per_batch "
+                                    "to have it chosen")
+    assert run_dirs(tmp_path) == []
+
+
+def test_trainer_cadence_helper():
+    assert default_steps_per_batch(1000) == 100 and default_steps_per_batch(370) == 74
+    assert default_steps_per_batch(97) == 97 and default_steps_per_batch(1009) == 1
+    assert trainer_cadence(1000, 500) == {"val_check_interval": 10, "log_every_n_steps": 5,
+                                          "check_val_every_n_epoch": None}
+    assert trainer_cadence(370, 500)["log_every_n_steps"] == 7  # 7 blocks of 74 = every 518 steps
+    with pytest.raises(CircuitsError, match="steps_per_batch 37 does not divide val_check_interval 1000"):
+        trainer_cadence(1000, 500, steps_per_batch=37)
+    with pytest.raises(CircuitsError, match=r"a config that counted blocks of 100 steps means 1000\)$"):
+        trainer_cadence(10, 5, steps_per_batch=100)  # a config.yaml written before the cadence counted steps
