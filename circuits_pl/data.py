@@ -130,7 +130,7 @@ class CircuitDataModule(pl.LightningDataModule):
             first_end = (done + 1) * self.hparams.steps_per_batch
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
         # num_workers=0: a block costs ~5 µs per step to draw; workers would cost more.
-        return DataLoader(self.train_stream(start, first_end=first_end), batch_size=None, num_workers=0)
+        return DataLoader(self.train_stream(start, first_block_end=first_end), batch_size=None, num_workers=0)
 
     def _loader(self, dataset: TensorDataset) -> DataLoader:
         # The whole set as one ready-made batch: per-sample indexing and collation of 1000 points

@@ -110,7 +110,7 @@ RULES = [
 def test_each_rule_through_the_cli_equals_torch_optim_with_autograd(run_cli, tmp_path, rule, args, torch_cls, kwargs):
     steps, batch, lr = 300, 200, 0.01
     run_cli("fit", "--task", "min", "--seed_everything", 5, "--model.members", 2, "--model.lr", lr,
-            "--model.optimizer", rule, *args, "--data.batch_size", batch, "--data.steps_per_batch", 64,
+            "--model.optimizer", rule, *args, "--data.batch_size", batch, "--data.steps_per_batch", 40,
             "--trainer.max_steps", steps, "--stop.when", "never", *QUIET)
     run = run_dirs(tmp_path)[-1]
     for k in range(2):
