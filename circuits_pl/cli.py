@@ -22,13 +22,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
 
+from circuits_pl import preflight
 from circuits_pl.callbacks import GracefulInterrupt, PredictionWriter, RunInterrupted, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoints import check_checkpoint
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, TrainingDiverged
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
-from circuits_pl.tasks import get_task, task_names
+from circuits_pl.tasks import task_names
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "accelerator": "auto",
@@ -57,6 +58,8 @@ def program_name() -> str:
 
 # Hyper-parameters that define the weights in a checkpoint: they must match it.
 ARCHITECTURE = ("layer_sizes", "bias", "members", "init_seed")
+# --ckpt_path UNTRAINED: validate/test/predict the random initial weights, on purpose.
+UNTRAINED = "untrained"
 
 
 class CircuitsCLI(LightningCLI):
@@ -79,7 +82,8 @@ class CircuitsCLI(LightningCLI):
         parser.add_argument(
             "--task", type=str | None, default=None,
             help=f"Task to learn: {', '.join(task_names())}, or 'package.module:function'. "
-                 "Given once, used by model and data. With --ckpt_path: taken from the checkpoint.",
+                 "Given once, used by model and data. With --ckpt_path: a built-in task is taken from the "
+                 "checkpoint; your own must be given again (a checkpoint never imports code).",
         )
         parser.add_argument("--threads", type=int, default=1,
                             help="torch threads; one is fastest for these tiny networks")
@@ -103,19 +107,42 @@ class CircuitsCLI(LightningCLI):
         sub = self.config.get("subcommand")
         return self.config[sub] if sub else self.config
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's, after :mod:`circuits_pl.preflight` checked the config files and rewrote
+        ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``."""
+        if args is None or isinstance(args, (list, tuple)):
+            argv = preflight.normalise_argv(sys.argv[1:] if args is None else [str(a) for a in args])
+            preflight.check_config_files(argv)
+            if args is None:  # Lightning's would warn that args and sys.argv are both given
+                self.config = parser.parse_args(argv)
+                return
+            args = argv
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it."""
+        """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it.
+
+        ``validate``/``test``/``predict`` need a checkpoint: without one they would report untrained
+        random weights. ``--ckpt_path untrained`` asks for exactly that. A checkpoint of a user task
+        loads only with the same ``--task`` (reading a checkpoint never imports code it names).
+        """
         cfg = self._active_config()
+        sub = self.config.get("subcommand")
+        if cfg.get("ckpt_path") == UNTRAINED:
+            if sub == "fit":
+                raise CircuitsError(f"--ckpt_path {UNTRAINED} is for validate/test/predict; fit starts "
+                                    "untrained without --ckpt_path")
+            cfg.ckpt_path = None
+        elif not cfg.get("ckpt_path") and sub in ("validate", "test", "predict"):
+            raise CircuitsError(
+                f"{sub} needs --ckpt_path RUN/checkpoints/last.ckpt (the weights to {sub}); "
+                f"for untrained random weights, give --ckpt_path {UNTRAINED}"
+            )
         if not cfg.get("ckpt_path"):
             self._check_task()
             return
-        info = check_checkpoint(cfg.ckpt_path)
+        info = check_checkpoint(cfg.ckpt_path, task=cfg.task)
         hp = info["hyper_parameters"]
-        if cfg.task is not None and get_task(cfg.task).name != hp["task"]:
-            raise CircuitsError(
-                f"checkpoint {cfg.ckpt_path} is of task {hp['task']!r}, not {cfg.task!r}: "
-                f"drop --task or give --task {hp['task']}"
-            )
         wanted = cfg.model.get("layer_sizes")
         if wanted is not None and list(wanted) != list(hp["layer_sizes"]):
             raise CircuitsError(
@@ -156,6 +183,7 @@ class CircuitsCLI(LightningCLI):
                 class_path="circuits_pl.logger.RunLogger",
                 init_args=Namespace(save_dir=trainer.default_root_dir or ".", name="lightning_logs"),
             )
+        preflight.check_run(cfg, self.config.get("subcommand"))  # targets, values, memory, directories
 
     def instantiate_trainer(self, **kwargs: Any):
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}

@@ -22,6 +22,7 @@ strategy hooks), so the update is applied directly and only Lightning's step boo
 from __future__ import annotations
 
 import math
+import os
 
 import lightning.pytorch as pl
 import torch
@@ -95,6 +96,16 @@ class CircuitModule(pl.LightningModule):
         self.test_metrics = torch.nn.ModuleList([MeanSquaredError(num_outputs=members) for _ in range(2)])
         self.test_mse: torch.Tensor | None = None  # per member, after test
         self.heldout_mse: torch.Tensor | None = None
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's ``load_from_checkpoint``, but a checkpoint of your own task needs
+        ``task='package.module:function'``: loading a checkpoint never imports code it names."""
+        from circuits_pl.checkpoints import check_checkpoint
+
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            check_checkpoint(checkpoint_path, task=kwargs.get("task"), option="task=")
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **kwargs)
 
     # ------------------------------------------------------------------------------------------
     # Using a trained module
