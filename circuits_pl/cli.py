@@ -140,7 +140,13 @@ class CircuitsCLI(LightningCLI):
             )
         if not cfg.get("ckpt_path"):
             self._check_task()
-            return
+        else:
+            self._take_from_checkpoint(cfg)
+        # Here, not in before_instantiate_classes: Lightning's "Seed set to 0" line comes in between,
+        # and a refusal must be the only line on stderr.
+        self._preflight()
+
+    def _take_from_checkpoint(self, cfg: Namespace) -> None:
         info = check_checkpoint(cfg.ckpt_path, task=cfg.task)
         hp = info["hyper_parameters"]
         wanted = cfg.model.get("layer_sizes")
@@ -171,7 +177,8 @@ class CircuitsCLI(LightningCLI):
             sub = self.config.get("subcommand") or "circuits_pl"
             raise CircuitsError(f"{sub} needs --task NAME (one of {', '.join(task_names())}) or --ckpt_path")
 
-    def before_instantiate_classes(self) -> None:
+    def _preflight(self) -> None:
+        """Every check of the parsed options, before anything is built or written (no run directory)."""
         cfg = self._active_config()
         if cfg.threads < 1:
             raise CircuitsError(f"--threads must be a positive integer, got {cfg.threads}")

@@ -216,11 +216,10 @@ def check_output_dirs(cfg: Namespace, subcommand: str | None, size: RunSize | No
     trainer = cfg.trainer
     logger = trainer.get("logger")
     needed = 3 * checkpoint_bytes(size) + 2**20 if size is not None and subcommand == "fit" else 2**16
-    root = trainer.get("default_root_dir")
-    option = "--trainer.default_root_dir"
-    if isinstance(logger, Namespace) and logger.get("init_args") is not None and logger.init_args.get("save_dir"):
-        if root is None:
-            root, option = logger.init_args.save_dir, "--trainer.logger.init_args.save_dir"
+    root, option = trainer.get("default_root_dir"), "--trainer.default_root_dir"
+    save_dir = logger.init_args.get("save_dir") if isinstance(logger, Namespace) and logger.get("init_args") else None
+    if save_dir and logger.get("class_path") != "circuits_pl.logger.RunLogger":  # ours follows default_root_dir
+        root, option = save_dir, "--trainer.logger.init_args.save_dir"
     root = "." if root is None else root
     check_writable_dir(root, option, needed)
     name = logger.init_args.get("name") if isinstance(logger, Namespace) and logger.get("init_args") else None

@@ -200,6 +200,14 @@ def main(argv: list[str]) -> None:
 
     from tqdm import tqdm
 
+    from circuits_pl.memory import RunSize
+    from circuits_pl.preflight import check_memory
+    from circuits_pl.writable import check_writable_dir
+
+    check_writable_dir(args.out, "--out", needed=2**20)  # before report's version_N exists
+    for job in jobs:  # the jobs' own fits check this too, but only once report's directory exists
+        if job.get("task"):
+            check_memory(RunSize(get_task(job["task"]).layer_sizes, args.members, 1000))
     out = next_version(Path(args.out))
     out.mkdir(parents=True)
     rows = []
