@@ -7,6 +7,7 @@ case gets copies of them (and of damaged files) in its own working directory.
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import shutil
@@ -278,7 +279,8 @@ def test_full_disk_is_refused_before_anything_is_written(tmp_path, capsys, monke
     if _mount(full, "size=64k"):  # a real, tiny file system: a run's checkpoints need more
         pass
     else:
-        monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(2**20, 2**20 - 4096, 4096))
+        usage = collections.namedtuple("usage", "total used free")  # shutil.disk_usage's fields
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(2**20, 2**20 - 4096, 4096))
     try:
         capsys.readouterr()
         assert call(["fit", "--task", "add", *QUIET], full) == 2
