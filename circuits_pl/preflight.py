@@ -183,8 +183,12 @@ def run_size(cfg: Namespace) -> RunSize | None:
     return RunSize(tuple(sizes), *values, bias=bool(model.get("bias")))
 
 
-def check_memory(size: RunSize | None, available: int | None = None) -> None:
-    """Refuse a run whose estimated memory exceeds what is available, naming the largest value that fits."""
+FIT_OPTIONS = {"members": "--model.members", "batch_size": "--data.batch_size"}
+
+
+def check_memory(size: RunSize | None, available: int | None = None, options: dict[str, str] = FIT_OPTIONS) -> None:
+    """Refuse a run whose estimated memory exceeds what is available, naming the largest value that fits
+    (``options``: the command's option for each size it lets the user set)."""
     if size is None:
         return
     available = available_bytes() if available is None else available
@@ -195,7 +199,7 @@ def check_memory(size: RunSize | None, available: int | None = None) -> None:
     if need <= budget:
         return
     hints = []
-    for field, option in (("members", "--model.members"), ("batch_size", "--data.batch_size")):
+    for field, option in options.items():
         best = largest_fitting(size, field, budget)
         if best >= 1:
             hints.append(f"{option} {best:,}")

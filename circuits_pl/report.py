@@ -207,7 +207,8 @@ def main(argv: list[str]) -> None:
     check_writable_dir(args.out, "--out", needed=2**20)  # before report's version_N exists
     for job in jobs:  # the jobs' own fits check this too, but only once report's directory exists
         if job.get("task"):
-            check_memory(RunSize(get_task(job["task"]).layer_sizes, args.members, 1000))
+            size = RunSize(get_task(job["task"]).layer_sizes, args.members, 1000)
+            check_memory(size, options={"members": "--members"})
     out = next_version(Path(args.out))
     out.mkdir(parents=True)
     rows = []
