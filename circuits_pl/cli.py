@@ -21,6 +21,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from circuits_pl import preflight
 from circuits_pl.callbacks import GracefulInterrupt, PredictionWriter, RunInterrupted, StepProgressBar, StopWhenSolved
@@ -191,6 +192,23 @@ class CircuitsCLI(LightningCLI):
                 init_args=Namespace(save_dir=trainer.default_root_dir or ".", name="lightning_logs"),
             )
         preflight.check_run(cfg, self.config.get("subcommand"))  # targets, values, memory, directories
+        # Lightning logs "Seed set to N" next, before the classes are built: hold it until they are,
+        # so that a refusal from a class's own checks is still the only line on stderr.
+        self._held_seed_line = preflight.HoldLog("lightning.fabric.utilities.seed")
+
+    def instantiate_classes(self) -> None:
+        """Lightning's, with its option errors (MisconfigurationException, invalid strategy names)
+        as one line, and the held "Seed set" line released once everything is built."""
+        held = getattr(self, "_held_seed_line", None)
+        try:
+            super().instantiate_classes()
+        except CircuitsError:
+            raise
+        except (MisconfigurationException, ValueError) as err:
+            raise CircuitsError(preflight.one_line(err)) from None
+        finally:
+            if held is not None:
+                held.release(replay=sys.exc_info()[0] is None)
 
     def instantiate_trainer(self, **kwargs: Any):
         config = {**self._get(self.config_init, "trainer", default={}), **kwargs}

@@ -8,6 +8,7 @@ Each raises :class:`circuits_pl.errors.CircuitsError` (printed as ``error: ...``
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -24,6 +25,32 @@ from circuits_pl.writable import check_writable_dir
 
 DASHED_SIZES = re.compile(r"^\s*\d+(\s*-\s*\d+)+\s*$")
 MEMORY_HEADROOM = 0.9  # refuse runs estimated above 90% of the available memory
+
+
+class HoldLog(logging.Filter):
+    """Hold back the records of one logger until :meth:`release` (replayed, or dropped)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+        self.logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def release(self, replay: bool) -> None:
+        self.logger.removeFilter(self)
+        for record in self.records if replay else []:
+            self.logger.handle(record)
+        self.records = []
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message as one line (Lightning's span several, with links)."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    return text[:400] or type(err).__name__
 
 
 # ---------------------------------------------------------------------------------------------
