@@ -2,8 +2,9 @@
 
 Each fit runs in its own process (``python -m circuits_pl fit``, 200 SGD steps, no figures, in a
 temporary directory), which reports its peak resident set (``resource.getrusage`` max RSS). Printed
-per member count K: measured peak, estimate, and the per-member bytes of both (the slope between
-the smallest K and this one), so the per-member term of the estimate can be compared directly.
+per member count K: measured peak, estimate, and the per-member bytes of both (the slope from the
+previous K: the process's own ~0.4-0.5 GB varies by ~0.1 GB between runs, so slopes from K=1 are
+noisy), so the per-member term of the estimate can be compared directly.
 
     python benchmarks/memory.py                      # 2-2-1, batch 1000, K = 1, 2000, 8000
     python benchmarks/memory.py --sizes 2,32,1 --members 1 500 2000
@@ -57,16 +58,15 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"layer sizes {sizes}, batch {args.batch}, {args.steps} steps")
     print(f"{'K':>8} {'measured':>10} {'estimate':>10} {'meas/member':>12} {'est/member':>11} {'est/meas':>9}")
-    base = None
+    prev = None
     for k in args.members:
         peak = measure(sizes, k, args.batch, args.steps)
         est = estimate(RunSize(tuple(sizes), k, args.batch))
-        if base is None:
-            base = (k, peak, est["total"])
-            slope_m = slope_e = float("nan")
-        else:
-            slope_m = (peak - base[1]) / (k - base[0])
-            slope_e = (est["total"] - base[2]) / (k - base[0])
+        slope_m = slope_e = float("nan")
+        if prev is not None:
+            slope_m = (peak - prev[1]) / (k - prev[0])
+            slope_e = (est["total"] - prev[2]) / (k - prev[0])
+        prev = (k, peak, est["total"])
         print(f"{k:>8} {gib(peak):>10} {gib(est['total']):>10} {slope_m:>12.0f} {slope_e:>11.0f} "
               f"{est['total'] / peak:>9.2f}", flush=True)
 

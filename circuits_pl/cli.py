@@ -5,6 +5,10 @@ Subcommands ``fit``, ``validate``, ``test``, ``predict`` (Lightning's), ``inspec
 under ``<default_root_dir>/lightning_logs/version_N/``: config.yaml, hparams.yaml, metrics.csv,
 checkpoints/ (best and last), results.json and figures. Each run gets a new version directory, so
 no run overwrites another.
+
+Every check of the options (:mod:`circuits_pl.preflight`: task targets, sizes, memory, directories,
+Lightning values) runs before anything is built or written. ``validate``/``test``/``predict`` need
+``--ckpt_path``; ``--ckpt_path untrained`` evaluates the random initial weights on purpose.
 """
 
 from __future__ import annotations
