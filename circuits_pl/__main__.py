@@ -1,4 +1,27 @@
-from circuits_pl.cli import main
+"""The one entry of ``python -m circuits_pl`` and the ``circuits-pl`` console script.
+
+``--help``, no command and an unknown command are answered by circuits_pl.usage without importing
+torch or Lightning; only a real command imports circuits_pl.cli (and Lightning with it).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from circuits_pl.usage import front_door
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``circuits_pl ARGV`` (default: ``sys.argv[1:]``); return the exit status for ``sys.exit``."""
+    status = front_door(list(sys.argv[1:] if argv is None else argv))
+    if status is not None:
+        return status
+    from circuits_pl.cli import main as run_command
+
+    run_command(None if argv is None else list(argv))  # errors leave through SystemExit
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

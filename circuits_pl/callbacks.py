@@ -12,7 +12,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from tqdm import tqdm
 
 from circuits_pl.logger import run_dir
 
@@ -49,39 +49,36 @@ class StopWhenSolved(EarlyStopping):
 class StepProgressBar(TQDMProgressBar):
     """One bar for the whole fit, in SGD steps (``step/max_steps``), redrawn at most twice a second.
 
-    No validation bars: validation of a few thousand points takes milliseconds.
+    No validation bars: validation of a few thousand points takes milliseconds. No bar at all when
+    stdout is not a terminal (a log file or a pipe would get the bar's redraws mixed into the lines).
     """
 
     def __init__(self, mininterval: float = 0.5):
         super().__init__(refresh_rate=1)
         self.mininterval = mininterval
 
-    def init_train_tqdm(self) -> Tqdm:
-        return Tqdm(desc=f"fit {pl_task_name(self.trainer)}", unit="step", position=2 * self.process_position,
-                    disable=self.is_disabled,
+    def init_train_tqdm(self) -> tqdm:
+        return tqdm(desc=f"fit {pl_task_name(self.trainer)}", unit="step", position=2 * self.process_position,
+                    disable=self.is_disabled or not sys.stdout.isatty(),
                     leave=True, dynamic_ncols=True, file=sys.stdout, smoothing=0, mininterval=self.mininterval,
                     delay=self.mininterval)
 
-    def init_sanity_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True)
+    def init_sanity_tqdm(self) -> tqdm:
+        return tqdm(disable=True)
 
-    def init_validation_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True)
+    def init_validation_tqdm(self) -> tqdm:
+        return tqdm(disable=True)
 
-    def init_test_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True)
+    def init_test_tqdm(self) -> tqdm:
+        return tqdm(disable=True)
 
-    def init_predict_tqdm(self) -> Tqdm:
-        return Tqdm(disable=True)
+    def init_predict_tqdm(self) -> tqdm:
+        return tqdm(disable=True)
 
     def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
-        """Print above the bar while it is shown, plainly otherwise (Lightning's drops text when no
-        bar is active, e.g. before training starts)."""
-        bar = self._train_progress_bar
-        if bar is not None and not bar.disable and self.trainer.training:
-            bar.write(sep.join(map(str, args)), file=sys.stdout)
-        else:
-            print(*args, sep=sep, **kwargs)
+        """Print above the bar (``tqdm.write`` moves an active bar out of the way; without one it
+        simply prints). Lightning's own drops text when no bar is active, e.g. before training."""
+        tqdm.write(sep.join(map(str, args)), file=sys.stdout)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)  # creates the bar (this hook runs on resume too)

@@ -14,6 +14,7 @@ Lightning values) runs before anything is built or written. ``validate``/``test`
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -34,7 +35,9 @@ from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, TrainingDiverged
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
+from circuits_pl.results import RunSummary
 from circuits_pl.tasks import task_names
+from circuits_pl.usage import front_door, program_name
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "accelerator": "auto",
@@ -53,12 +56,6 @@ DESCRIPTION = (
     "Subcommands: fit, validate, test, predict (Lightning's), and inspect PATH (read a run's circuit) "
     "and report (the success-rate study), each with --help."
 )
-COMMANDS = ("fit", "validate", "test", "predict", "inspect", "report")
-
-
-def program_name() -> str:
-    """How the user called us, for usage lines: the console script or ``python -m``."""
-    return "circuits-pl" if Path(sys.argv[0]).name == "circuits-pl" else "python -m circuits_pl"
 
 
 # Hyper-parameters that define the weights in a checkpoint: they must match it.
@@ -188,8 +185,12 @@ class CircuitsCLI(LightningCLI):
         if cfg.threads < 1:
             raise CircuitsError(f"--threads must be a positive integer, got {cfg.threads}")
         torch.set_num_threads(cfg.threads)
+        # Lightning's DDP sets torch's threads to cores / local processes unless OMP_NUM_THREADS is
+        # set: a node of one process would then train with 2 threads and round differently.
+        os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
         trainer = cfg.trainer
         check_precision(trainer.precision)  # before any run directory exists
+        trainer.strategy = member_parallel(trainer.strategy, trainer.devices, trainer.num_nodes)
         if trainer.logger in (None, True):
             trainer.logger = Namespace(
                 class_path="circuits_pl.logger.RunLogger",
@@ -236,37 +237,58 @@ class CircuitsCLI(LightningCLI):
         directory = run_dir(self.trainer)
         if self.trainer.is_global_zero:
             print(f"Run directory: {directory}")
+            print(device_line(self.trainer, self._active_config().trainer.accelerator, self.model.members))
+        if not any(isinstance(c, RunSummary) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(RunSummary(figures=self._active_config().figures))
 
     def after_fit(self) -> None:
-        from circuits_pl.results import finish_fit
-
         for callback in self.trainer.callbacks:
             if isinstance(callback, GracefulInterrupt) and (stop := callback.interruption(self.trainer)):
                 raise stop
 
-        finish_fit(self.trainer, self.model, self.datamodule, figures=self._active_config().figures)
+
+def device_line(trainer, accelerator: Any, members: int) -> str:
+    """Which device trains, and why: ``Device: cpu (...)``."""
+    device = trainer.strategy.root_device
+    ranks = f", {trainer.world_size} processes" if trainer.world_size > 1 else ""
+    if accelerator != "auto":
+        return f"Device: {device}{ranks} (--trainer.accelerator {accelerator})"
+    if device.type == "cpu":
+        return f"Device: cpu{ranks} (--trainer.accelerator auto found no GPU)"
+    return (f"Device: {device}{ranks} (--trainer.accelerator auto found a GPU; with {members} members of a "
+            "network this small, a CPU may be as fast: compare with --trainer.accelerator cpu)")
+
+
+DDP_NAMES = {"ddp": None, "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}
+
+
+def member_parallel(strategy: Any, devices: Any, num_nodes: int) -> Any:
+    """``--trainer.strategy ddp`` (or ``auto`` on several devices or nodes) means member parallelism:
+    circuits_pl.strategy.MemberParallelStrategy, with the start method the name asks for."""
+    several = str(devices) not in ("1", "auto", "None") or (num_nodes or 1) > 1
+    if strategy in DDP_NAMES or (strategy == "auto" and several):
+        method = DDP_NAMES.get(strategy)
+        init = Namespace(start_method=method) if method else Namespace()
+        return Namespace(class_path="circuits_pl.strategy.MemberParallelStrategy", init_args=init)
+    return strategy
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m circuits_pl`` and ``circuits-pl``; ``args`` for in-process use."""
+    """Run a command (circuits_pl.__main__ is the entry and calls this); ``args`` for in-process use."""
     argv = list(sys.argv[1:] if args is None else args)
+    if (status := front_door(argv)) is not None:  # --help, no command, an unknown command
+        raise SystemExit(status)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_adverts)
     # Lightning 2.6 calls an API that torch 2.13 deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Every run writes into a new version directory, so a restored ModelCheckpoint always "moves".
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
-    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
-        return _run_guarded(lambda: _unknown_command(argv[0]))
     if argv and argv[0] in ("inspect", "report"):
         from circuits_pl import inspection, report
 
         command = {"inspect": inspection.main, "report": report.main}[argv[0]]
         return _run_guarded(lambda: command(argv[1:]))
     return _run_guarded(lambda: CircuitsCLI(args=args))
-
-
-def _unknown_command(name: str) -> None:
-    raise CircuitsError(f"unknown command {name!r}; valid commands: {', '.join(COMMANDS)}")
 
 
 def _no_adverts(record: logging.LogRecord) -> bool:

@@ -24,8 +24,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from circuits_pl.compat import record_resolved
 from circuits_pl.errors import CircuitsError
-from circuits_pl.hparams import record_resolved
 from circuits_pl.tasks import Task, get_task
 
 _MASK64 = (1 << 64) - 1
@@ -185,7 +185,9 @@ class CircuitDataModule(pl.LightningDataModule):
         # before Lightning asks for this loader, and step t's batch depends only on (seed, rank, t).
         trainer = self.trainer
         start = trainer.global_step if trainer is not None else 0
-        rank = trainer.global_rank if trainer is not None else 0
+        # Every DDP rank draws the same stream: ranks split the members, not the data
+        # (circuits_pl.strategy), so member k's trajectory does not depend on the world size.
+        rank = 0
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
         # num_workers=0: a block costs ~20 µs per step to draw; workers would cost more.
         return DataLoader(self.train_stream(start, rank), batch_size=None, num_workers=0)

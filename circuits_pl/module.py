@@ -26,11 +26,13 @@ import os
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torchmetrics import MeanSquaredError
 
+from circuits_pl.compat import record_resolved
 from circuits_pl.errors import CircuitsError, TrainingDiverged
-from circuits_pl.hparams import record_resolved
 from circuits_pl.network import ReLUMLP
+from circuits_pl.strategy import MemberParallelStrategy, member_share, sync_members
 from circuits_pl.success import success_threshold
 from circuits_pl.tasks import get_task
 
@@ -92,10 +94,15 @@ class CircuitModule(pl.LightningModule):
         self.register_buffer("diverged_at", torch.full((members,), -1, dtype=torch.long))
         self.register_buffer("best_member", torch.zeros((), dtype=torch.long))
         self._scheduled_validation = False
-        self.val_metric = MeanSquaredError(num_outputs=members)
-        self.test_metrics = torch.nn.ModuleList([MeanSquaredError(num_outputs=members) for _ in range(2)])
+        # sync_on_compute off: under MemberParallelStrategy every rank evaluates every member itself
+        self.val_metric = MeanSquaredError(num_outputs=members, sync_on_compute=False)
+        self.test_metrics = torch.nn.ModuleList(
+            [MeanSquaredError(num_outputs=members, sync_on_compute=False) for _ in range(2)])
         self.test_mse: torch.Tensor | None = None  # per member, after test
         self.heldout_mse: torch.Tensor | None = None
+        # What the loss curves show, whatever the logger (or none): column -> (steps, values).
+        # Kept in checkpoints (plain lists: they load with weights_only=True).
+        self.loss_history: dict[str, tuple[list[float], list[float]]] = {}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
@@ -129,6 +136,23 @@ class CircuitModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_precision(self.trainer.precision)
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not isinstance(strategy, MemberParallelStrategy):
+            raise CircuitsError(
+                f"strategy {type(strategy).__name__} would average gradients of independent members; use "
+                "circuits_pl.strategy.MemberParallelStrategy() (the CLI's --trainer.strategy ddp does), which "
+                "gives each process its own members")
+
+    @property
+    def share(self) -> slice:
+        """The members this process trains: its share under MemberParallelStrategy, else all."""
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer
+            return slice(0, self.members)
+        if trainer is None or trainer.world_size == 1:
+            return slice(0, self.members)
+        return member_share(self.members, trainer.world_size, trainer.global_rank)
 
     def on_fit_start(self) -> None:
         hp = self.hparams
@@ -175,24 +199,24 @@ class CircuitModule(pl.LightningModule):
         log_every = self.trainer.log_every_n_steps  # in Lightning batches; 0 turns train logging off
         if n > 0 and log_every and (batch_idx + 1) % log_every == 0:
             loss = self.net.mse(x[n - 1], y[n - 1])  # each member's loss on the block's last step
+            if self.trainer.world_size > 1:  # each rank knows its own members' loss
+                sync_members([loss], self.share, self.trainer.strategy)
             live = loss[self.alive & torch.isfinite(loss)]
             self._log_metrics({"train/mse": live.min() if live.numel() else torch.tensor(math.nan),
                                "train/median_mse": live_median(loss, self.alive)})
 
     def _sgd_steps(self, x: torch.Tensor, y: torch.Tensor, n: int, count_steps: bool = True) -> None:
-        params = list(self.net.parameters())
+        share = self.share  # this rank's members (all of them, on one process)
+        params = [p[share] for p in self.net.parameters()]  # views: updates land in the parameters
         optimizer = self.optimizers()
         lr = optimizer.param_groups[0]["lr"]
-        alive = None if bool(self.alive.all()) else self.alive.view(-1, 1, 1)
-        world = self.trainer.world_size
+        alive = self.alive[share]
+        alive = None if bool(alive.all()) else alive.view(-1, 1, 1)
         with torch.no_grad():
             xt = x[:n].transpose(1, 2).contiguous()  # (n, in, B): the hot path is batch-last
             yt = y[:n].transpose(1, 2)  # (n, 1, B), a view
             for s in range(n):
-                grads = self.net.gradients(xt[s], yt[s], alive)
-                if world > 1:  # DDP: average gradients over ranks (no autograd, so DDP's hooks never fire)
-                    flat = self.trainer.strategy.reduce(torch.cat([g.flatten() for g in grads]), reduce_op="mean")
-                    grads = [f.view_as(g) for f, g in zip(flat.split([g.numel() for g in grads]), grads)]
+                grads = self.net.gradients(xt[s], yt[s], alive, members=share)
                 if count_steps:
                     optimizer._on_before_step()
                 torch._foreach_add_(params, grads, alpha=-lr)
@@ -231,17 +255,24 @@ class CircuitModule(pl.LightningModule):
             self.diverged_at[bad] = step_of[bad]
         newly = bad.nonzero().flatten().tolist()
         first = int(step_of[bad].min())
-        if not bool(self.alive.any()):
-            raise TrainingDiverged(
-                f"training diverged at step {first}: the loss became non-finite (inf/NaN) for "
-                f"{'the network' if self.members == 1 else 'every member'}; the learning rate "
-                f"{self.hparams.lr:g} is likely too large for task {self.task.name!r} "
-                f"(try --model.lr 0.1 or smaller). Checkpoints on disk hold only finite weights."
-            )
+        if self.trainer.world_size > 1:  # other ranks' members may live: decided at the next validation
+            print(f"warning: member(s) {newly} diverged (non-finite loss) at step {first} on rank "
+                  f"{self.global_rank}; reset to their last finite weights and frozen", flush=True)
+            return
+        self._raise_if_all_diverged(first)
         self.print(
             f"warning: member(s) {newly} diverged (non-finite loss) at step {first}; reset to their last "
             f"finite weights and frozen; the other {int(self.alive.sum())} member(s) go on training"
         )
+
+    def _raise_if_all_diverged(self, step: int) -> None:
+        if not bool(self.alive.any()):
+            raise TrainingDiverged(
+                f"training diverged at step {step}: the loss became non-finite (inf/NaN) for "
+                f"{'the network' if self.members == 1 else 'every member'}; the learning rate "
+                f"{self.hparams.lr:g} is likely too large for task {self.task.name!r} "
+                f"(try --model.lr 0.1 or smaller). Checkpoints on disk hold only finite weights."
+            )
 
     def _finite_members(self) -> torch.Tensor:
         """Per member: are all its weights (and biases) finite? ``(K,)`` bool."""
@@ -260,6 +291,11 @@ class CircuitModule(pl.LightningModule):
             self.print(f"{self.trainer.state.fn.value}: member {self.selected_member} of {self.members} ({why})")
 
     def on_validation_start(self) -> None:
+        if self.trainer.state.fn == "fit" and self.trainer.world_size > 1 and not self.trainer.sanity_checking:
+            # every rank gets every member's weights and divergence marks: from here on (validation,
+            # the best member, early stopping, the checkpoint) all ranks see the whole population
+            sync_members([*self.net.parameters(), self.diverged_at], self.share, self.trainer.strategy)
+            self._raise_if_all_diverged(int(self.diverged_at.max()))
         self._announce_member()
 
     def on_test_start(self) -> None:
@@ -332,9 +368,32 @@ class CircuitModule(pl.LightningModule):
         x, y = batch
         return {"x": x, "target": y, "prediction": self(x)}
 
+    @torch.no_grad()
+    def members_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-member MSE ``(K,)`` on inputs ``x (N, in)`` and targets ``y (N, 1)`` (torchmetrics)."""
+        metric = MeanSquaredError(num_outputs=self.members).to(self.device)
+        metric.update(self._member_preds(x.to(self.device)), y.to(self.device).expand(-1, self.members))
+        return metric.compute().reshape(-1).detach()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["loss_history"] = {k: [list(s), list(v)] for k, (s, v) in self.loss_history.items()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loss_history = {k: (list(s), list(v)) for k, (s, v) in checkpoint.get("loss_history", {}).items()}
+
     # ------------------------------------------------------------------------------------------
     # Logging and printing
     # ------------------------------------------------------------------------------------------
+    def _record_history(self, metrics: dict[str, torch.Tensor]) -> None:
+        """Append the loss columns of a fit's logging call to ``loss_history`` (at the SGD step)."""
+        if self.trainer.state.fn != "fit" or self.trainer.sanity_checking:
+            return
+        for key in ("train/mse", "train/median_mse", "val/mse", "val/median_mse"):
+            if key in metrics:
+                steps, values = self.loss_history.setdefault(key, ([], []))
+                steps.append(float(self.global_step))
+                values.append(float(metrics[key]))
+
     def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
         """The one place that calls Lightning's logger (each ``self.log`` costs ~0.2 ms: call it rarely).
 
@@ -344,6 +403,7 @@ class CircuitModule(pl.LightningModule):
         """
         if self.members == 1:
             metrics = {k: v for k, v in metrics.items() if not k.endswith("median_mse")}
+        self._record_history(metrics)
         if self.global_step > 0 or self.trainer.state.fn == "fit":
             metrics["step"] = float(self.global_step)
         sync = not self.trainer.training and self.trainer.world_size > 1

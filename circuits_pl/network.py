@@ -83,7 +83,8 @@ class ReLUMLP(nn.Module):
         out = a.transpose(-1, -2)  # (K, N, 1)
         return out[0] if member is not None else out
 
-    def gradients(self, xt: torch.Tensor, yt: torch.Tensor, alive: torch.Tensor | None = None) -> list[torch.Tensor]:
+    def gradients(self, xt: torch.Tensor, yt: torch.Tensor, alive: torch.Tensor | None = None,
+                  members: slice | None = None) -> list[torch.Tensor]:
         """Gradients of each member's MSE on one batch, derived by hand (equal to autograd's).
 
         This is the training hot path, so it takes its batch *batch-last*, as the activations are kept.
@@ -91,6 +92,7 @@ class ReLUMLP(nn.Module):
         Args:
             xt: inputs, transposed: ``(in, B)``. yt: targets, transposed: ``(1, B)``.
             alive: optional ``(K, 1, 1)`` bool mask; members outside it get zero gradients.
+            members: only these members (a slice of K; ``alive`` then covers the slice).
 
         Returns:
             gradients in the order of ``self.parameters()``: all weights, then all biases.
@@ -101,9 +103,11 @@ class ReLUMLP(nn.Module):
         """
         if torch.is_grad_enabled():
             with torch.no_grad():
-                return self.gradients(xt, yt, alive)
+                return self.gradients(xt, yt, alive, members)
         weights = list(self.weights)  # ParameterList indexing costs ~5 µs per access on this path
         biases = list(self.biases)
+        if members is not None:
+            weights, biases = [w[members] for w in weights], [b[members] for b in biases]
         last = len(weights) - 1
         acts = [xt]  # a_0: (in, B), shared by all members
         a = xt

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +18,8 @@ import torch
 
 from circuits_pl.readout import Canonical, canonicalize, formula, forward, input_names, unit_formula
 from circuits_pl.tasks import Task
+
+Fn = Callable[[torch.Tensor], torch.Tensor]  # inputs (N, arity) -> outputs (N, 1)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -80,14 +82,22 @@ def _number(cell: str | None) -> float | None:
         return None
 
 
-def plot_losses(metrics_csv_path: str | Path, out_png: str | Path) -> Path:
+Series = dict[str, tuple[list[float], list[float]]]  # column -> (steps, values)
+
+
+def plot_losses(history: Series | str | Path, out_png: str | Path) -> Path:
     """Train and validation MSE against SGD step, log scale; medians over members dashed if logged.
+
+    Args:
+        history: the series to draw, column -> (steps, values) (a module's ``loss_history``, which
+            exists whatever the logger), or a CSVLogger ``metrics.csv`` to read them from.
+        out_png: where to write the figure.
 
     With several members ``train/mse`` is the best member's and ``*/median_mse`` the median
     member's: the gap between them shows how many seeds got stuck. A log axis cannot show 0, so
     zeros (an exact circuit in float32) are drawn a factor 100 below the smallest positive value.
     """
-    series = read_metrics(metrics_csv_path)
+    series = read_metrics(history) if isinstance(history, (str, Path)) else history
     with_medians = any(col.endswith("median_mse") and col in series for col, *_ in _LOSS_COLUMNS)
     plotted = {col: s for col, s in series.items() if col in {c for c, *_ in _LOSS_COLUMNS}}
     positives = [v for _, values in plotted.values() for v in values if v > 0 and math.isfinite(v)]
@@ -106,7 +116,7 @@ def plot_losses(metrics_csv_path: str | Path, out_png: str | Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("SGD step")
     ax.set_ylabel("MSE")
-    ax.set_title(f"Loss curves ({Path(metrics_csv_path).name})")
+    ax.set_title("Loss curves")
     if plotted:
         ax.legend()
     else:
@@ -119,31 +129,48 @@ def plot_losses(metrics_csv_path: str | Path, out_png: str | Path) -> Path:
 # The learned function
 # ---------------------------------------------------------------------------------------------
 
-def plot_function(weights: Sequence, task: Task, out_png: str | Path) -> Path | None:
+def plot_function(weights: Sequence, task: Task, out_png: str | Path, fn: Fn | None = None) -> Path | None:
     """The learned function against the target; None (nothing written) for more than two inputs.
 
     One input: network and target on [-1.5, 1.5] with the training range [-1, 1] shaded, and for a
-    one-hidden-layer net each unit's contribution out_w·r(in_w·x), so a dark half-line (a stuck
-    net) shows at a glance. Two inputs: heat maps of the output and of the error on [-1, 1]².
+    one-hidden-layer bias-free net each unit's contribution out_w·r(in_w·x), so a dark half-line (a
+    stuck net) shows at a glance. Two inputs: heat maps of the output and of the error on [-1, 1]².
+
+    Args:
+        weights: the ``(out, in)`` weight matrices of a bias-free net.
+        task: gives the target and the input names.
+        out_png: where to write the figure.
+        fn: the network as it runs, inputs ``(N, arity)`` -> outputs ``(N, 1)``; give it for a net
+            with biases (``weights`` alone do not describe it; no unit contributions are drawn).
     """
     mats = canonicalize(weights).weights  # canonical units: same function, readable labels
+    net = _as_float64(fn) if fn is not None else (lambda z: forward(mats, z))
+    units = mats if fn is None else None
     if task.arity == 1:
         fig = _figure(6.4, 4.2)
-        _plot_function_1d(fig.add_subplot(), mats, task)
+        _plot_function_1d(fig.add_subplot(), net, units, task)
     elif task.arity == 2:
         fig = _figure(10.0, 4.2)
-        _plot_function_2d(fig, mats, task)
+        _plot_function_2d(fig, net, task)
     else:
         return None
     return _save(fig, out_png)
 
 
-def _plot_function_1d(ax: Axes, mats: list[torch.Tensor], task: Task) -> None:
+def _as_float64(fn: Fn) -> Fn:
+    def net(z: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return fn(z).detach().to("cpu", torch.float64)
+
+    return net
+
+
+def _plot_function_1d(ax: Axes, net: Fn, mats: list[torch.Tensor] | None, task: Task) -> None:
     x = torch.linspace(-1.5, 1.5, 601, dtype=torch.float64)[:, None]  # (N, 1)
     ax.axvspan(-1, 1, color="0.93", zorder=0, label="training range")
     ax.plot(x[:, 0], task(x)[:, 0], color="k", lw=4, alpha=0.25, label=f"target {task.formula}")
-    ax.plot(x[:, 0], forward(mats, x)[:, 0], color="C0", lw=1.5, label="network")
-    if len(mats) == 2:
+    ax.plot(x[:, 0], net(x)[:, 0], color="C0", lw=1.5, label="network")
+    if mats is not None and len(mats) == 2:
         for i, (row, out) in enumerate(zip(mats[0], mats[1][0].tolist(), strict=True)):
             contribution = out * (x @ row[:, None]).relu()
             label = f"unit {i + 1}: {out:.3f}·{unit_formula(row, ['x'])}"
@@ -155,10 +182,10 @@ def _plot_function_1d(ax: Axes, mats: list[torch.Tensor], task: Task) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _plot_function_2d(fig: Figure, mats: list[torch.Tensor], task: Task, points: int = 101) -> None:
+def _plot_function_2d(fig: Figure, net: Fn, task: Task, points: int = 101) -> None:
     axis = torch.linspace(-1.0, 1.0, points, dtype=torch.float64)
     grid = torch.cartesian_prod(axis, axis)  # (points², 2): a varies slowest
-    out = forward(mats, grid)[:, 0].reshape(points, points).T  # rows: b, columns: a
+    out = net(grid)[:, 0].reshape(points, points).T  # rows: b, columns: a
     err = out - task(grid)[:, 0].reshape(points, points).T
     names = input_names(2)
     limit = max(float(err.abs().max()), 1e-12)

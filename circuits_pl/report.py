@@ -1,107 +1,125 @@
-"""``python -m circuits_pl report``: the whole study, every task with many seeds, as one table.
+"""``python -m circuits_pl report``: the study — every task (and setting) with many seeds, as one table.
 
-Each job is a real ``fit`` (in this process, through the same LightningCLI) with many members and
-no early stop, so every seed trains the whole budget; its results.json is then summarised:
+Each job is a real ``fit`` in its own process (``python -m circuits_pl fit ... --threads 1``) with
+many members and no early stop, so every seed trains the whole budget; up to ``--jobs`` of them run
+at once (default: one per CPU core). Each job's results.json is then summarised:
 
-    report.md    per task and architecture: success rate with Wilson 95% CI, median solved-at step,
+    report.md    per task and setting: success rate with Wilson 95% CI, median solved-at step,
                  verdicts (exact / slow / stuck / diverged), sparsity error of the solved members,
                  the circuits found, the most common stuck functions
     report.csv   the same table, one row per job
-    report.png   success rates with their confidence intervals
+    report.png   success rates with their confidence intervals (a heat map per task, sizes x lrs,
+                 when the study sweeps them)
 
-Jobs: the built-in tasks with circuits_pl's defaults (``--tasks`` to choose), or config files
-(``--config configs/notebook/*.yaml`` runs the notebook's study: its sizes, lr and budgets).
+Jobs: the built-in tasks with circuits_pl's defaults (``--tasks`` to choose), swept over
+``--sizes`` and ``--lrs`` if given; or config files (``--config configs/notebook/*.yaml`` runs the
+notebook's study: its sizes, lr and budgets).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
-import logging
+import os
+import subprocess
 import sys
+import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from circuits_pl.errors import CircuitsError
-from circuits_pl.logger import run_dir
+from circuits_pl.logger import claim_version
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
+from circuits_pl.usage import program_name
+from circuits_pl.verdicts import VERDICTS
 
 DEFAULT_MEMBERS = 128
 DEFAULT_STEPS = 20_000
 
 
-def next_version(root: Path) -> Path:
-    """``root/version_N`` with the first unused N: a report never overwrites an earlier one."""
-    n = 0
-    while (root / f"version_{n}").exists():
-        n += 1
-    return root / f"version_{n}"
+@dataclass
+class Job:
+    """One ``fit`` of the study: a task with optional sizes and lr, or a config file."""
+
+    name: str
+    task: str | None = None
+    config: str | None = None
+    sizes: list[int] | None = None
+    lr: float | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def fit_args(self, members: int, max_steps: int | None, seed: int, root: Path) -> list[str]:
+        args = ["fit"]
+        if self.config:
+            args += ["--config", self.config]
+        if self.task:
+            args += ["--task", self.task]
+        if self.sizes:
+            args += ["--model.layer_sizes", json.dumps(self.sizes)]
+        if self.lr is not None:
+            args += ["--model.lr", repr(self.lr)]
+        if max_steps is not None or not self.config:
+            args += ["--trainer.max_steps", str(max_steps or DEFAULT_STEPS)]
+        if not self.config:
+            args += ["--seed_everything", str(seed)]
+        return args + ["--model.members", str(members), "--stop.when", "never",
+                       "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+                       "--figures", "false", "--threads", "1", *self.extra]
 
 
-def run_job(job: dict[str, Any], members: int, max_steps: int | None, out: Path, seed: int) -> dict[str, Any]:
-    """One ``fit`` with every member trained the whole budget; returns its results.json."""
-    from circuits_pl.cli import CircuitsCLI
+def run_job(job: Job, members: int, max_steps: int | None, out: Path, seed: int) -> dict[str, Any]:
+    """One ``fit`` in its own process (every member the whole budget); returns its results.json.
 
-    args = ["fit"]
-    if job.get("config"):
-        args += ["--config", str(job["config"])]
-    if job.get("task"):
-        args += ["--task", job["task"]]
-    if max_steps is not None or not job.get("config"):
-        args += ["--trainer.max_steps", str(max_steps or DEFAULT_STEPS)]
-    if not job.get("config"):
-        args += ["--seed_everything", str(seed)]
-    args += ["--model.members", str(members), "--stop.when", "never", "--trainer.default_root_dir", str(out / "runs"),
-             "--trainer.enable_progress_bar", "false", "--figures", "false"]
-    log = out / "runs" / f"{job['name']}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f), _quiet_lightning():
-        cli = CircuitsCLI(args=args)
-    directory = Path(run_dir(cli.trainer))
+    Each job gets its own root directory, so its run directory is known before it starts and jobs
+    running at once never race for a ``version_N``.
+    """
+    root = out / "runs" / job.name
+    root.mkdir(parents=True, exist_ok=True)
+    log = out / "runs" / f"{job.name}.log"
+    cmd = [sys.executable, "-m", "circuits_pl", *job.fit_args(members, max_steps, seed, root)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    lines = log.read_text().strip().splitlines()
+    if proc.returncode != 0:
+        last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
+        raise CircuitsError(f"report job {job.name} failed (exit {proc.returncode}): {last.removeprefix('error: ')} "
+                            f"(log: {log})")
+    (directory,) = sorted((root / "lightning_logs").glob("version_*"))
     res = json.loads((directory / "results.json").read_text())
     res["run_dir"] = str(directory)
+    res["job"] = job.name
     return res
 
 
-@contextlib.contextmanager
-def _quiet_lightning():
-    """Lightning logs its banners through handlers made at import (not through sys.stdout)."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def summarise(res: dict[str, Any]) -> dict[str, Any]:
+def report_row(res: dict[str, Any]) -> dict[str, Any]:
     """One report row from a results.json."""
     per = res["per_member"]
     verdicts = Counter(per["verdict"])
     stuck = Counter(f for f, v in zip(per["rough_formula"], per["verdict"]) if v == "stuck" and f)
     lo, hi = res["success_rate_ci95"]
     return {
+        "job": res.get("job", res["task"]),
         "task": res["task"],
         "layer_sizes": "-".join(map(str, res["layer_sizes"])),
         "lr": res["lr"],
         "batch_size": res["data"].get("batch_size"),
         "steps": res["steps"],
         "members": res["members"],
+        "found": res["found"],
+        "found_rate": res["found_rate"],
+        "found_ci95_low": res["found_rate_ci95"][0],
+        "found_ci95_high": res["found_rate_ci95"][1],
         "solved": res["solved"],
         "success_rate": res["success_rate"],
         "ci95_low": lo,
         "ci95_high": hi,
         "median_solved_at": res["median_solved_at"],
-        "exact": verdicts.get("exact", 0),
-        "slow": verdicts.get("slow", 0),
-        "stuck": verdicts.get("stuck", 0),
-        "diverged": verdicts.get("diverged", 0),
+        **{v.replace(" ", "_"): verdicts.get(v, 0) for v in VERDICTS},
         "max_sparsity_error_solved": res["max_sparsity_error_of_solved"],
         "circuits": "; ".join(f"{n}× {c}" for c, n in res["circuits_of_solved"].items()),
         "common_stuck": "; ".join(f"{n}× {f}" for f, n in stuck.most_common(2)),
@@ -117,26 +135,29 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
     lines = [
         "# circuits_pl report", "",
         f"`{command}`", "",
-        "Every member trains the whole budget (no early stop). Solved: validation MSE below the MSE of the",
-        "exact circuit with every weight perturbed by ±1e-5. Verdicts: exact (solved), slow (still improving),",
-        "stuck (validation MSE fell by < 1% over the last 8 validations), diverged.", "",
-        "| task | sizes | lr | steps | solved | rate (95% CI) | median solved at | exact / slow / stuck / diverged "
-        "| sparsity err. (max, solved) |",
+        "Every member trains the whole budget (no early stop). Found: the readout of its weights is an exact",
+        "circuit of the task and its MSE is below the threshold or still falling geometrically. Solved",
+        "(converged): validation MSE below the MSE of the exact circuit with every weight perturbed by ±1e-5.",
+        "Verdicts: converged, converging (found, still on its way down), slow (still improving), stuck",
+        "(validation MSE fell by < 1% over the last 8 validations), too early (< 3 validations), diverged.", "",
+        "| task | sizes | lr | steps | found (95% CI) | solved (95% CI) | median solved at "
+        "| converged / converging / slow / stuck / too early / diverged | sparsity err. (max, solved) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        counts = " / ".join(str(r[v.replace(" ", "_")]) for v in VERDICTS)
         lines.append(
-            f"| {r['task']} | {r['layer_sizes']} | {r['lr']:g} | {r['steps']} | {r['solved']}/{r['members']} "
-            f"| {r['success_rate']:.2f} ({r['ci95_low']:.2f}–{r['ci95_high']:.2f}) "
-            f"| {_fmt(r['median_solved_at'], '.0f')} | {r['exact']} / {r['slow']} / {r['stuck']} / {r['diverged']} "
-            f"| {_fmt(r['max_sparsity_error_solved'], '.2g')} |"
+            f"| {r['task']} | {r['layer_sizes']} | {r['lr']:g} | {r['steps']} "
+            f"| {r['found']}/{r['members']} ({r['found_ci95_low']:.2f}–{r['found_ci95_high']:.2f}) "
+            f"| {r['solved']}/{r['members']} ({r['ci95_low']:.2f}–{r['ci95_high']:.2f}) "
+            f"| {_fmt(r['median_solved_at'], '.0f')} | {counts} | {_fmt(r['max_sparsity_error_solved'], '.2g')} |"
         )
     lines += ["", "## Circuits found", ""]
     for r in rows:
-        lines.append(f"- **{r['task']}** ({r['layer_sizes']}): {r['circuits'] or 'none solved'}"
+        lines.append(f"- **{r['task']}** ({r['layer_sizes']}, lr {r['lr']:g}): {r['circuits'] or 'none solved'}"
                      + (f"; most common stuck: {r['common_stuck']}" if r["common_stuck"] else ""))
     lines += ["", "Runs (config.yaml, metrics.csv, checkpoints, results.json of each):", ""]
-    lines += [f"- {r['task']}: `{r['run_dir']}`" for r in rows]
+    lines += [f"- {r['job']}: `{r['run_dir']}`" for r in rows]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -148,13 +169,19 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Bars with Wilson CIs, one per job; with a sizes x lrs sweep, one heat map per task instead."""
     from matplotlib.figure import Figure
 
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    swept = any(len({(r["layer_sizes"], r["lr"]) for r in rows if r["task"] == t}) > 1 for t in tasks)
+    if swept:
+        return _plot_phase_diagram(rows, tasks, path)
     fig = Figure(figsize=(1.1 * len(rows) + 2.5, 3.6), layout="constrained")
     ax = fig.add_subplot()
     labels = [f"{r['task']}\n{r['layer_sizes']}" for r in rows]
-    rates = [r["success_rate"] for r in rows]
-    err = [[r["success_rate"] - r["ci95_low"] for r in rows], [r["ci95_high"] - r["success_rate"] for r in rows]]
+    rates = [r["found_rate"] for r in rows]
+    err = [[r["found_rate"] - r["found_ci95_low"] for r in rows],
+           [r["found_ci95_high"] - r["found_rate"] for r in rows]]
     ax.bar(range(len(rows)), rates, yerr=err, capsize=4, color="tab:blue", alpha=0.8)
     ax.set_xticks(range(len(rows)), labels)
     ax.set_ylim(0, 1)
@@ -165,9 +192,108 @@ def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def main(argv: list[str]) -> None:
-    from circuits_pl.cli import program_name
+def _hidden(sizes: str) -> str:
+    """``2-4-1`` -> ``4``: the hidden widths, the same for every task of a sweep."""
+    return "-".join(sizes.split("-")[1:-1])
 
+
+def _plot_phase_diagram(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path:
+    """One heat map per task: success rate per (hidden sizes, lr) cell, with its Wilson 95% CI."""
+    from matplotlib.figure import Figure
+
+    widths = list(dict.fromkeys(_hidden(r["layer_sizes"]) for r in rows))
+    lrs = sorted({r["lr"] for r in rows})
+    fig = Figure(figsize=(3.2 * len(tasks) + 1.2, 0.55 * len(widths) + 2.2), layout="constrained")
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    shown = None
+    for ax, task in zip(axes, tasks):
+        grid = [[float("nan")] * len(lrs) for _ in widths]
+        for r in rows:
+            if r["task"] != task:
+                continue
+            i, j = widths.index(_hidden(r["layer_sizes"])), lrs.index(r["lr"])
+            grid[i][j] = r["found_rate"]
+            ax.text(j, i, f"{r['found_rate']:.2f}\n({r['found_ci95_low']:.2f}–{r['found_ci95_high']:.2f})",
+                    ha="center", va="center", fontsize="x-small")
+        shown = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(widths)), widths)
+        ax.set_xlabel("learning rate")
+        ax.set_title(task)
+    axes[0].set_ylabel("hidden width")
+    fig.colorbar(shown, ax=list(axes), shrink=0.9, label="success rate (Wilson 95% CI)")
+    fig.suptitle(f"Found the exact circuit, {rows[0]['members']} seeds per cell", fontsize="medium")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def parse_sizes(text: str) -> list[list[int]]:
+    """``2-2-1,2-4-1`` -> hidden layers ``[[2], [4]]`` (the input size is each task's arity)."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        try:
+            sizes = [int(p) for p in item.split("-")]
+        except ValueError:
+            raise CircuitsError(f"--sizes item {item!r} is not like 2-4-1 (sizes joined by -)") from None
+        if len(sizes) < 3 or sizes[-1] != 1 or min(sizes) < 1:
+            raise CircuitsError(f"--sizes item {item!r} needs input-hidden...-1 with positive sizes, e.g. 2-4-1")
+        out.append(sizes[1:-1])
+    return out
+
+
+def parse_lrs(text: str) -> list[float]:
+    try:
+        lrs = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise CircuitsError(f"--lrs {text!r} must be numbers joined by commas, e.g. 0.03,0.1,0.3") from None
+    if not lrs or any(not lr > 0 for lr in lrs):
+        raise CircuitsError(f"--lrs {text!r} must be positive numbers, e.g. 0.03,0.1,0.3")
+    return lrs
+
+
+def make_jobs(args: argparse.Namespace) -> list[Job]:
+    if args.config:
+        missing = [c for c in args.config if not Path(c).is_file()]
+        if missing:
+            raise CircuitsError(f"config file {missing[0]} does not exist")
+        stems = [Path(c).stem for c in args.config]
+        return [Job(name=s if stems.count(s) == 1 else f"{s}-{i}", config=c)
+                for i, (s, c) in enumerate(zip(stems, args.config))]
+    tasks = [get_task(t.strip()).name for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise CircuitsError("no tasks given; e.g. --tasks add,min")
+    hidden = parse_sizes(args.sizes) if args.sizes else [None]
+    lrs = parse_lrs(args.lrs) if args.lrs else [None]
+    jobs = []
+    for task in tasks:
+        arity = get_task(task).arity
+        for h in hidden:
+            for lr in lrs:
+                sizes = None if h is None else [arity, *h, 1]
+                name = "_".join([task] + (["-".join(map(str, sizes))] if sizes else []) +
+                                ([f"lr{lr:g}"] if lr is not None else []))
+                jobs.append(Job(name=name, task=task, sizes=sizes, lr=lr))
+    return jobs
+
+
+def _check_resources(args: argparse.Namespace, jobs: list[Job]) -> None:
+    """Before report's version_N exists: --out is a writable directory (not a file, not read-only), and
+    the jobs run at once fit in memory (each fit checks itself too, but only after version_N exists)."""
+    from circuits_pl import preflight
+    from circuits_pl.memory import RunSize
+    from circuits_pl.writable import check_writable_dir
+
+    check_writable_dir(args.out, "--out", needed=2**20)
+    available = preflight.available_bytes()
+    at_once = max(1, min(args.jobs, len(jobs)))
+    for job in jobs:
+        if job.task and available is not None:
+            sizes = tuple(job.sizes) if job.sizes else get_task(job.task).layer_sizes
+            size = RunSize(sizes, args.members, 1000)
+            preflight.check_memory(size, available // at_once, options={"members": "--members"})
+
+
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog=f"{program_name()} report",
         description="Train every task with many seeds (no early stop) and report success rates with "
@@ -175,6 +301,10 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--tasks", default=",".join(BUILTIN_TASKS),
                         help="comma-separated tasks, with circuits_pl's defaults (default: all built-in)")
+    parser.add_argument("--sizes", default=None,
+                        help="sweep layer sizes, e.g. 2-2-1,2-4-1,2-8-1: the hidden widths apply to every task "
+                             "(the input size is the task's)")
+    parser.add_argument("--lrs", default=None, help="sweep learning rates, e.g. 0.03,0.1,0.3")
     parser.add_argument("--config", nargs="+", default=[],
                         help="config files to run instead (their task, sizes, lr, budget), "
                              "e.g. configs/notebook/*.yaml")
@@ -182,46 +312,53 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--max_steps", type=int, default=None,
                         help=f"SGD steps per job (default: the config's, else {DEFAULT_STEPS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of member 0 (member k: seed + k)")
+    parser.add_argument("--success_mse", type=float, default=None,
+                        help="validation MSE below which a member counts as solved (default: the task's ε-threshold)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="fits run at once, one process and one torch thread each (default: CPU cores)")
     parser.add_argument("--out", default="reports", help="reports go to OUT/version_N (default: reports)")
     args = parser.parse_args(argv)
     if args.members < 1:
         raise CircuitsError(f"--members must be a positive integer, got {args.members}")
     if args.max_steps is not None and args.max_steps < 1:
         raise CircuitsError(f"--max_steps must be a positive integer, got {args.max_steps}")
-    if args.config:
-        missing = [c for c in args.config if not Path(c).is_file()]
-        if missing:
-            raise CircuitsError(f"config file {missing[0]} does not exist")
-        jobs = [{"name": Path(c).stem, "config": c} for c in args.config]
-    else:
-        jobs = [{"name": get_task(t.strip()).name, "task": t.strip()} for t in args.tasks.split(",") if t.strip()]
-    if not jobs:
-        raise CircuitsError("no tasks given; e.g. --tasks add,min")
+    if args.success_mse is not None and not args.success_mse > 0:
+        raise CircuitsError(f"--success_mse must be a positive number, got {args.success_mse}")
+    if args.jobs < 1:
+        raise CircuitsError(f"--jobs must be a positive integer, got {args.jobs}")
+    jobs = make_jobs(args)
+    if args.success_mse is not None:
+        for job in jobs:
+            job.extra += ["--model.success_mse", repr(args.success_mse)]
+    _check_resources(args, jobs)
+    try:
+        out = Path(args.out) / f"version_{claim_version(args.out)}"
+    except OSError as err:
+        raise CircuitsError(f"cannot create the report directory in {args.out}: {err.strerror or err}") from None
 
     from tqdm import tqdm
 
-    from circuits_pl.memory import RunSize
-    from circuits_pl.preflight import check_memory
-    from circuits_pl.writable import check_writable_dir
-
-    check_writable_dir(args.out, "--out", needed=2**20)  # before report's version_N exists
-    for job in jobs:  # the jobs' own fits check this too, but only once report's directory exists
-        if job.get("task"):
-            size = RunSize(get_task(job["task"]).layer_sizes, args.members, 1000)
-            check_memory(size, options={"members": "--members"})
-    out = next_version(Path(args.out))
-    out.mkdir(parents=True)
-    rows = []
-    bar = tqdm(jobs, desc="report", unit="task", file=sys.stderr, dynamic_ncols=True)
-    for job in bar:
-        bar.set_postfix_str(job["name"])
-        row = summarise(run_job(job, args.members, args.max_steps, out, args.seed))
-        rows.append(row)
-        bar.write(f"{row['task']:>9} {row['layer_sizes']:>7}: {row['solved']}/{row['members']} solved "
-                  f"({row['ci95_low']:.2f}–{row['ci95_high']:.2f}), median at {_fmt(row['median_solved_at'], '.0f')} "
-                  f"steps; {row['circuits'] or 'no exact circuit'}")
-    command = "python -m circuits_pl report " + " ".join(argv)
+    start = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=len(jobs), desc=f"report ({min(args.jobs, len(jobs))} at once)", unit="job", file=sys.stderr,
+               dynamic_ncols=True, disable=not sys.stderr.isatty())
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait for their fit's process
+        futures = {pool.submit(run_job, job, args.members, args.max_steps, out, args.seed): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            res = future.result()
+            results[job.name] = res
+            row = report_row(res)
+            bar.update(1)
+            bar.write(f"{row['job']:>18}: {row['found']}/{row['members']} found the circuit "
+                      f"({row['found_ci95_low']:.2f}–{row['found_ci95_high']:.2f}), {row['solved']} solved, median at "
+                      f"{_fmt(row['median_solved_at'], '.0f')} steps; {row['circuits'] or 'no exact circuit'}",
+                      file=sys.stderr)
+    bar.close()
+    rows = [report_row(results[job.name]) for job in jobs]  # in the order asked, whatever finished first
+    command = f"{program_name()} report " + " ".join(argv)
     write_markdown(rows, out / "report.md", command.strip())
     write_csv(rows, out / "report.csv")
     plot_rates(rows, out / "report.png")
-    print(f"Report: {out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
+    print(f"Report ({len(jobs)} jobs, {time.perf_counter() - start:.0f} s): "
+          f"{out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")

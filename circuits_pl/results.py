@@ -1,15 +1,23 @@
-"""The end of ``fit``: test the final weights, print the verdict, write ``results.json``.
+"""The end of ``fit``: test the final weights, print the verdict, write ``results.json`` and figures.
 
-results.json (next to metrics.csv) holds, per member: validation and test MSE, solved flag, the
-step it was first solved at, the step it diverged at, and a verdict; and for the run: the success
-rate with its Wilson 95% interval, the median solved-at step and the best member.
+:class:`RunSummary` is a Lightning callback, so a run gets the same ending from the CLI and from
+plain Python::
+
+    trainer = pl.Trainer(max_steps=3000, val_check_interval=10, check_val_every_n_epoch=None,
+                         callbacks=[RunSummary()])
+    trainer.fit(CircuitModule(task="add"), CircuitDataModule(task="add"))
+    trainer.callbacks[-1].results          # what results.json holds
+
+results.json (in the run directory) holds, per member: validation and test MSE, solved flag, the
+step it was first solved at, the step it diverged at, a verdict, and its circuit; and for the run:
+the success rate with its Wilson 95% interval, the median solved-at step and the best member.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -18,42 +26,38 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-from circuits_pl.callbacks import StopWhenSolved
+from circuits_pl.callbacks import GracefulInterrupt, StopWhenSolved
 from circuits_pl.data import CircuitDataModule
-from circuits_pl.inspection import classify_members, read_member, write_figures
 from circuits_pl.logger import run_dir
-from circuits_pl.module import HISTORY, CircuitModule
+from circuits_pl.members import describe_members, heldout_mse, read_member, write_figures
+from circuits_pl.module import HISTORY, CircuitModule, live_median
 from circuits_pl.success import wilson_interval
+from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, found, verdict
 
 UNLISTED = "an unlisted circuit"
-STUCK_PROGRESS = 0.01  # relative MSE decrease over the last validations below which a member is "stuck"
 
 
-def verdicts(module: CircuitModule) -> list[str]:
-    """Per member: ``exact`` (solved), ``diverged``, ``stuck`` (on a plateau) or ``slow`` (still improving).
-
-    Stuck: over the last validations (up to 8) its validation MSE fell by less than 1%.
-    """
+def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]]) -> list[str]:
+    """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts)."""
+    hist = module.val_history.cpu().double()
+    solved = module.solved.cpu().tolist()
     out = []
-    hist = module.val_history.cpu()
     for k in range(module.members):
-        if int(module.diverged_at[k]) >= 0:
-            out.append("diverged")
-        elif bool(module.solved[k]):
-            out.append("exact")
-        else:
-            h = hist[:, k]
-            h = h[torch.isfinite(h)]
-            if h.numel() >= 3 and float(h[-1]) > (1 - STUCK_PROGRESS) * float(h[0]):
-                out.append("stuck")
-            else:
-                out.append("slow")
+        exact = circuits[k]["circuit"] is not None
+        out.append(verdict(bool(solved[k]), exact, hist[:, k].tolist(), diverged=int(module.diverged_at[k]) >= 0))
     return out
 
 
-def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int, stopped_when_solved: bool = False
-              ) -> dict[str, Any]:
-    """Everything results.json holds, as plain Python values."""
+def _floats(t: torch.Tensor | None) -> list[float | None] | None:
+    """Plain floats for JSON (non-finite values as null)."""
+    if t is None:
+        return None
+    return [None if not math.isfinite(v) else v for v in t.cpu().double().tolist()]
+
+
+def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
+              stopped_when_solved: bool = False) -> dict[str, Any]:
+    """Everything results.json holds, as plain Python values (test MSE must be set: see RunSummary)."""
     k_total = module.members
     solved = module.solved.cpu()
     n_solved = int(solved.sum())
@@ -62,17 +66,14 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int, 
     solved_at = torch.where(solved & (module.solved_at < 0).cpu(), steps, module.solved_at.cpu())
     at = solved_at[solved_at >= 0].double()
     hp = module.hparams
-
-    def floats(t: torch.Tensor | None) -> list[float | None] | None:
-        if t is None:
-            return None
-        return [None if not math.isfinite(v) else v for v in t.cpu().double().tolist()]
-
-    data = {k: v for k, v in datamodule.hparams.items() if k != "task"}
-    circuits = classify_members(module, datamodule)
+    data = {k: v for k, v in datamodule.hparams.items() if k != "task" and not k.startswith("_")}
+    circuits = describe_members(module, datamodule)
+    verdicts = member_verdicts(module, circuits)
+    n_found = sum(found(v) for v in verdicts)
+    found_lo, found_hi = wilson_interval(n_found, k_total)
     # A solved member whose weights match no listed form (wide nets spread a circuit over pairs of
     # units, r(u·x) − r(−u·x) = u·x) still computes the target: count it, as what it is.
-    found = Counter(c["circuit"] or UNLISTED for c, ok in zip(circuits, solved.tolist())
+    circuits_found = Counter(c["circuit"] or UNLISTED for c, ok in zip(circuits, solved.tolist())
                     if ok and c["formula"] is not None)
     sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
                 if ok and c["sparsity_error"] is not None]
@@ -88,50 +89,93 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int, 
         "steps": int(steps),
         "stopped_when_solved": bool(stopped_when_solved),
         "success_mse": float(module.success_mse),
+        "found": n_found,
+        "found_rate": n_found / k_total,
+        "found_rate_ci95": [found_lo, found_hi],
         "solved": n_solved,
         "success_rate": n_solved / k_total,
         "success_rate_ci95": [lo, hi],
         "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
         "best_member": int(module.best_member),
-        "circuits_of_solved": dict(found.most_common()),
+        "circuits_of_solved": dict(circuits_found.most_common()),
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
         "per_member": {
-            "val_mse": floats(module.val_mse),
-            "test_mse": floats(module.test_mse),
-            "heldout_mse": floats(module.heldout_mse),
+            "val_mse": _floats(module.val_mse),
+            "test_mse": _floats(module.test_mse),
+            "heldout_mse": _floats(module.heldout_mse),
+            "found": [found(v) for v in verdicts],
             "solved": solved.tolist(),
             "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
             "diverged_at": [int(v) if v >= 0 else None for v in module.diverged_at.cpu().tolist()],
-            "verdict": verdicts(module),
+            "verdict": verdicts,
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
             "circuit": [c["circuit"] for c in circuits],
             "sparsity_error": [c["sparsity_error"] for c in circuits],
         },
-        "stuck_rule": f"validation MSE fell by less than {STUCK_PROGRESS:.0%} over the last {HISTORY} validations",
+        "verdict_rules": {
+            "found": "the readout is an exact circuit of the task, and validation MSE is below success_mse "
+                     f"or each of the last two validations is at most {GEOMETRIC_RATIO:g}x the one before",
+            "converged": "validation MSE below success_mse",
+            "stuck": f"validation MSE fell by less than {STUCK_PROGRESS:.0%} over the last {HISTORY} validations",
+            "too early": f"fewer than {MIN_VALIDATIONS} scheduled validations",
+        },
     }
 
 
 def summary_line(res: dict[str, Any]) -> str:
+    """``F/K found the exact circuit (CI), S/K converged below ε, median solved at N steps``."""
+    lo, hi = res["found_rate_ci95"]
+    line = f"{res['found']}/{res['members']} members found the exact circuit (95% Wilson CI {lo:.2f}–{hi:.2f})"
     lo, hi = res["success_rate_ci95"]
-    line = f"{res['solved']}/{res['members']} members solved (95% Wilson CI {lo:.2f}–{hi:.2f})"
+    line += f"; {res['solved']}/{res['members']} members solved (CI {lo:.2f}–{hi:.2f})"
     if res["median_solved_at"] is not None:
         line += f", median solved at {res['median_solved_at']:.0f} steps"
     return line
 
 
-def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDataModule,
-               figures: bool = True) -> dict[str, Any]:
-    """Test the final weights, print the summary and the best member's circuit, write results.json
-    and (with ``figures``) losses.png, function_member{k}.png and circuit_member{k}.png."""
-    if trainer.interrupted:
-        return {}
-    steps = trainer.global_step
-    stopped_when_solved = any(
+def stopped_when_solved(trainer: pl.Trainer) -> bool:
+    """Did StopWhenSolved end the fit (before max_steps)?"""
+    return any(
         isinstance(c, StopWhenSolved) and c.stopping_reason == EarlyStoppingReason.STOPPING_THRESHOLD
-        for c in trainer.callbacks) and not (0 < trainer.max_steps <= steps)
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    res = summarize(module, datamodule, steps, stopped_when_solved)
+        for c in trainer.callbacks) and not (0 < trainer.max_steps <= trainer.global_step)
+
+
+def test_members(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDataModule) -> None:
+    """Per-member test MSE (and held-out MSE of cone runs) of the final weights, logged like ``test``.
+
+    Computed here rather than through ``trainer.test``: this runs inside ``fit`` (a callback), where
+    a nested trainer loop cannot run.
+    """
+    x, y = datamodule.holdout_set("test").tensors
+    module.test_mse = module.members_mse(x, y)
+    module.heldout_mse = heldout_mse(module, datamodule)
+    k = module.selected_member
+    metrics = {"test/mse": float(module.test_mse[k])}
+    if module.members > 1:
+        metrics["test/median_mse"] = float(live_median(module.test_mse, module.alive))
+    if module.heldout_mse is not None:
+        metrics["test/heldout_mse"] = float(module.heldout_mse[k])
+    metrics["step"] = float(trainer.global_step)
+    if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
+
+
+def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDataModule,
+               figures: bool = True, timing: tuple[int, float] | None = None) -> dict[str, Any]:
+    """Test the final weights, print the summary and the best member's circuit, write results.json
+    and (with ``figures``) losses.png, function_member{k}.png and circuit_member{k}.png.
+
+    ``timing``: (SGD steps trained, seconds) of this fit's training loop, printed and saved.
+    """
+    steps = trainer.global_step
+    test_members(trainer, module, datamodule)
+    res = summarize(module, datamodule, steps, stopped_when_solved(trainer))
+    if timing is not None and timing[1] > 0:
+        res["train_steps"], res["train_seconds"] = timing
+        res["member_steps_per_second"] = timing[0] * module.members / timing[1]
     best = res["best_member"]
     per = res["per_member"]
     say = module.print
@@ -140,23 +184,62 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     say(module.weights_text(best))
     say(f"Test MSE: {per['test_mse'][best]:.4g}" + (
         f"   held-out directions: {per['heldout_mse'][best]:.4g}" if per["heldout_mse"] else ""))
-    readout = read_member(module, datamodule, best) if not module.hparams.bias else None
-    if readout is not None:
+    readout = None
+    if module.hparams.bias:
+        say("Circuit: not read — the net has biases, so it is not positively homogeneous and the circuit "
+            "readout (for bias-free nets) does not apply")
+    else:
+        readout = read_member(module, datamodule, best)
         say(f"Circuit: {readout.formula} — {readout.circuit_text()}")
     say(summary_line(res) + f"; {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
+    if "train_seconds" in res:
+        say(f"Trained {res['train_steps']} steps in {res['train_seconds']:.2f} s "
+            f"({res['member_steps_per_second']:,.0f} member-steps/s, validation and checkpoints included)")
     if res["circuits_of_solved"]:
         say("Circuits of the solved members: " + ", ".join(
             f"{n}× {c.replace('-', '−')}" for c, n in res["circuits_of_solved"].items()))
-    if stopped_when_solved:
+    if res["stopped_when_solved"]:
         say("Stopped once solved: members still converging count as unsolved. For a success rate, "
             "train every member the whole budget: --stop.when never")
     log_dir = run_dir(trainer)  # a collective under DDP: every rank must ask
     if trainer.is_global_zero and log_dir:
-        path = os.path.join(log_dir, "results.json")
-        with open(path, "w") as f:
-            json.dump(res, f, indent=2)
+        path = Path(log_dir) / "results.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res, indent=2) + "\n")
         say(f"Results: {path}")
-        if figures and readout is not None:
-            for fig in write_figures(Path(log_dir), module, best, readout):
+        if figures:
+            for fig in write_figures(log_dir, module, best, readout):
                 say(f"Figure: {fig}")
     return res
+
+
+class RunSummary(pl.Callback):
+    """At the end of a ``fit`` that was not interrupted: :func:`finish_fit` (results.json, figures).
+
+    Args:
+        figures: write losses.png and the best member's function and circuit PNGs.
+    """
+
+    def __init__(self, figures: bool = True):
+        self.figures = figures
+        self.results: dict[str, Any] | None = None
+        self._start: tuple[int, float] | None = None
+        self._timing: tuple[int, float] | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = (trainer.global_step, time.perf_counter())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._start is not None:
+            step0, t0 = self._start
+            self._timing = (trainer.global_step - step0, time.perf_counter() - t0)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.interrupted or not isinstance(pl_module, CircuitModule):
+            return
+        if any(isinstance(c, GracefulInterrupt) and c.stopped for c in trainer.callbacks):
+            return  # stopped by Ctrl-C/SIGTERM: last.ckpt holds the state; no verdict on a cut run
+        datamodule = trainer.datamodule
+        if not isinstance(datamodule, CircuitDataModule):
+            datamodule = CircuitDataModule(task=pl_module.task.name)
+        self.results = finish_fit(trainer, pl_module, datamodule, self.figures, self._timing)

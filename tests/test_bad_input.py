@@ -207,7 +207,7 @@ def test_a_user_task_checkpoint_loads_only_when_named(workdir, trained, monkeypa
     assert module.task.name == "marker_tasks:double" and (trained["user_root"] / "IMPORTED").exists()
     (trained["user_root"] / "IMPORTED").unlink()
     sys.modules.pop("marker_tasks", None)
-    assert call(["inspect", "user.ckpt", "--task", "marker_tasks:double", "--no-figures"], workdir) == 0
+    assert call(["inspect", "user.ckpt", "--task", "marker_tasks:double", "--figures", "false"], workdir) == 0
     assert "Task marker_tasks:double" in capsys.readouterr().out
     (trained["user_root"] / "IMPORTED").unlink()
     sys.modules.pop("marker_tasks", None)

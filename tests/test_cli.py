@@ -10,7 +10,6 @@ from conftest import results, run_dirs
 from circuits_pl.module import CircuitModule
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
 
 
@@ -24,7 +23,8 @@ def test_fit_add_leaves_a_complete_run_and_validate_reuses_it(run_cli, tmp_path,
     assert res["per_member"]["val_mse"][res["best_member"]] < 1e-6
     out = capsys.readouterr().out
     assert "Starting validation MSE" in out and "Final weights (member" in out
-    assert f"{res['solved']}/8 members solved (95% Wilson CI" in out
+    assert f"{res['found']}/8 members found the exact circuit (95% Wilson CI" in out
+    assert f"; {res['solved']}/8 members solved (CI" in out
 
     run_cli("validate", "--ckpt_path", run / "checkpoints" / "last.ckpt", *QUIET)
     out = capsys.readouterr().out
@@ -86,15 +86,39 @@ def test_initial_weights_print_as_in_the_notebook(run_cli, capsys, task, seed, e
     assert f"hidden_layer_0:\n{expected[0]}\n\noutput_layer:\n{expected[1]}" in block
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
-def test_every_shipped_config_passes_print_config(run_cli, capsys, config):
-    run_cli("fit", "--config", config, "--print_config")
-    printed = capsys.readouterr().out
-    assert "model:" in printed and "trainer:" in printed and "task:" in printed
+def test_runs_without_a_logger_still_get_their_own_directory(run_cli, tmp_path):
+    for _ in range(2):  # Lightning would write both into tmp_path itself, and the second would abort
+        run_cli("fit", "--task", "abs", "--model.members", 2, "--trainer.max_steps", 200, "--trainer.logger", "false",
+                *QUIET)
+    first, second = run_dirs(tmp_path)
+    for run in (first, second):
+        assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+        assert not (run / "metrics.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lightning_logs"]
 
 
-@pytest.mark.parametrize("config", sorted((ROOT / "configs" / "notebook").glob("*.yaml")), ids=lambda p: p.stem)
-def test_notebook_configs_run_a_few_steps(run_cli, tmp_path, config):
-    run_cli("fit", "--config", config, "--trainer.max_steps", 200, *QUIET)
-    res = results(run_dirs(tmp_path)[0])
-    assert res["members"] == 1 and res["lr"] == 1e-4 and res["steps"] == 200 and res["task"] == config.stem
+def test_checkpointing_can_be_switched_off(run_cli, tmp_path):
+    run_cli("fit", "--task", "abs", "--model.members", 2, "--trainer.max_steps", 200,
+            "--trainer.enable_checkpointing", "false", *QUIET)
+    (run,) = run_dirs(tmp_path)
+    assert (run / "results.json").is_file() and not (run / "checkpoints").exists()
+
+
+def test_a_task_module_in_the_working_directory_is_importable(run_cli, tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_study_tasks.py").write_text("def hypot(a, b):\n    return (a * a + b * b).sqrt()\n")
+    # the console script `circuits-pl` does not put the working directory on sys.path; `python -m` does
+    monkeypatch.setattr("sys.path", [p for p in __import__("sys").path if p not in ("", str(tmp_path))])
+    run_cli("fit", "--task", "my_study_tasks:hypot", "--model.members", 2, "--trainer.max_steps", 200, *QUIET)
+    assert "network 2-4-1" in capsys.readouterr().out
+
+
+def test_unknown_command_lists_the_valid_ones(run_cli, capsys):
+    run_cli("train", "--task", "add", expect=2)
+    assert capsys.readouterr().err.strip() == (
+        "error: unknown command 'train'; valid commands: fit, validate, test, predict, inspect, report")
+
+
+def test_a_run_stopped_by_its_budget_is_not_reported_as_stopped_when_solved(run_cli, tmp_path, capsys):
+    run_cli("fit", "--task", "min", "--model.members", 4, "--trainer.max_steps", 1000, *QUIET)
+    assert results(run_dirs(tmp_path)[0])["stopped_when_solved"] is False
+    assert "Stopped once solved" not in capsys.readouterr().out

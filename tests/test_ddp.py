@@ -1,39 +1,95 @@
-"""DDP on CPU (gloo): two ranks of batch B train exactly like one rank of batch 2B."""
+"""Member parallelism on CPU (gloo): each rank trains its own members; nothing depends on the world size."""
 
 import subprocess
 import sys
 
+import pytest
 import torch
-from conftest import reference_sgd, results, run_dirs
+from conftest import results, run_dirs
 
-from circuits_pl.data import UniformBlocks
-from circuits_pl.module import CircuitModule
-from circuits_pl.tasks import get_task
+from circuits_pl.strategy import member_share
+
+FIT = ["fit", "--task", "add", "--model.members", "7", "--model.lr", "0.1", "--data.batch_size", "200",
+       "--stop.when", "never", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false",
+       "--figures", "false"]
 
 
-def test_two_ranks_of_batch_b_train_like_one_of_batch_2b(tmp_path):
-    steps, batch, lr = 300, 100, 0.05
-    cmd = [sys.executable, "-m", "circuits_pl", "fit", "--task", "add", "--model.members", "2",
-           "--model.lr", str(lr), "--data.batch_size", str(batch), "--trainer.max_steps", str(steps),
-           "--stop.when", "never", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-           "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+def _fit(cwd, *args, devices=1):
+    cmd = [sys.executable, "-m", "circuits_pl", *FIT, "--trainer.devices", str(devices), *map(str, args)]
+    if devices > 1:
+        cmd += ["--trainer.strategy", "ddp"]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "terminate called" not in proc.stderr  # the process group is closed before exit
-    (run,) = run_dirs(tmp_path)
-    assert results(run)["steps"] == steps
-    trained = CircuitModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    return proc
 
-    task = get_task("add")
-    ranks = [iter(UniformBlocks(task, batch, steps_per_batch=1, seed=0, rank=r)) for r in (0, 1)]
-    batches = []
-    for _ in range(steps):
-        (x0, y0), (x1, y1) = next(ranks[0]), next(ranks[1])
-        assert not torch.equal(x0, x1)  # each rank draws its own inputs
-        batches.append((torch.cat([x0[0], x1[0]]), torch.cat([y0[0], y1[0]])))
-    for k in range(2):
-        torch.manual_seed(k)
-        init = [torch.nn.Linear(2, 2, bias=False).weight.detach(), torch.nn.Linear(2, 1, bias=False).weight.detach()]
-        want = reference_sgd(init, batches, lr)
-        for got, w in zip([w[k] for w in trained.net.weights], want):
-            torch.testing.assert_close(got, w, rtol=1e-5, atol=1e-6)
+
+def _same(a, b):
+    ca, cb = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True) for r in (a, b))
+    assert ca["global_step"] == cb["global_step"]
+    for key, value in ca["state_dict"].items():
+        assert torch.equal(value.nan_to_num(-7.0), cb["state_dict"][key].nan_to_num(-7.0)), key
+    ra, rb = results(a), results(b)
+    assert ra["per_member"] == rb["per_member"]
+
+
+def test_member_shares_cover_every_member_once():
+    for members in (1, 2, 7, 64):
+        for world in (1, 2, 3, 8):
+            shares = [member_share(members, world, r) for r in range(world)]
+            covered = [k for s in shares for k in range(members)[s]]
+            assert covered == list(range(members))
+            sizes = [len(range(members)[s]) for s in shares]
+            assert max(sizes) - min(sizes) <= 1
+
+
+def test_two_ranks_train_every_member_exactly_as_one_process(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    _fit(tmp_path / "one", "--trainer.max_steps", 2000)
+    two = _fit(tmp_path / "two", "--trainer.max_steps", 2000, devices=2)
+    assert two.stdout.count("Final weights") == 1  # printed once, by rank 0
+    (one_run,) = run_dirs(tmp_path / "one")
+    (two_run,) = run_dirs(tmp_path / "two")  # results.json, metrics.csv written once
+    _same(one_run, two_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume_devices", [1, 2])
+def test_a_run_saved_on_two_ranks_resumes_on_any_number(tmp_path, resume_devices):
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "parts").mkdir()
+    _fit(tmp_path / "whole", "--trainer.max_steps", 2000)
+    _fit(tmp_path / "parts", "--trainer.max_steps", 1000, devices=2)
+    (first,) = run_dirs(tmp_path / "parts")
+    _fit(tmp_path / "parts", "--trainer.max_steps", 2000, "--ckpt_path", first / "checkpoints" / "last.ckpt",
+         devices=resume_devices)
+    (whole,) = run_dirs(tmp_path / "whole")
+    _same(whole, run_dirs(tmp_path / "parts")[1])
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_train_like_one_process(tmp_path):
+    """Multi-node as Lightning documents it (MASTER_ADDR/MASTER_PORT/NODE_RANK, --trainer.num_nodes),
+    both "nodes" on this machine."""
+    import os
+    import socket
+
+    (tmp_path / "one").mkdir()
+    (tmp_path / "nodes").mkdir()
+    _fit(tmp_path / "one", "--trainer.max_steps", 1000)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "circuits_pl", *FIT, "--trainer.max_steps", "1000", "--trainer.devices", "1",
+           "--trainer.num_nodes", "2", "--trainer.strategy", "ddp"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path / "nodes", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                                   "NODE_RANK": str(node)})
+             for node in (0, 1)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    (one,) = run_dirs(tmp_path / "one")
+    (nodes,) = run_dirs(tmp_path / "nodes")  # node 1 shares node 0's directory here and writes nothing
+    _same(one, nodes)

@@ -1,0 +1,102 @@
+"""Readouts of a trained module's members: the library under the end of fit and ``inspect``.
+
+A :class:`~circuits_pl.module.CircuitModule` holds K members; these functions read one member's
+circuit (the full :class:`~circuits_pl.readout.Readout`), describe every member cheaply for
+results.json, and draw a member's figures. They take a module and its data module, wherever these
+came from: the end of ``fit`` (:mod:`circuits_pl.results`) or a checkpoint (:mod:`circuits_pl.runs`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuits_pl import plots
+from circuits_pl.data import CircuitDataModule
+from circuits_pl.module import CircuitModule
+from circuits_pl.readout import Readout, canonicalize, formula, match_circuit, read_circuit, sparsity_error
+
+
+def member_weights(module: CircuitModule, member: int) -> list[torch.Tensor]:
+    """One member's weight matrices (``(out, in)``, input layer first), detached, on the CPU."""
+    return [w[member].detach().cpu() for w in module.net.weights]
+
+
+def test_inputs(data: CircuitDataModule) -> torch.Tensor:
+    """The run's fixed test inputs ``(N, arity)`` in float64: what every readout is measured on."""
+    return data.holdout_set("test").tensors[0].to(torch.float64)
+
+
+def read_member(module: CircuitModule, data: CircuitDataModule, member: int | None = None) -> Readout:
+    """The full readout of one member (default: the selected member) on the run's test set."""
+    k = module.selected_member if member is None else member
+
+    def net(z: torch.Tensor) -> torch.Tensor:  # the member as it runs (biases included), on its device
+        with torch.no_grad():
+            return module.net(z.to(module.device, torch.float32), member=k).to("cpu", torch.float64)
+
+    return read_circuit(member_weights(module, k), module.task, test_inputs(data), fn=net,
+                        success_mse=module.success_mse)
+
+
+NO_CIRCUIT = {"formula": None, "rough_formula": None, "circuit": None, "sparsity_error": None}
+
+
+def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dict[str, Any]]:
+    """Per member: its formula, the circuit it is (or None) and its sparsity error, for results.json.
+
+    The cheap part of the readout (canonical form and matching, ~2 ms a member). Nets with biases
+    get no circuit: the readout is for bias-free nets (their function is not positively homogeneous).
+    """
+    if module.hparams.bias:
+        return [dict(NO_CIRCUIT) for _ in range(module.members)]
+    x = test_inputs(data)
+    out = []
+    for k in range(module.members):
+        weights = member_weights(module, k)
+        if not all(bool(torch.isfinite(w).all()) for w in weights):
+            out.append(dict(NO_CIRCUIT))
+            continue
+        canonical = canonicalize(weights, x)
+        match = match_circuit(canonical, module.task)
+        out.append({
+            "formula": formula(canonical),
+            "rough_formula": formula(canonical, decimals=1),  # groups members stuck in the same place
+            "circuit": None if match is None else (match.formula if match.index is not None else "equivalent exact"),
+            "sparsity_error": sparsity_error(canonical),
+        })
+    return out
+
+
+def heldout_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor | None:
+    """Per-member MSE ``(K,)`` on the input directions training never saw (cone runs), else None."""
+    if data.cone is None:
+        return None
+    x, y = data.holdout_set("test", heldout=True).tensors
+    return module.members_mse(x, y)
+
+
+def write_figures(directory: str | Path, module: CircuitModule, member: int,
+                  readout: Readout | None) -> list[Path]:
+    """The run's loss curves, and one member's learned function and circuit graph, as PNGs.
+
+    Loss curves come from the module's own loss history (kept in checkpoints), so they exist
+    whatever the logger. Nets with biases get no circuit graph (there is no circuit to draw).
+    """
+    directory = Path(directory)
+    written = []
+    if module.loss_history:
+        written.append(plots.plot_losses(module.loss_history, directory / "losses.png"))
+    runs = None
+    if module.hparams.bias:  # the weights alone do not describe a net with biases: draw it as it runs
+        def runs(z: torch.Tensor) -> torch.Tensor:
+            return module.net(z.to(module.device, torch.float32), member=member)
+    function = plots.plot_function(member_weights(module, member), module.task,
+                                   directory / f"function_member{member}.png", fn=runs)
+    if function is not None:
+        written.append(function)
+    if readout is not None:
+        written.append(plots.plot_circuit(readout.canonical, module.task, directory / f"circuit_member{member}.png"))
+    return written

@@ -1,0 +1,78 @@
+"""A trained run loaded from disk: its module, data module, directory and checkpoint.
+
+``load_run`` accepts a checkpoint or a run directory (``lightning_logs/version_N``, whose
+``checkpoints/last.ckpt`` is read). The checkpoint is read with ``weights_only=True`` and checked
+(see :mod:`circuits_pl.checkpoints`) before anything is built from it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from circuits_pl.checkpoints import check_checkpoint
+from circuits_pl.data import CircuitDataModule
+from circuits_pl.errors import CircuitsError
+from circuits_pl.module import CircuitModule
+
+
+@dataclass
+class Run:
+    """A trained run loaded from disk: module, data module, run directory and checkpoint."""
+
+    module: CircuitModule
+    data: CircuitDataModule
+    directory: Path
+    checkpoint: Path
+    step: int
+
+
+def load_run(path: str | Path, member: int | None = None, task: str | None = None) -> Run:
+    """Load a checkpoint (or a run directory's ``checkpoints/last.ckpt``) on the CPU, safely.
+
+    ``task``: the checkpoint's own task (``package.module:function``), needed for a user task: a
+    checkpoint never imports the code it names."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise CircuitsError(f"{path} holds no checkpoints/last.ckpt; give a run directory or a .ckpt file")
+        directory = path
+    else:
+        ckpt = path
+        directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    info = check_checkpoint(ckpt, task=task)
+    members = int(info["hyper_parameters"]["members"])
+    if member is not None and not 0 <= member < members:
+        raise CircuitsError(
+            f"--member {member} is out of range: the checkpoint has {members} member(s), 0..{members - 1}")
+    override = {} if task is None else {"task": task}
+    module = CircuitModule.load_from_checkpoint(ckpt, map_location="cpu", member=member, **override)
+    module.eval()
+    return Run(module, _datamodule(info, module), directory, ckpt, int(info.get("global_step", 0)))
+
+
+def check_finite_member(run: Run, member: int) -> None:
+    """A member with NaN/inf weights has no circuit to read: say so, and name members that have one."""
+    import torch
+
+    finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in run.module.net.weights]).all(0)
+    if bool(finite[member]):
+        return
+    good = finite.nonzero().flatten().tolist()
+    listed = ", ".join(map(str, good[:10])) + (f", ... ({len(good)} in all)" if len(good) > 10 else "")
+    others = f"members with finite weights: {listed} (pick one with --member)" if good else \
+        "no member has finite weights: retrain, e.g. with a smaller --model.lr"
+    raise CircuitsError(f"{run.checkpoint}: member {member} has non-finite (NaN/inf) weights, so no circuit "
+                        f"to read; {others}")
+
+
+def _datamodule(info: dict[str, Any], module: CircuitModule) -> CircuitDataModule:
+    """The run's data module (its validation/test points and cone), from the checkpoint."""
+    saved = info.get("datamodule_hyper_parameters") or {}
+    accepted = inspect.signature(CircuitDataModule.__init__).parameters
+    kwargs = {k: v for k, v in saved.items() if k in accepted}
+    kwargs["task"] = module.task
+    return CircuitDataModule(**kwargs)

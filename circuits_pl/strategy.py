@@ -1,0 +1,59 @@
+"""Member parallelism: Lightning's DDP launcher and process group, each rank training its own members.
+
+The members of a run are independent networks, so circuits_pl spreads *members* over processes,
+not batches: under ``--trainer.strategy ddp`` with world size W, rank r trains a contiguous share of
+the K members (:func:`member_share`; uneven shares allowed) on the same training stream as every
+other rank. Nothing is communicated per SGD step. At each validation the ranks exchange their
+members' weights, rule state and divergence marks (:func:`sync_members`), so every rank then holds
+the whole population: validation, the best member, early stopping, the printed lines and the
+checkpoint (written by rank 0, holding all K members) are those of the whole run, and a run saved
+on W ranks resumes on any other number.
+
+Why not DDP's wrapper: ``DistributedDataParallel`` all-reduces gradients after every backward (there
+is no autograd backward here: the step is hand-derived) and broadcasts rank 0's buffers before every
+forward, which would overwrite the per-member state of the members other ranks train. The
+strategy keeps DDP's launcher, process group and collectives and leaves the module unwrapped.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+
+
+class MemberParallelStrategy(DDPStrategy):
+    """DDPStrategy without the DistributedDataParallel wrapper (see the module docstring)."""
+
+    strategy_name = "ddp_members"
+
+    def configure_ddp(self) -> None:
+        pass  # no wrapper: members are independent, and the module syncs them at each validation
+
+
+def member_share(members: int, world_size: int, rank: int) -> slice:
+    """The contiguous members rank ``rank`` trains: the first ``members % world_size`` ranks get one more."""
+    base, extra = divmod(members, world_size)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (1 if rank < extra else 0))
+
+
+def sync_members(tensors: list[torch.Tensor], share: slice, strategy) -> None:
+    """Make every rank hold every member's values of ``tensors`` (leading dim K), in place.
+
+    Each rank contributes its own share and zeros elsewhere; a sum over ranks then gives each
+    member the value of the rank that owns it, exactly (x + 0 = x in floating point).
+    """
+    if not tensors:
+        return
+    flat = torch.cat([_own(t, share).flatten() for t in tensors])
+    total = strategy.reduce(flat, reduce_op="sum")
+    for t, part in zip(tensors, total.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
+
+
+def _own(t: torch.Tensor, share: slice) -> torch.Tensor:
+    mine = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device)
+    mine[share] = True
+    shape = (-1,) + (1,) * (t.dim() - 1)
+    # float64 holds every float32 weight and every step count exactly
+    return torch.where(mine.view(shape), t, torch.zeros_like(t)).to(torch.float64)

@@ -1,0 +1,113 @@
+"""The import structure: floors that only import downwards, no cycles, every module placed.
+
+A module on floor n imports only modules on floors <= n (not even inside a function), and the
+imports within a floor form no cycle. A new module must be given a floor here: that is the point.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "circuits_pl"
+
+FLOORS = [
+    # 1. plain facts: torch only, no Lightning
+    {"errors", "files", "usage", "tasks", "network", "optim", "stream", "init", "memory", "writable"},
+    # 2. analysis without Lightning
+    {"success", "verdicts", "readout", "plots"},
+    # 3. Lightning parts
+    {"compat", "data", "module", "callbacks", "interrupts", "checkpoint_io", "checkpoints", "logger",
+     "preflight", "schedule", "strategy", "sharding"},
+    # 4. the end of a run, and runs on disk
+    {"members", "results", "runs"},
+    # 5. commands
+    {"cli", "inspection", "report", "__main__", "__init__", "entry"},
+]
+
+
+def floor_of(module: str) -> int:
+    top = module.split(".")[0]
+    for n, names in enumerate(FLOORS):
+        if top in names:
+            return n
+    raise AssertionError(f"circuits_pl.{module} has no floor in tests/test_layers.py: place it")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def imports_of(path: Path, name: str) -> set[str]:
+    """circuits_pl modules imported anywhere in a file (top level and inside functions)."""
+    found = set()
+    package = name.split(".")[:-1] if path.name != "__init__.py" else name.split(".")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("circuits_pl.") for a in node.names if a.name.startswith("circuits_pl.")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import inside a subpackage
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+                found.add(target)
+            elif node.module == "circuits_pl":
+                found |= {a.name for a in node.names if (PACKAGE / f"{a.name}.py").exists()
+                          or (PACKAGE / a.name).is_dir()}
+            elif node.module and node.module.startswith("circuits_pl."):
+                found.add(node.module.removeprefix("circuits_pl."))
+    return {f for f in found if f and f.split(".")[0] != name.split(".")[0]}
+
+
+def test_every_module_has_a_floor_and_imports_only_downwards():
+    bad = []
+    for name, path in modules().items():
+        mine = floor_of(name)
+        for target in imports_of(path, name):
+            if floor_of(target) > mine:
+                bad.append(f"{name} (floor {mine + 1}) imports {target} (floor {floor_of(target) + 1})")
+    assert not bad, "upward imports:\n" + "\n".join(bad)
+
+
+def test_no_import_cycle():
+    graph = {name.split(".")[0]: set() for name in modules()}
+    for name, path in modules().items():
+        graph[name.split(".")[0]] |= {t.split(".")[0] for t in imports_of(path, name)}
+    graph.pop("__init__", None)
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if nxt == "__init__":
+                continue
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail + [node, nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [])
+
+
+def test_every_module_imports_on_its_own():
+    """Each module imports with no other circuits_pl module loaded before it (one process; the
+    circuits_pl modules are dropped from sys.modules between imports, torch and Lightning stay)."""
+    code = (
+        "import importlib, sys\n"
+        "for n in sys.argv[1:]:\n"
+        "    for m in [m for m in sys.modules if m == 'circuits_pl' or m.startswith('circuits_pl.')]:\n"
+        "        del sys.modules[m]\n"
+        "    importlib.import_module('circuits_pl.' + n)\n"
+    )
+    names = [n for n in modules() if n not in ("__main__", "__init__")]
+    proc = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,52 @@
+"""The study: report's table, its CIs, parallel jobs equal to a serial run, the sweep's heat map."""
+
+import argparse
+import csv
+import json
+import math
+
+import pytest
+
+from circuits_pl.report import make_jobs, plot_rates
+
+
+def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def test_report_tables_every_task_and_parallel_jobs_give_the_serial_results(run_cli, tmp_path):
+    study = ["report", "--tasks", "abs,subtract", "--members", 16, "--max_steps", 2000]
+    run_cli(*study, "--jobs", 2)
+    run_cli(*study, "--jobs", 1)  # a second report: a new version_N, the first untouched
+    parallel, serial = (list(csv.DictReader((tmp_path / "reports" / v / "report.csv").open()))
+                        for v in ("version_0", "version_1"))
+    assert [r["task"] for r in parallel] == ["abs", "subtract"] == [r["task"] for r in serial]
+    verdicts = ("converged", "converging", "slow", "stuck", "too_early", "diverged")
+    for row, twin in zip(parallel, serial):
+        res = json.loads((tmp_path / row["run_dir"] / "results.json").read_text())
+        assert res["per_member"] == json.loads((tmp_path / twin["run_dir"] / "results.json").read_text())["per_member"]
+        assert res["members"] == 16 and res["steps"] == 2000 and not res["stopped_when_solved"]
+        assert int(row["solved"]) == sum(res["per_member"]["solved"])
+        assert (float(row["ci95_low"]), float(row["ci95_high"])) == pytest.approx(
+            _wilson_by_hand(int(row["solved"]), 16))
+        assert (float(row["found_ci95_low"]), float(row["found_ci95_high"])) == pytest.approx(
+            _wilson_by_hand(int(row["found"]), 16))
+        assert sum(int(row[v]) for v in verdicts) == 16
+        assert int(row["found"]) == sum(res["per_member"]["found"]) >= int(row["converged"])
+    md = (tmp_path / "reports" / "version_0" / "report.md").read_text()
+    assert "| abs | 1-2-1 | 0.1 | 2000 | " in md and "r(x) + r(-x)" in md
+    assert (tmp_path / "reports" / "version_0" / "report.png").stat().st_size > 1000
+
+
+def test_sweep_jobs_give_every_task_the_hidden_widths_and_draw_a_heat_map(tmp_path):
+    args = argparse.Namespace(config=[], tasks="abs,min", sizes="2-2-1,2-8-1", lrs="0.03,0.1")
+    jobs = make_jobs(args)
+    assert [(j.task, j.sizes, j.lr) for j in jobs][:4] == [
+        ("abs", [1, 2, 1], 0.03), ("abs", [1, 2, 1], 0.1), ("abs", [1, 8, 1], 0.03), ("abs", [1, 8, 1], 0.1)]
+    assert len({j.name for j in jobs}) == 8 and jobs[4].sizes == [2, 2, 1]
+    rows = [{"task": j.task, "layer_sizes": "-".join(map(str, j.sizes)), "lr": j.lr, "members": 10,
+             "found_rate": 0.5, "found_ci95_low": 0.2, "found_ci95_high": 0.8} for j in jobs]
+    assert plot_rates(rows, tmp_path / "phase.png").stat().st_size > 1000

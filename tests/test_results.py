@@ -1,0 +1,49 @@
+"""The end of fit from plain Python: RunSummary gives a Trainer.fit what the CLI's fit gets."""
+
+import json
+
+import lightning.pytorch as pl
+import torch
+
+from circuits_pl.callbacks import StopWhenSolved
+from circuits_pl.data import CircuitDataModule
+from circuits_pl.module import CircuitModule
+from circuits_pl.results import RunSummary
+
+
+def _fit(tmp_path, logger):
+    module = CircuitModule(task="add", members=6, lr=0.1, init_seed=0)
+    data = CircuitDataModule(task="add", stream_seed=0)
+    summary = RunSummary(figures=True)
+    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=2000, val_check_interval=10,
+                         check_val_every_n_epoch=None, enable_progress_bar=False, logger=logger,
+                         enable_checkpointing=False, callbacks=[summary, StopWhenSolved("never")])
+    trainer.fit(module, data)
+    return module, data, summary
+
+
+def test_run_summary_from_plain_trainer_fit_writes_results_and_figures(tmp_path):
+    module, data, summary = _fit(tmp_path, pl.loggers.CSVLogger(tmp_path))
+    run = tmp_path / "lightning_logs" / "version_0"
+    res = json.loads((run / "results.json").read_text())
+    assert res == json.loads(json.dumps(summary.results))
+    per = res["per_member"]
+    # solved count and test MSE against plain arithmetic on the final weights
+    assert res["solved"] == sum(v is not None and v < res["success_mse"] for v in per["val_mse"])
+    x, y = data.holdout_set("test").tensors
+    for k in range(6):
+        with torch.no_grad():
+            mse = float((module.net(x, member=k).double() - y.double()).square().mean())
+        torch.testing.assert_close(per["test_mse"][k], mse, rtol=1e-4, atol=1e-12)
+    assert "_instantiator" not in res["data"]
+    for name in ("losses.png", f"function_member{res['best_member']}.png", f"circuit_member{res['best_member']}.png"):
+        assert (run / name).stat().st_size > 1000, name
+    assert "test/mse" in (run / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_figures_do_not_depend_on_the_logger(tmp_path):
+    module, _, summary = _fit(tmp_path, False)  # no logger: no metrics.csv, still loss curves
+    assert not list(tmp_path.rglob("metrics.csv"))
+    assert (tmp_path / "losses.png").stat().st_size > 1000
+    steps, values = module.loss_history["val/mse"]
+    assert steps == [1000.0, 2000.0] and len(values) == 2
