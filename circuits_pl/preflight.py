@@ -136,7 +136,7 @@ def check_trainer_values(trainer: Namespace, subcommand: str | None) -> None:
         if interval <= 0:
             raise CircuitsError(f"--trainer.val_check_interval {interval} is not positive; give a number of "
                                 "blocks of data.steps_per_batch SGD steps between validations, e.g. 10")
-        if isinstance(interval, float) and interval != int(interval):
+        if isinstance(interval, float):  # Lightning reads a float as a fraction of an epoch
             raise CircuitsError(f"--trainer.val_check_interval {interval} is a fraction of an epoch, and the "
                                 "training stream never ends one; give a whole number of blocks, e.g. 10")
 

@@ -160,6 +160,7 @@ CASES = [
     # --- Lightning-level values and configs (10.6)
     ([*ADD, "--trainer.val_check_interval", "0"], 2, r"val_check_interval 0 is not positive; give a number of blocks"),
     ([*ADD, "--trainer.val_check_interval", "0.5"], 2, r"val_check_interval 0.5 is a fraction of an epoch"),
+    ([*ADD, "--trainer.val_check_interval", "1.0"], 2, r"val_check_interval 1.0 is a fraction of an epoch"),
     ([*ADD, "--trainer.max_steps", "-5"], 2, r"max_steps -5 is not a step count; give a positive number"),
     ([*ADD, "--trainer.max_steps", "0"], 2, r"max_steps 0 trains nothing; give a positive number"),
     ([*ADD, "--trainer.accelerator", "gpu"], 2, r"accelerator gpu: this machine has no CUDA GPU.*accelerator cpu"),
