@@ -74,6 +74,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
 def workdir(tmp_path, trained, monkeypatch) -> Path:
     """The case's working directory: good, user-task, damaged and foreign checkpoints, odd configs."""
     monkeypatch.setattr(preflight, "available_bytes", lambda: 4 * GIB)  # the memory cases, on any machine
+    monkeypatch.delitem(sys.modules, "this", raising=False)  # so an import of `this` would print again
     ckpt = trained["good"].read_bytes()
     (tmp_path / "good.ckpt").write_bytes(ckpt)
     (tmp_path / "truncated.ckpt").write_bytes(ckpt[:2000])
@@ -83,6 +84,9 @@ def workdir(tmp_path, trained, monkeypatch) -> Path:
         state["state_dict"][w][state["hyper_parameters"].get("member") or 0].fill_(float("nan"))
     state["state_dict"]["best_member"] = torch.tensor(0)
     torch.save(state, tmp_path / "nan.ckpt")
+    zen = torch.load(trained["good"], weights_only=True)
+    zen["hyper_parameters"]["task"] = "this:s"  # importing it prints the Zen of Python
+    torch.save(zen, tmp_path / "zen.ckpt")
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     (tmp_path / "unknown_key.yaml").write_text("model:\n  bogus: 3\n")
@@ -137,6 +141,8 @@ CASES = [
     (["predict", "--ckpt_path", "user.ckpt", "--task", "add"], 2,
      r"is of task 'marker_tasks:double', not 'add': give --task marker_tasks:double"),
     (["inspect", "user.ckpt"], 2, r"own task 'marker_tasks:double'.*give --task marker_tasks:double"),
+    (["validate", "--ckpt_path", "zen.ckpt"], 2, r"zen.ckpt is of your own task 'this:s'; .*give --task this:s"),
+    (["inspect", "zen.ckpt"], 2, r"zen.ckpt is of your own task 'this:s'"),
     # --- no silent untrained runs (10.2)
     (["test", "--task", "add"], 2, r"test needs --ckpt_path RUN/checkpoints/last.ckpt .*--ckpt_path untrained"),
     (["predict", "--task", "add"], 2, r"predict needs --ckpt_path .*--ckpt_path untrained"),
@@ -195,6 +201,7 @@ def test_bad_input_is_one_line_nonzero_and_touches_nothing(workdir, trained, cap
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert re.search(message, err[0]), err[0]
     assert "Traceback" not in captured.out + captured.err
+    assert "Beautiful is better than ugly" not in captured.out  # `import this` never ran
     assert snapshot(workdir) == before  # nothing created, nothing touched
     assert not (trained["user_root"] / "IMPORTED").exists()  # no checkpoint imported the user's module
 
