@@ -1,37 +1,56 @@
-"""Speed of circuits_pl against the notebook's own training loop, measured in one process.
+"""Speed of circuits_pl against the notebook's own training loop, and where the time goes, in one process.
 
-    python benchmarks/speed.py            # ~3 minutes
-    python benchmarks/speed.py --quick    # under a minute
+    python benchmarks/speed.py                    # K = 1, 32, 128, 1024, 8192, with memory: ~10 minutes
+    python benchmarks/speed.py --quick            # K = 1, 128, 1024, no memory column: ~2 minutes
+    python benchmarks/speed.py --plot speed.png   # also draw µs per network-step against K
 
-Three loops on the notebook's 2-2-1 ``add`` network (batch 1000, lr 1e-4, one torch thread), run
-interleaved for several rounds so machine noise hits them alike; the median round counts:
+All on the notebook's 2-2-1 ``add`` network, batch 1000, lr 1e-4, one torch thread. Every figure
+is the median of several interleaved rounds (machine noise hits every loop alike), shown with the
+spread (min-max) of the rounds. Per K, in µs per network-step (one SGD step of one member):
 
-- ``notebook``: the notebook's loop (draw a batch, forward, MSE, zero_grad, backward, SGD step);
-- ``single``: circuits_pl training the same network through the Trainer exactly as ``fit`` builds it
-  (validation, checkpoints, CSV logging and progress bar at their default cadence), timed over the
-  training loop (from the first training batch to the end of training);
-- ``ensemble``: the same with 128 members, counted as networks x steps per second.
+- ``step``: ``ReLUMLP.gradients`` + the SGD update (``p.add_(g, alpha=-lr)`` per tensor), no Lightning;
+- ``data``: one training block of the stream (``UniformBlocks.block``: inputs and targets), per step,
+  shared by the K members (so divided by K);
+- ``loop``: the rest of a bare ``fit`` (no validation, checkpoints, logger or progress bar):
+  Lightning's per-block bookkeeping and the module's own work around the step;
+- ``val/ckpt/log``: what the defaults add (validation every 1000 steps plus one at the end, best
+  and last checkpoints, CSV logging, progress bar): ``fit`` minus the bare ``fit``;
+- ``fit``: ``fit`` as ``python -m circuits_pl fit`` builds it, timed from the first training batch to
+  the end of training (no start-up, no test);
+- peak memory per member: max-RSS growth of a subprocess over that ``fit``, divided by K.
 
-Then the wall time of ``python -m circuits_pl fit --task min`` with defaults, in a fresh process,
-and how much of it is ``import circuits_pl.cli`` (torch + Lightning) alone.
+Then the notebook's loop (draw a batch, forward, MSE, zero_grad, backward, SGD step), and the wall
+time of ``python -m circuits_pl fit --task min`` with defaults in a fresh process.
 
 The last line is machine-readable:
-``single_vs_notebook=R1 ensemble128_vs_notebook=R2 min_fit_seconds=S``
+``single_vs_notebook=R1 ensemble128_vs_notebook=R2 ensemble1024_vs_notebook=R3 min_fit_seconds=S``
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 THREADS = 1
+LAYER_SIZES = (2, 2, 1)
+BATCH = 1000
+LR = 1e-4
+# SGD steps per fit, per K: every fit a few seconds at most. Small K runs past the first validation
+# (every 1000 steps); K >= 1024 runs only a block or two, so its val/ckpt/log share (one validation
+# and checkpoint at the end) is an upper bound of the default cadence's.
+FIT_STEPS = {1: 10_000, 32: 2000, 128: 1000, 1024: 200, 8192: 100}
+FULL_KS = (1, 32, 128, 1024, 8192)
+QUICK_KS = (1, 128, 1024)
 
 
 def notebook_loop(steps: int) -> float:
@@ -39,17 +58,46 @@ def notebook_loop(steps: int) -> float:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.ReLU(), torch.nn.Linear(2, 1, bias=False))
     loss_fn = torch.nn.MSELoss()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     start = time.perf_counter()
     for _ in range(steps):
         model.train()
-        x = torch.rand((1000, 2)) * 2 - 1
+        x = torch.rand((BATCH, 2)) * 2 - 1
         y = x.sum(dim=1, keepdims=True)
         loss = loss_fn(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     return (time.perf_counter() - start) / steps
+
+
+def step_alone(members: int, steps: int) -> float:
+    """Seconds per network-step of the hand-derived step and SGD update, no Lightning."""
+    from circuits_pl.network import ReLUMLP
+    from circuits_pl.stream import uniform_inputs
+
+    net = ReLUMLP(LAYER_SIZES, members=members, seed=0)
+    params = list(net.parameters())
+    xt = uniform_inputs(BATCH, 2, seed=1).T.contiguous()
+    yt = xt.sum(0, keepdim=True)
+    with torch.no_grad():
+        start = time.perf_counter()
+        for _ in range(steps):
+            for p, g in zip(params, net.gradients(xt, yt)):
+                p.add_(g, alpha=-LR)
+    return (time.perf_counter() - start) / steps / members
+
+
+def data_per_step(blocks: int = 20, steps_per_block: int = 100) -> float:
+    """Seconds per SGD step of drawing the training stream (inputs and targets), all members together."""
+    from circuits_pl.stream import UniformBlocks
+    from circuits_pl.tasks import get_task
+
+    stream = UniformBlocks(get_task("add"), BATCH, steps_per_block, seed=0)
+    start = time.perf_counter()
+    for b in range(blocks):
+        stream.block(b * steps_per_block, steps_per_block)
+    return (time.perf_counter() - start) / (blocks * steps_per_block)
 
 
 class _TrainTimer:
@@ -76,14 +124,23 @@ class _TrainTimer:
         self.steps = 0
 
 
-def circuits_pl_loop(steps: int, members: int, root: str) -> float:
-    """Seconds per step of ``fit`` as the CLI builds it (defaults; the notebook's lr, no early stop)."""
+BARE = ["--trainer.logger", "false", "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar",
+        "false", "--trainer.val_check_interval", "1000000", "--trainer.log_every_n_steps", "0", "--figures", "false"]
+
+
+def fit_cli(steps: int, members: int, root: str, bare: bool = False):
+    """The CLI's trainer, model and data for ``fit`` (defaults; the notebook's lr, no early stop)."""
     from circuits_pl.cli import CircuitsCLI
 
-    args = ["--task", "add", "--model.members", str(members), "--model.lr", "1e-4",
+    args = ["--task", "add", "--model.members", str(members), "--model.lr", str(LR),
             "--trainer.max_steps", str(steps), "--stop.when", "never", "--trainer.default_root_dir", root,
-            "--threads", str(THREADS)]
-    cli = CircuitsCLI(args=args, run=False)
+            "--threads", str(THREADS)] + (BARE if bare else [])
+    return CircuitsCLI(args=args, run=False)
+
+
+def circuits_pl_loop(steps: int, members: int, root: str, bare: bool = False) -> float:
+    """Seconds per network-step of ``fit`` (the training loop only)."""
+    cli = fit_cli(steps, members, root, bare)
     timer = _TrainTimer()
     cli.trainer.callbacks.append(timer.callback)
     with open(os.devnull, "w") as devnull:  # the progress bar and prints, not what we measure
@@ -92,7 +149,34 @@ def circuits_pl_loop(steps: int, members: int, root: str) -> float:
             cli.trainer.fit(cli.model, cli.datamodule)
         finally:
             sys.stdout = stdout
-    return timer.seconds / timer.steps
+    return timer.seconds / timer.steps / members
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(members: int) -> None:
+    """In a fresh process: peak RSS growth over one ``fit`` with K members, as JSON on stdout."""
+    _quiet()
+    with tempfile.TemporaryDirectory() as root:
+        cli = fit_cli(min(FIT_STEPS.get(members, 100), 200), members, root)
+        before = _rss_bytes()
+        with open(os.devnull, "w") as devnull:
+            stdout, sys.stdout = sys.stdout, devnull
+            try:
+                cli.trainer.fit(cli.model, cli.datamodule)
+            finally:
+                sys.stdout = stdout
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    print(json.dumps({"members": members, "peak_growth_bytes": max(peak - before, 0)}))
+
+
+def peak_memory_per_member(members: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(members)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_growth_bytes"] / members
 
 
 def wall(cmd: list[str]) -> float:
@@ -101,46 +185,112 @@ def wall(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and rounds (under a minute)")
-    args = parser.parse_args()
-    torch.set_num_threads(THREADS)
-    rounds = 3 if args.quick else 5
-    nb_steps, single_steps, ens_steps = (2000, 10_000, 1000) if args.quick else (5000, 30_000, 3000)
-
+def _quiet() -> None:
     import logging
     import warnings
 
-    logging.getLogger("lightning").setLevel(logging.ERROR)
+    torch.set_num_threads(THREADS)
+    for name in ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
-    times: dict[str, list[float]] = {"notebook": [], "single": [], "ensemble": []}
+
+def _cell(values: list[float], scale: float = 1e6) -> str:
+    """Median with the spread of the rounds: ``13.9 (12.1-15.0)``."""
+    med = statistics.median(values) * scale
+    return f"{med:.2f} ({min(values) * scale:.2f}-{max(values) * scale:.2f})"
+
+
+def measure(ks: tuple[int, ...], rounds: int, quick: bool) -> tuple[dict, list[float]]:
+    """Per K and column, one value per round (seconds per network-step); and the notebook's rounds."""
+    cols = ("step", "data", "fit_bare", "fit")
+    times: dict[int, dict[str, list[float]]] = {k: {c: [] for c in cols} for k in ks}
+    notebook: list[float] = []
     with tempfile.TemporaryDirectory() as root:
         circuits_pl_loop(200, 1, root)  # warm-up: first-call costs of Lightning and torch
         for r in range(rounds):
-            times["notebook"].append(notebook_loop(nb_steps))
-            times["single"].append(circuits_pl_loop(single_steps, 1, root))
-            times["ensemble"].append(circuits_pl_loop(ens_steps, 128, root) / 128)
-            print(f"round {r + 1}/{rounds}: " + "  ".join(f"{k} {v[-1] * 1e6:.1f} µs" for k, v in times.items()),
+            notebook.append(notebook_loop(2000 if quick else 5000))
+            for k in ks:
+                steps = FIT_STEPS[k] if not (quick and k == 1) else 5000
+                t = times[k]
+                t["step"].append(step_alone(k, max(5, min(2000, 200_000 // k))))
+                t["data"].append(data_per_step() / k)
+                t["fit_bare"].append(circuits_pl_loop(steps, k, root, bare=True))
+                t["fit"].append(circuits_pl_loop(steps, k, root))
+            print(f"round {r + 1}/{rounds}: notebook {notebook[-1] * 1e6:.1f} µs; fit "
+                  + "  ".join(f"K={k} {times[k]['fit'][-1] * 1e6:.1f}" for k in ks) + " µs per network-step",
                   file=sys.stderr)
+    for t in times.values():  # derived per round, then the median of the rounds
+        t["loop"] = [b - s - d for b, s, d in zip(t["fit_bare"], t["step"], t["data"])]
+        t["overhead"] = [f - b for f, b in zip(t["fit"], t["fit_bare"])]
+    return times, notebook
 
-        med = {k: statistics.median(v) for k, v in times.items()}
+
+def plot(times: dict, notebook: float, path: str) -> None:
+    """µs per network-step against K, log-log (matplotlib's Figure API, no pyplot)."""
+    from matplotlib.figure import Figure
+
+    ks = sorted(times)
+    fig = Figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    for col, label in [("fit", "fit (defaults)"), ("fit_bare", "fit, no val/ckpt/log"), ("step", "step alone"),
+                       ("data", "data (shared by K)")]:
+        ax.plot(ks, [statistics.median(times[k][col]) * 1e6 for k in ks], marker="o", label=label)
+    ax.axhline(notebook * 1e6, color="grey", linestyle="--", label="notebook loop (1 net)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("members K (2-2-1, batch 1000, one thread)")
+    ax.set_ylabel("µs per network-step")
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="K = 1, 128, 1024, fewer steps, no memory column")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--plot", metavar="PATH", help="write µs per network-step against K (log-log) as a PNG")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child is not None:
+        memory_child(args.memory_child)
+        return
+    if args.plot and Path(args.plot).parent.is_dir() is False:
+        parser.exit(2, f"error: --plot {args.plot}: directory {Path(args.plot).parent} does not exist\n")
+    if args.rounds < 1:
+        parser.exit(2, f"error: --rounds must be at least 1, got {args.rounds}\n")
+    _quiet()
+    ks = QUICK_KS if args.quick else FULL_KS
+    times, notebook_rounds = measure(ks, args.rounds, args.quick)
+    memory = {} if args.quick else {k: peak_memory_per_member(k) for k in ks}
+    with tempfile.TemporaryDirectory() as root:
         py = sys.executable
         import_s = statistics.median(wall([py, "-c", "import circuits_pl.cli"]) for _ in range(3))
         min_fit = wall([py, "-m", "circuits_pl", "fit", "--task", "min", "--trainer.default_root_dir", root])
 
-    nb = med["notebook"]
-    print(f"\ncircuits_pl speed, torch {torch.__version__}, {THREADS} torch thread for every loop, "
-          f"{os.cpu_count()} CPUs; median of {rounds} interleaved rounds")
-    print(f"{'loop':<28}{'µs per network-step':>22}{'network-steps/s':>18}{'vs notebook':>13}")
-    rows = [("notebook (autograd, 2-2-1)", nb), ("single  (fit, 1 member)", med["single"]),
-            ("ensemble (fit, 128 members)", med["ensemble"])]
-    for name, sec in rows:
-        print(f"{name:<28}{sec * 1e6:>22.2f}{1 / sec:>18,.0f}{nb / sec:>12.1f}x")
+    nb = statistics.median(notebook_rounds)
+    print(f"\ncircuits_pl speed, torch {torch.__version__}, {THREADS} torch thread, {os.cpu_count()} CPUs, "
+          f"{'-'.join(map(str, LAYER_SIZES))} add, batch {BATCH}; median (min-max) of {args.rounds} interleaved rounds")
+    print(f"notebook loop (autograd, 1 net): {_cell(notebook_rounds)} µs per step")
+    print("µs per network-step:")
+    header = ["K", "step", "data", "loop", "val/ckpt/log", "fit", "fit vs notebook", "peak KB/member"]
+    widths = [6, 21, 21, 21, 21, 21, 16, 15]
+    print("".join(h.rjust(w) for h, w in zip(header, widths)))
+    for k in ks:
+        t = times[k]
+        mem = f"{memory[k] / 1024:.1f}" if k in memory else "-"
+        row = [str(k), _cell(t["step"]), _cell(t["data"]), _cell(t["loop"]), _cell(t["overhead"]), _cell(t["fit"]),
+               f"{nb / statistics.median(t['fit']):.1f}x", mem]
+        print("".join(c.rjust(w) for c, w in zip(row, widths)))
+    print(f"fit steps per K: {', '.join(f'{k}: {5000 if args.quick and k == 1 else FIT_STEPS[k]}' for k in ks)} "
+          "(validation every 1000 steps and once at the end)")
     print(f"fit --task min (defaults), wall: {min_fit:.1f} s, of which import circuits_pl.cli: {import_s:.1f} s")
-    print(f"single_vs_notebook={nb / med['single']:.2f} ensemble128_vs_notebook={nb / med['ensemble']:.1f} "
-          f"min_fit_seconds={min_fit:.1f}")
+    if args.plot:
+        plot(times, nb, args.plot)
+        print(f"plot: {args.plot}")
+    ratio = {k: nb / statistics.median(times[k]["fit"]) for k in ks}
+    print(f"single_vs_notebook={ratio[1]:.2f} ensemble128_vs_notebook={ratio[128]:.1f} "
+          f"ensemble1024_vs_notebook={ratio[1024]:.1f} min_fit_seconds={min_fit:.1f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Endless uniform inputs for training, fixed sets for validation/test, a grid for predict.
 
-Training data is a pure function of (seed, rank, step): the inputs of SGD step t on DDP rank r are
-drawn from a generator seeded with ``mix(seed, r, t)``. So a run is reproducible, a resumed run sees
-exactly the batches it would have seen (the stream restarts at ``trainer.global_step``), each DDP
-rank draws its own batches, and the number of steps packed into one Lightning batch changes nothing.
+Training data is a pure function of (seed, step) (``circuits_pl.stream``). So a run is
+reproducible, a resumed run sees exactly the batches it would have seen (the stream restarts at
+``trainer.global_step``), every DDP rank draws the same batches (ranks split the members, not the
+data: ``circuits_pl.strategy``), and the number of steps packed into one Lightning batch changes
+nothing.
 
 One Lightning batch is a *block* of ``steps_per_batch`` SGD steps::
 
@@ -18,7 +19,7 @@ whether or not a run was resumed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import lightning.pytorch as pl
 import torch
@@ -26,82 +27,11 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from circuits_pl.compat import record_resolved
 from circuits_pl.errors import CircuitsError
-from circuits_pl.tasks import Task, get_task
+from circuits_pl.stream import UniformBlocks, fold_into_cone, mix_seed, uniform_inputs
+from circuits_pl.tasks import get_task
 
-_MASK64 = (1 << 64) - 1
-
-
-def mix_seed(*parts: int) -> int:
-    """A 64-bit seed from integers (SplitMix64 finaliser over a running hash): distinct inputs
-    give unrelated streams, unlike ``seed + step``, where run 0's step 1 is run 1's step 0."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (int(p) & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
-        h ^= h >> 31
-        h = (h * 0x94D049BB133111EB) & _MASK64
-        h ^= h >> 29
-    return h
-
-
-def uniform_inputs(n: int, arity: int, seed: int, cone: Sequence[float] | None = None) -> torch.Tensor:
-    """``n`` points uniform in [-1, 1]^arity (restricted to ``cone`` if given) from one seed."""
-    x = torch.empty(n, arity).uniform_(-1.0, 1.0, generator=torch.Generator().manual_seed(seed))
-    return fold_into_cone(x, cone)
-
-
-def fold_into_cone(x: torch.Tensor, cone: Sequence[float] | None, inside: bool = True) -> torch.Tensor:
-    """Map points into the half-space ``u·x >= 0`` (or ``< 0`` if not ``inside``) by x -> -x.
-
-    The box [-1, 1]^n is symmetric under x -> -x, so this turns the uniform distribution on the
-    box into the uniform distribution on its part in the half-space, for any direction u.
-    """
-    if cone is None:
-        return x
-    u = torch.as_tensor(cone, dtype=x.dtype)
-    side = x @ u
-    flip = side < 0 if inside else side >= 0
-    return torch.where(flip.unsqueeze(-1), -x, x)
-
-
-class UniformBlocks(IterableDataset):
-    """Endless stream of training blocks ``(x, y)`` of shape ``(S, B, in)``, ``(S, B, 1)``.
-
-    Args:
-        task: the task (gives arity and targets).
-        batch_size: B, inputs per SGD step.
-        steps_per_batch: S, SGD steps per block.
-        seed: stream seed.
-        rank: DDP rank (each rank draws its own inputs).
-        start_step: first SGD step to generate (the trainer's global_step on resume).
-        cone: optional direction u: draw only inputs with ``u·x >= 0``.
-    """
-
-    def __init__(self, task: Task, batch_size: int, steps_per_batch: int, seed: int, rank: int = 0,
-                 start_step: int = 0, cone: Sequence[float] | None = None):
-        self.task, self.batch_size, self.steps_per_batch = task, batch_size, steps_per_batch
-        self.seed, self.rank, self.start_step, self.cone = seed, rank, start_step, cone
-        self._gen = torch.Generator()
-
-    def step_inputs(self, step: int, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The inputs of SGD step ``step``: ``(B, in)``."""
-        if out is None:
-            out = torch.empty(self.batch_size, self.task.arity)
-        self._gen.manual_seed(mix_seed(self.seed, self.rank, step))  # reseeding beats a new Generator
-        return out.uniform_(-1.0, 1.0, generator=self._gen)
-
-    def block(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.empty(n, self.batch_size, self.task.arity)
-        for s in range(n):
-            self.step_inputs(step + s, out=x[s])
-        x = fold_into_cone(x, self.cone)
-        return x, self.task(x)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        step, size = self.start_step, self.steps_per_batch
-        while True:
-            n = size - step % size  # a resumed stream first completes its block
-            yield self.block(step, n)
-            step += n
+# The stream lives in circuits_pl.stream (no Lightning); its names stay importable from here.
+__all__ = ["CircuitDataModule", "UniformBlocks", "WholeSet", "fold_into_cone", "mix_seed", "uniform_inputs"]
 
 
 class WholeSet(IterableDataset):
@@ -182,15 +112,14 @@ class CircuitDataModule(pl.LightningDataModule):
     # --------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         # The stream restarts where the trainer stands: global_step is restored from a checkpoint
-        # before Lightning asks for this loader, and step t's batch depends only on (seed, rank, t).
+        # before Lightning asks for this loader, and step t's batch depends only on (seed, t).
+        # Every DDP rank draws the same stream (rank 0's): ranks split the members, not the data
+        # (circuits_pl.strategy), so member k's trajectory does not depend on the world size.
         trainer = self.trainer
         start = trainer.global_step if trainer is not None else 0
-        # Every DDP rank draws the same stream: ranks split the members, not the data
-        # (circuits_pl.strategy), so member k's trajectory does not depend on the world size.
-        rank = 0
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
-        # num_workers=0: a block costs ~20 µs per step to draw; workers would cost more.
-        return DataLoader(self.train_stream(start, rank), batch_size=None, num_workers=0)
+        # num_workers=0: a block costs ~5 µs per step to draw; workers would cost more.
+        return DataLoader(self.train_stream(start), batch_size=None, num_workers=0)
 
     def _loader(self, dataset: TensorDataset) -> DataLoader:
         # The whole set as one ready-made batch: per-sample indexing and collation of 1000 points

@@ -49,7 +49,16 @@ class ReLUMLP(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:
-        """nn.Linear's initialisation, member by member, each from its own seed."""
+        """nn.Linear's initialisation, each member from its own seed ``seed + k``.
+
+        float32: all members at once (``circuits_pl.init``, torch's generator reproduced bit for bit;
+        K = 1e5 2-3-1: ~0.3 s instead of ~2 s); other dtypes member by member.
+        """
+        if all(p.dtype == torch.float32 for p in self.parameters()):
+            from circuits_pl.init import init_linear_members  # here: this method is all network.py asks of it
+
+            init_linear_members(list(self.weights), list(self.biases), seed)
+            return
         for k in range(self.members):
             gen = torch.Generator().manual_seed(seed + k)
             for layer, w in enumerate(self.weights):

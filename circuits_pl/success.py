@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from scipy.stats import binomtest
 
+from circuits_pl.stream import uniform_inputs
 from circuits_pl.tasks import Task
 
 EPSILON = 1e-5
@@ -32,8 +33,7 @@ def perturbed_circuit_mse(task: Task, layer_sizes: Sequence[int], eps: float = E
     weights = task.circuit_weights(layer_sizes)
     if weights is None:
         return None
-    gen = torch.Generator().manual_seed(_THRESHOLD_SEED)
-    x = torch.rand(_THRESHOLD_POINTS, task.arity, generator=gen, dtype=torch.float64) * 2 - 1
+    x = uniform_inputs(_THRESHOLD_POINTS, task.arity, _THRESHOLD_SEED, dtype=torch.float64)
     acts = [x.T]  # (units, N) per layer
     for w in weights[:-1]:
         acts.append((w @ acts[-1]).relu())

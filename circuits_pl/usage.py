@@ -1,9 +1,10 @@
 """The front door: how the user called circuits_pl, the short help, and the answers that need no
 Lightning (``--help``, no command, an unknown command).
 
-Plain Python only (no torch, no Lightning), so ``python -m circuits_pl --help`` answers in ~50 ms
-instead of the ~5 s that importing Lightning and torch costs. The facts repeated here (built-in
-tasks, option defaults) are checked against the real registry and parser by tests/test_front_door.py.
+Plain Python only (no torch, no Lightning): ``python -m circuits_pl --help`` takes 25 ms wall (a bare
+``python -c pass``: 19 ms) instead of 4.7 s through LightningCLI, 2 cores, medians of 10 runs. The
+facts repeated here (built-in tasks, option defaults) are checked against the real registry and
+parser by tests/test_front_door.py.
 """
 
 from __future__ import annotations
