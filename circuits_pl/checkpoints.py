@@ -8,13 +8,14 @@ from typing import Any
 import torch
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.tasks import Task, is_builtin
 
 
-def check_checkpoint(path: str | Path) -> dict[str, Any]:
+def check_checkpoint(path: str | Path, task: str | Task | None = None, option: str = "--task") -> dict[str, Any]:
     """Load a circuits_pl checkpoint on the CPU with ``weights_only=True``, or raise CircuitsError.
 
     Checks that the file exists, is a readable checkpoint, holds circuits_pl hyper-parameters and
-    that its weights have the shapes those hyper-parameters promise.
+    that its weights have the shapes those hyper-parameters promise; then :func:`check_task`.
     """
     p = Path(path)
     if not p.exists():
@@ -35,4 +36,25 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
         w = ckpt["state_dict"].get(f"net.weights.{layer}")
         if w is None or tuple(w.shape) != (members, n_out, n_in):
             raise CircuitsError(f"{path} is damaged: layer {layer} weights do not match layer sizes {sizes}")
+    check_task(path, hp["task"], task, option)
     return ckpt
+
+
+def check_task(path: str | Path, saved: str, given: str | Task | None, option: str = "--task") -> None:
+    """Refuse to import code a checkpoint names: its task loads only if built in (or registered in this
+    process) or named by the user (``given``), and a named task must be the checkpoint's.
+
+    ``weights_only=True`` keeps pickled code out; without this check the saved task string
+    ``package.module:function`` would still be imported, so reading a checkpoint would run any module it
+    names (``this:s`` prints the Zen of Python). Raises CircuitsError saying which option to pass.
+    """
+    fix = f"task={saved!r}" if option == "task=" else f"{option} {saved}"
+    if given is None:
+        if not isinstance(saved, str) or not is_builtin(saved):
+            raise CircuitsError(
+                f"checkpoint {path} is of your own task {saved!r}; a checkpoint never imports code by itself: "
+                f"give {fix} if you trust that module"
+            )
+        return
+    if not isinstance(given, Task) and given != saved:  # a Task object passed from Python is the user's choice
+        raise CircuitsError(f"checkpoint {path} is of task {saved!r}, not {given!r}: give {fix}")

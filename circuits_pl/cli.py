@@ -5,6 +5,10 @@ Subcommands ``fit``, ``validate``, ``test``, ``predict`` (Lightning's), ``inspec
 under ``<default_root_dir>/lightning_logs/version_N/``: config.yaml, hparams.yaml, metrics.csv,
 checkpoints/ (best and last), results.json and figures. Each run gets a new version directory, so
 no run overwrites another.
+
+Every check of the options (:mod:`circuits_pl.preflight`: task targets, sizes, memory, directories,
+Lightning values) runs before anything is built or written. ``validate``/``test``/``predict`` need
+``--ckpt_path``; ``--ckpt_path untrained`` evaluates the random initial weights on purpose.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from circuits_pl import preflight
 from circuits_pl.cadence import check_steps_per_batch, default_steps_per_batch, is_step_count, log_blocks
 from circuits_pl.callbacks import LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
@@ -35,7 +41,7 @@ from circuits_pl.interrupts import END, SANITY, GracefulInterrupt, RunInterrupte
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.results import RunSummary
-from circuits_pl.tasks import get_task, task_names
+from circuits_pl.tasks import task_names
 from circuits_pl.usage import front_door, program_name
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -60,6 +66,8 @@ DESCRIPTION = (
 
 # Hyper-parameters that define the weights in a checkpoint: they must match it.
 ARCHITECTURE = ("layer_sizes", "bias", "members", "init_seed")
+# --ckpt_path UNTRAINED: validate/test/predict the random initial weights, on purpose.
+UNTRAINED = "untrained"
 
 
 class CircuitsCLI(LightningCLI):
@@ -83,7 +91,8 @@ class CircuitsCLI(LightningCLI):
         parser.add_argument(
             "--task", type=str | None, default=None,
             help=f"Task to learn: {', '.join(task_names())}, or 'package.module:function'. "
-                 "Given once, used by model and data. With --ckpt_path: taken from the checkpoint.",
+                 "Given once, used by model and data. With --ckpt_path: a built-in task is taken from the "
+                 "checkpoint; your own must be given again (a checkpoint never imports code).",
         )
         parser.add_argument("--threads", type=int, default=1,
                             help="torch threads; one is fastest for these tiny networks")
@@ -107,19 +116,48 @@ class CircuitsCLI(LightningCLI):
         sub = self.config.get("subcommand")
         return self.config[sub] if sub else self.config
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Lightning's, after :mod:`circuits_pl.preflight` checked the config files and rewrote
+        ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``."""
+        if args is None or isinstance(args, (list, tuple)):
+            argv = preflight.normalise_argv(sys.argv[1:] if args is None else [str(a) for a in args])
+            preflight.check_config_files(argv)
+            if args is None:  # Lightning's would warn that args and sys.argv are both given
+                self.config = parser.parse_args(argv)
+                return
+            args = argv
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it."""
+        """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it.
+
+        ``validate``/``test``/``predict`` need a checkpoint: without one they would report untrained
+        random weights. ``--ckpt_path untrained`` asks for exactly that. A checkpoint of a user task
+        loads only with the same ``--task`` (reading a checkpoint never imports code it names).
+        """
         cfg = self._active_config()
+        sub = self.config.get("subcommand")
+        if cfg.get("ckpt_path") == UNTRAINED:
+            if sub == "fit":
+                raise CircuitsError(f"--ckpt_path {UNTRAINED} is for validate/test/predict; fit starts "
+                                    "untrained without --ckpt_path")
+            cfg.ckpt_path = None
+        elif not cfg.get("ckpt_path") and sub in ("validate", "test", "predict"):
+            raise CircuitsError(
+                f"{sub} needs --ckpt_path RUN/checkpoints/last.ckpt (the weights to {sub}); "
+                f"for untrained random weights, give --ckpt_path {UNTRAINED}"
+            )
         if not cfg.get("ckpt_path"):
             self._check_task()
-            return
-        info = check_checkpoint(cfg.ckpt_path)
+        else:
+            self._take_from_checkpoint(cfg)
+        # Here, not in before_instantiate_classes: Lightning's "Seed set to 0" line comes in between,
+        # and a refusal must be the only line on stderr.
+        self._preflight()
+
+    def _take_from_checkpoint(self, cfg: Namespace) -> None:
+        info = check_checkpoint(cfg.ckpt_path, task=cfg.task)
         hp = info["hyper_parameters"]
-        if cfg.task is not None and get_task(cfg.task).name != hp["task"]:
-            raise CircuitsError(
-                f"checkpoint {cfg.ckpt_path} is of task {hp['task']!r}, not {cfg.task!r}: "
-                f"drop --task or give --task {hp['task']}"
-            )
         wanted = cfg.model.get("layer_sizes")
         if wanted is not None and list(wanted) != list(hp["layer_sizes"]):
             raise CircuitsError(
@@ -148,7 +186,8 @@ class CircuitsCLI(LightningCLI):
             sub = self.config.get("subcommand") or "circuits_pl"
             raise CircuitsError(f"{sub} needs --task NAME (one of {', '.join(task_names())}) or --ckpt_path")
 
-    def before_instantiate_classes(self) -> None:
+    def _preflight(self) -> None:
+        """Every check of the parsed options, before anything is built or written (no run directory)."""
         cfg = self._active_config()
         if cfg.threads < 1:
             raise CircuitsError(f"--threads must be a positive integer, got {cfg.threads}")
@@ -164,10 +203,25 @@ class CircuitsCLI(LightningCLI):
                 class_path="circuits_pl.logger.RunLogger",
                 init_args=Namespace(save_dir=trainer.default_root_dir or ".", name="lightning_logs"),
             )
+        preflight.check_run(cfg, self.config.get("subcommand"))  # targets, values, memory, directories
+        # Lightning logs "Seed set to N" next, before the classes are built: hold it until they are,
+        # so that a refusal from a class's own checks is still the only line on stderr.
+        self._held_seed_line = preflight.HoldLog("lightning.fabric.utilities.seed")
 
     def instantiate_classes(self) -> None:
-        self._resolve_cadence()
-        super().instantiate_classes()
+        """Lightning's, with its option errors (MisconfigurationException, invalid strategy names)
+        as one line, and the held "Seed set" line released once everything is built."""
+        held = getattr(self, "_held_seed_line", None)
+        try:
+            self._resolve_cadence()
+            super().instantiate_classes()
+        except CircuitsError:
+            raise
+        except (MisconfigurationException, ValueError) as err:
+            raise CircuitsError(preflight.one_line(err)) from None
+        finally:
+            if held is not None:
+                held.release(replay=sys.exc_info()[0] is None)
 
     def _resolve_cadence(self) -> None:
         """--trainer.val_check_interval and --trainer.log_every_n_steps count SGD steps: choose

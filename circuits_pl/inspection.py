@@ -13,7 +13,7 @@ import argparse
 
 from circuits_pl.members import heldout_mse, read_member, write_figures
 from circuits_pl.readout import Readout
-from circuits_pl.runs import Run, load_run
+from circuits_pl.runs import Run, check_finite_member, load_run
 from circuits_pl.usage import program_name
 
 
@@ -59,10 +59,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--figures", type=_bool, default=True, metavar="true|false",
                         help="(re)write losses.png, function_member{k}.png, circuit_member{k}.png into the run "
                              "directory (default: true)")
+    parser.add_argument("--task", default=None,
+                        help="the checkpoint's task, if it is your own (package.module:function): "
+                             "a checkpoint never imports code by itself")
     args = parser.parse_args(argv)
-    run = load_run(args.path, args.member)
+    run = load_run(args.path, args.member, args.task)
     module = run.module
     member = module.selected_member
+    check_finite_member(run, member)
     readout = None
     if module.hparams.bias:
         print(bias_text(run, member), end="")

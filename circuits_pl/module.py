@@ -24,6 +24,7 @@ returns, and only Lightning's step bookkeeping is called (``compat.count_optimiz
 from __future__ import annotations
 
 import math
+import os
 
 import lightning.pytorch as pl
 import torch
@@ -119,6 +120,16 @@ class CircuitModule(pl.LightningModule):
         # What the loss curves show, whatever the logger (or none): column -> (steps, values).
         # Kept in checkpoints (plain lists: they load with weights_only=True).
         self.loss_history: dict[str, tuple[list[float], list[float]]] = {}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's ``load_from_checkpoint``, but a checkpoint of your own task needs
+        ``task='package.module:function'``: loading a checkpoint never imports code it names."""
+        from circuits_pl.checkpoints import check_checkpoint
+
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            check_checkpoint(checkpoint_path, task=kwargs.get("task"), option="task=")
+        return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **kwargs)
 
     # ------------------------------------------------------------------------------------------
     # Using a trained module

@@ -276,6 +276,23 @@ def make_jobs(args: argparse.Namespace) -> list[Job]:
     return jobs
 
 
+def _check_resources(args: argparse.Namespace, jobs: list[Job]) -> None:
+    """Before report's version_N exists: --out is a writable directory (not a file, not read-only), and
+    the jobs run at once fit in memory (each fit checks itself too, but only after version_N exists)."""
+    from circuits_pl import preflight
+    from circuits_pl.memory import RunSize
+    from circuits_pl.writable import check_writable_dir
+
+    check_writable_dir(args.out, "--out", needed=2**20)
+    available = preflight.available_bytes()
+    at_once = max(1, min(args.jobs, len(jobs)))
+    for job in jobs:
+        if job.task and available is not None:
+            sizes = tuple(job.sizes) if job.sizes else get_task(job.task).layer_sizes
+            size = RunSize(sizes, args.members, 1000)
+            preflight.check_memory(size, available // at_once, options={"members": "--members"})
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog=f"{program_name()} report",
@@ -313,8 +330,7 @@ def main(argv: list[str]) -> None:
     if args.success_mse is not None:
         for job in jobs:
             job.extra += ["--model.success_mse", repr(args.success_mse)]
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise CircuitsError(f"--out {args.out} is a file, not a directory; give a directory for the reports")
+    _check_resources(args, jobs)
     try:
         out = Path(args.out) / f"version_{claim_version(args.out)}"
     except OSError as err:

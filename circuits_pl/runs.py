@@ -29,8 +29,11 @@ class Run:
     step: int
 
 
-def load_run(path: str | Path, member: int | None = None) -> Run:
-    """Load a checkpoint (or a run directory's ``checkpoints/last.ckpt``) on the CPU, safely."""
+def load_run(path: str | Path, member: int | None = None, task: str | None = None) -> Run:
+    """Load a checkpoint (or a run directory's ``checkpoints/last.ckpt``) on the CPU, safely.
+
+    ``task``: the checkpoint's own task (``package.module:function``), needed for a user task: a
+    checkpoint never imports the code it names."""
     path = Path(path)
     if path.is_dir():
         ckpt = path / "checkpoints" / "last.ckpt"
@@ -40,14 +43,30 @@ def load_run(path: str | Path, member: int | None = None) -> Run:
     else:
         ckpt = path
         directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    info = check_checkpoint(ckpt)
+    info = check_checkpoint(ckpt, task=task)
     members = int(info["hyper_parameters"]["members"])
     if member is not None and not 0 <= member < members:
         raise CircuitsError(
             f"--member {member} is out of range: the checkpoint has {members} member(s), 0..{members - 1}")
-    module = CircuitModule.load_from_checkpoint(ckpt, map_location="cpu", member=member)
+    override = {} if task is None else {"task": task}
+    module = CircuitModule.load_from_checkpoint(ckpt, map_location="cpu", member=member, **override)
     module.eval()
     return Run(module, _datamodule(info, module), directory, ckpt, int(info.get("global_step", 0)))
+
+
+def check_finite_member(run: Run, member: int) -> None:
+    """A member with NaN/inf weights has no circuit to read: say so, and name members that have one."""
+    import torch
+
+    finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in run.module.net.weights]).all(0)
+    if bool(finite[member]):
+        return
+    good = finite.nonzero().flatten().tolist()
+    listed = ", ".join(map(str, good[:10])) + (f", ... ({len(good)} in all)" if len(good) > 10 else "")
+    others = f"members with finite weights: {listed} (pick one with --member)" if good else \
+        "no member has finite weights: retrain, e.g. with a smaller --model.lr"
+    raise CircuitsError(f"{run.checkpoint}: member {member} has non-finite (NaN/inf) weights, so no circuit "
+                        f"to read; {others}")
 
 
 def _datamodule(info: dict[str, Any], module: CircuitModule) -> CircuitDataModule:

@@ -67,7 +67,50 @@ class Task:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Targets for inputs ``x`` of shape ``(..., arity)``, as shape ``(..., 1)``."""
-        return self.fn(*x.unbind(-1)).unsqueeze(-1)
+        return self.fn(*x.unbind(-1)).to(x.dtype).unsqueeze(-1)  # a float64 target trains as float32
+
+    def check_targets(self, points: int = 64) -> None:
+        """Call the target on ``points`` sample inputs; raise CircuitsError naming the task and what it
+        returned unless it is a finite floating tensor of one value per input row.
+
+        Run before anything is trained or written: a bad target otherwise surfaces as a shape
+        assertion deep in torchmetrics, or as a divergence blamed on the learning rate.
+        """
+        gen = torch.Generator().manual_seed(0)
+        x = torch.empty(points, self.arity).uniform_(-1.0, 1.0, generator=gen)
+        columns = x.unbind(-1)
+        where = f"task {self.name!r} (f = {self.formula})"
+        try:
+            out = self.fn(*columns)
+        except Exception as err:  # the user's code: any exception is theirs to fix
+            detail = (str(err).strip().splitlines() or [""])[0][:160]
+            raise CircuitsError(
+                f"{where} raised {type(err).__name__}: {detail} when called with {self.arity} tensor(s) "
+                f"of shape ({points},); it must take one tensor per input column"
+            ) from None
+        if not isinstance(out, torch.Tensor):
+            raise CircuitsError(
+                f"{where} returned {type(out).__name__} {_short(out)}, not a tensor; it must return one "
+                f"float tensor of the inputs' shape ({points},), e.g. torch.maximum(a, b)"
+            )
+        if tuple(out.shape) != (points,):
+            raise CircuitsError(
+                f"{where} returned a tensor of shape {tuple(out.shape)} for inputs of shape ({points},); "
+                f"it must return one value per input, of the inputs' shape"
+            )
+        if not out.is_floating_point():
+            raise CircuitsError(
+                f"{where} returned a {out.dtype} tensor; it must return a floating tensor "
+                f"(e.g. torch.float32, like its inputs: use .float())"
+            )
+        bad = ~torch.isfinite(out)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            at = ", ".join(f"{v:.3g}" for v in x[i].tolist())
+            raise CircuitsError(
+                f"{where} returned {float(out[i])} at input ({at}) ({int(bad.sum())} of {points} sample "
+                f"values non-finite); targets must be finite everywhere in [-1, 1]^{self.arity}"
+            )
 
     def circuit_weights(self, layer_sizes: Sequence[int]) -> list[torch.Tensor] | None:
         """The canonical circuit embedded in a net of ``layer_sizes`` (None if it does not fit).
@@ -225,6 +268,16 @@ def get_task(name: str | Task) -> Task:
     )
 
 
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def is_builtin(name: str) -> bool:
+    """A task that loads without importing anything: built in, or registered in this process."""
+    return name in _registry
+
+
 def _import_task(path: str) -> Task:
     module_name, _, attr = path.partition(":")
     if os.getcwd() not in sys.path and "" not in sys.path:
@@ -237,15 +290,27 @@ def _import_task(path: str) -> Task:
             f"the Python path, or a built-in task: {', '.join(task_names())}"
         ) from None
     if isinstance(obj, Task):
+        obj.check_targets()
         return obj
     if not callable(obj):
         raise CircuitsError(f"task {path!r} is neither a function nor a circuits_pl.Task")
-    params = [
-        p for p in inspect.signature(obj).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty
-    ]
+    try:
+        parameters = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):  # builtins without a signature
+        raise CircuitsError(
+            f"task {path!r} has no readable signature, so its number of inputs is unknown; wrap it in a "
+            f"function with one parameter per input column, e.g. def f(a, b): ..."
+        ) from None
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        raise CircuitsError(
+            f"task function {path!r} takes *args, so its number of inputs is unknown; give it one named "
+            f"parameter per input column (def f(a, b): ...) or make it a circuits_pl.Task with arity=N"
+        )
+    params = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
     if not params:
         raise CircuitsError(f"task function {path!r} takes no inputs; it needs one parameter per input column")
     arity = len(params)
     names = ", ".join(p.name for p in params)
-    return Task(path, obj, arity, f"{attr}({names})", (arity, 4, 1))
+    task = Task(path, obj, arity, f"{attr}({names})", (arity, 4, 1))
+    task.check_targets()
+    return task

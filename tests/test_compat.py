@@ -1,5 +1,7 @@
 """Every private-API shim in circuits_pl.compat still works with the installed Lightning."""
 
+import inspect
+
 import lightning.pytorch as pl
 import torch
 import yaml
@@ -49,3 +51,17 @@ def test_count_optimizer_steps_advances_global_step():
     trainer.fit(_CountingModule())
     assert trainer.global_step == 21  # three batches of 7 counted steps, then max_steps stops it
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 3
+
+
+def test_lightning_cli_calls_parse_ckpt_path_after_parsing_and_before_the_seed_and_instantiation():
+    """CircuitsCLI overrides LightningCLI's private ``_parse_ckpt_path`` (no public hook runs between
+    parsing and ``_set_seed``): it checks --ckpt_path and runs every preflight check there, so a refusal
+    is the only line on stderr (no "Seed set to 0") and comes before any class or directory exists."""
+    from lightning.pytorch.cli import LightningCLI
+
+    source = inspect.getsource(LightningCLI.__init__)
+    calls = ["self.parse_arguments(", "self._parse_ckpt_path()", "self._set_seed()",
+             "self.before_instantiate_classes()", "self.instantiate_classes()"]
+    positions = [source.find(call) for call in calls]
+    assert -1 not in positions, dict(zip(calls, positions))
+    assert positions == sorted(positions), dict(zip(calls, positions))

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "circuits_pl"
 
 FLOORS = [
     # 1. plain facts: torch only, no Lightning
-    {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "stream", "init", "memory"},
+    {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "stream",
+     "init", "memory"},
     # 2. analysis without Lightning
     {"success", "verdicts", "readout", "plots"},
     # 3. Lightning parts

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from circuits_pl.errors import CircuitsError
-from circuits_pl.tasks import BUILTIN_TASKS, embed_circuit, get_task, task_names
+from circuits_pl.tasks import BUILTIN_TASKS, Task, embed_circuit, get_task, task_names
 
 
 def _run(weights, x):
@@ -97,3 +97,37 @@ def test_user_task_import_error_is_one_line():
 def test_layer_sizes_are_checked_against_the_task(sizes, message):
     with pytest.raises(CircuitsError, match=message):
         get_task("add").check_layer_sizes(sizes)
+
+
+def test_a_float64_target_trains_as_float32():
+    task = get_task("custom_tasks:relu_x")
+    wide = Task("wide", lambda a: a.double() * 2, 1, "2x", (1, 2, 1))
+    x = torch.tensor([[0.5], [-1.0]])
+    assert task(x).dtype == torch.float32 and wide(x).dtype == torch.float32
+    assert wide(x).flatten().tolist() == [1.0, -2.0]
+
+
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        (lambda a: a / 0.0, r"task 'bad' \(f = \?\) returned (-?inf|nan) at input .* non-finite\); targets must"),
+        (lambda a: a[:3], r"returned a tensor of shape \(3,\) for inputs of shape \(64,\)"),
+        (lambda a: a.sum(), r"returned a tensor of shape \(\) for inputs"),
+        (lambda a: (a > 0), r"returned a torch.bool tensor; it must return a floating tensor"),
+        (lambda a: [1.0], r"returned list \[1.0\], not a tensor"),
+        (lambda a: a.foo(), r"raised AttributeError: 'Tensor' object has no attribute 'foo' when called with 1 tensor"),
+    ],
+)
+def test_bad_targets_are_refused_naming_the_task_and_what_it_returned(fn, message):
+    with pytest.raises(CircuitsError, match=message):
+        Task("bad", fn, 1, "?", (1, 2, 1)).check_targets()
+
+
+def test_builtin_targets_pass_the_check():
+    for task in BUILTIN_TASKS.values():
+        task.check_targets()
+
+
+def test_star_args_is_not_a_task_without_inputs():
+    with pytest.raises(CircuitsError, match=r"takes \*args, so its number of inputs is unknown"):
+        get_task("custom_tasks:star_args")

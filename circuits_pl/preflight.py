@@ -1,0 +1,263 @@
+"""Checks of a parsed command before anything is built or written: one line each, no run directory.
+
+Called by ``circuits_pl.cli.CircuitsCLI``: :func:`normalise_argv` and :func:`check_config_files`
+before jsonargparse reads the command line, :func:`check_run` before the classes are instantiated.
+Each raises :class:`circuits_pl.errors.CircuitsError` (printed as ``error: ...``, exit 2).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import yaml
+from jsonargparse import Namespace
+
+from circuits_pl.errors import CircuitsError
+from circuits_pl.memory import RunSize, available_bytes, checkpoint_bytes, estimate, gib, largest_fitting
+from circuits_pl.tasks import get_task
+from circuits_pl.writable import check_writable_dir
+
+DASHED_SIZES = re.compile(r"^\s*\d+(\s*-\s*\d+)+\s*$")
+MEMORY_HEADROOM = 0.9  # refuse runs estimated above 90% of the available memory
+
+
+class HoldLog(logging.Filter):
+    """Hold back the records of one logger until :meth:`release` (replayed, or dropped)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+        self.logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def release(self, replay: bool) -> None:
+        self.logger.removeFilter(self)
+        for record in self.records if replay else []:
+            self.logger.handle(record)
+        self.records = []
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message as one line (Lightning's span several, with links)."""
+    text = " ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+    return text[:400] or type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line, before jsonargparse
+# ---------------------------------------------------------------------------------------------
+def normalise_argv(argv: Sequence[str]) -> list[str]:
+    """Accept the README's notation ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--model.layer_sizes="):
+            name, _, value = arg.partition("=")
+            if DASHED_SIZES.match(value):
+                out[i] = f"{name}={_as_list(value)}"
+        elif arg == "--model.layer_sizes" and i + 1 < len(out) and DASHED_SIZES.match(out[i + 1]):
+            out[i + 1] = _as_list(out[i + 1])
+    return out
+
+
+def _as_list(dashed: str) -> str:
+    return "[" + ", ".join(part.strip() for part in dashed.split("-")) + "]"
+
+
+def config_paths(argv: Sequence[str]) -> list[str]:
+    paths = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            paths.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            paths.append(arg.partition("=")[2])
+    return paths
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Each ``--config FILE`` exists and is a YAML mapping (jsonargparse says "Unexpected config:" to an
+    empty file and raises UnicodeDecodeError on a binary one). Syntax errors are left to jsonargparse."""
+    for path in config_paths(argv):
+        if not os.path.isfile(path):
+            what = "is a directory" if os.path.isdir(path) else "does not exist"
+            raise CircuitsError(f"config {path} {what}; give a YAML file, e.g. a run's config.yaml")
+        with open(path, "rb") as f:
+            raw = f.read()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is None or "\x00" in text:
+            raise CircuitsError(f"config {path} is not a text file (binary data); give a YAML file of options, "
+                                "e.g. a run's config.yaml")
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue  # jsonargparse's own message names the line
+        if loaded is None:
+            raise CircuitsError(f"config {path} is empty; a config is a YAML mapping of options, e.g. 'task: add' "
+                                "(print a full one with: fit --task add --print_config)")
+        if not isinstance(loaded, dict):
+            raise CircuitsError(f"config {path} holds a {type(loaded).__name__}, not a YAML mapping of options "
+                                "such as 'task: add'")
+
+
+# ---------------------------------------------------------------------------------------------
+# The parsed configuration, before instantiation
+# ---------------------------------------------------------------------------------------------
+def check_run(cfg: Namespace, subcommand: str | None) -> None:
+    """Every check of a parsed subcommand's options, cheapest first."""
+    check_trainer_values(cfg.trainer, subcommand)
+    check_accelerator(cfg.trainer.accelerator)
+    check_logger_installed(cfg.trainer.logger)
+    follow_default_root_dir(cfg.trainer)
+    size = run_size(cfg)  # imports and calls a user task: its targets are checked here
+    check_memory(size)
+    check_output_dirs(cfg, subcommand, size)
+
+
+def check_trainer_values(trainer: Namespace, subcommand: str | None) -> None:
+    max_steps = trainer.get("max_steps")
+    if isinstance(max_steps, int) and (max_steps < -1 or (max_steps == 0 and subcommand == "fit")):
+        what = "trains nothing" if max_steps == 0 else "is not a step count"
+        raise CircuitsError(f"--trainer.max_steps {max_steps} {what}; give a positive number of SGD steps "
+                            "(or -1 for no limit, with --stop.when solved)")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool):
+        if interval <= 0:
+            raise CircuitsError(f"--trainer.val_check_interval {interval} is not positive; give the number of "
+                                "SGD steps between validations, e.g. 1000")
+        if isinstance(interval, float):  # Lightning reads a float as a fraction of an epoch
+            raise CircuitsError(f"--trainer.val_check_interval {interval} is a fraction of an epoch, and the "
+                                "training stream never ends one; give the number of SGD steps between validations, e.g. 1000")
+
+
+def check_accelerator(accelerator: Any) -> None:
+    name = accelerator if isinstance(accelerator, str) else None
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CircuitsError(f"--trainer.accelerator {name}: this machine has no CUDA GPU that torch can use; "
+                            "give --trainer.accelerator cpu (or auto)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise CircuitsError("--trainer.accelerator mps: Apple's MPS is not available here; "
+                            "give --trainer.accelerator cpu (or auto)")
+    if name == "tpu" and importlib.util.find_spec("torch_xla") is None:
+        raise CircuitsError("--trainer.accelerator tpu needs torch_xla, which is not installed; "
+                            "give --trainer.accelerator cpu (or auto)")
+
+
+# Lightning's loggers and the package each needs (the first one found is enough).
+LOGGER_PACKAGES = {
+    "TensorBoardLogger": ("tensorboard", "tensorboardX"),
+    "WandbLogger": ("wandb",),
+    "MLFlowLogger": ("mlflow",),
+    "CometLogger": ("comet_ml",),
+    "NeptuneLogger": ("neptune",),
+}
+
+
+def module_available(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module without a spec
+        return False
+
+
+def check_logger_installed(logger: Any) -> None:
+    """A Lightning logger whose package is missing: one line (Lightning's is a 96-line traceback)."""
+    for item in logger if isinstance(logger, list) else [logger]:
+        class_path = item.get("class_path") if isinstance(item, (Namespace, dict)) else None
+        if not isinstance(class_path, str):
+            continue
+        packages = LOGGER_PACKAGES.get(class_path.rsplit(".", 1)[-1])
+        if packages and not any(module_available(p) for p in packages):
+            raise CircuitsError(f"{class_path.rsplit('.', 1)[-1]} needs the {packages[0]} package, which is not "
+                                f"installed: pip install {packages[0]} (or drop --trainer.logger)")
+
+
+def follow_default_root_dir(trainer: Namespace) -> None:
+    """``--trainer.default_root_dir`` moves the run logger too: with ``--config RUN/config.yaml``, the
+    logger's save_dir stored there would otherwise win over the command line."""
+    logger, root = trainer.get("logger"), trainer.get("default_root_dir")
+    if root is None or not isinstance(logger, Namespace) or logger.get("class_path") != "circuits_pl.logger.RunLogger":
+        return
+    if logger.get("init_args") is None:
+        logger.init_args = Namespace()
+    logger.init_args.save_dir = root
+
+
+def run_size(cfg: Namespace) -> RunSize | None:
+    """The sizes deciding a run's memory, with the task's default layer sizes filled in; None if a size is
+    not a positive integer (the module's or data module's own check then says so)."""
+    if cfg.get("task") is None:
+        return None
+    task = get_task(cfg.task)
+    model, data = cfg.model, cfg.data
+    sizes = model.get("layer_sizes")
+    sizes = task.check_layer_sizes(task.layer_sizes if sizes is None else sizes)
+    # steps_per_batch None: the CLI picks a divisor of the validation interval, at most 100 (an upper bound)
+    steps = data.get("steps_per_batch") or 100
+    values = [model.get("members"), data.get("batch_size"), steps, data.get("val_size"),
+              data.get("predict_points")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        return None
+    return RunSize(tuple(sizes), *values, bias=bool(model.get("bias")))
+
+
+FIT_OPTIONS = {"members": "--model.members", "batch_size": "--data.batch_size"}
+
+
+def check_memory(size: RunSize | None, available: int | None = None, options: dict[str, str] = FIT_OPTIONS) -> None:
+    """Refuse a run whose estimated memory exceeds what is available, naming the largest value that fits
+    (``options``: the command's option for each size it lets the user set)."""
+    if size is None:
+        return
+    available = available_bytes() if available is None else available
+    if available is None:
+        return
+    need = estimate(size)["total"]
+    budget = int(available * MEMORY_HEADROOM)
+    if need <= budget:
+        return
+    hints = []
+    for field, option in options.items():
+        best = largest_fitting(size, field, budget)
+        if best >= 1:
+            hints.append(f"{option} {best:,}")
+    if len(size.layer_sizes) > 2:
+        width = largest_fitting(size, "width", budget)
+        if 1 <= width < max(size.layer_sizes[1:-1]):
+            hints.append(f"hidden width {width:,}")
+    fix = ("largest that fit, the rest unchanged: " + ", ".join(hints)) if hints else "no size fits"
+    sizes = "-".join(map(str, size.layer_sizes))
+    raise CircuitsError(
+        f"this run needs about {gib(need)} of memory ({size.members:,} members of {sizes}, batch {size.batch_size:,}) "
+        f"but {gib(available)} is available; {fix}"
+    )
+
+
+def check_output_dirs(cfg: Namespace, subcommand: str | None, size: RunSize | None) -> None:
+    """The run directory's parent and ``--checkpoint.dirpath`` are directories we can write, with room."""
+    trainer = cfg.trainer
+    logger = trainer.get("logger")
+    needed = 3 * checkpoint_bytes(size) + 2**20 if size is not None and subcommand == "fit" else 2**16
+    root, option = trainer.get("default_root_dir"), "--trainer.default_root_dir"
+    save_dir = logger.init_args.get("save_dir") if isinstance(logger, Namespace) and logger.get("init_args") else None
+    if save_dir and logger.get("class_path") != "circuits_pl.logger.RunLogger":  # ours follows default_root_dir
+        root, option = save_dir, "--trainer.logger.init_args.save_dir"
+    root = "." if root is None else root
+    check_writable_dir(root, option, needed)
+    name = logger.init_args.get("name") if isinstance(logger, Namespace) and logger.get("init_args") else None
+    if isinstance(name, str) and name:
+        check_writable_dir(os.path.join(root, name), option, 0)
+    dirpath = cfg.get("checkpoint", Namespace()).get("dirpath") if cfg.get("checkpoint") else None
+    if dirpath and subcommand == "fit":
+        check_writable_dir(dirpath, "--checkpoint.dirpath", needed)
