@@ -138,7 +138,8 @@ def check_trainer_values(trainer: Namespace, subcommand: str | None) -> None:
                                 "SGD steps between validations, e.g. 1000")
         if isinstance(interval, float):  # Lightning reads a float as a fraction of an epoch
             raise CircuitsError(f"--trainer.val_check_interval {interval} is a fraction of an epoch, and the "
-                                "training stream never ends one; give the number of SGD steps between validations, e.g. 1000")
+                                "training stream never ends one; give the number of SGD steps between validations, "
+                                "e.g. 1000")
 
 
 def check_accelerator(accelerator: Any) -> None:

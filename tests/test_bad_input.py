@@ -164,7 +164,7 @@ CASES = [
     ([*ADD, "--checkpoint.dirpath", "afile"], 2, r"--checkpoint.dirpath afile is a file, not a directory"),
     (["report", "--tasks", "add", "--out", "afile"], 2, r"--out afile is a file, not a directory"),
     # --- Lightning-level values and configs (10.6)
-    ([*ADD, "--trainer.val_check_interval", "0"], 2, r"val_check_interval 0 is not positive; give the number of SGD steps"),
+    ([*ADD, "--trainer.val_check_interval", "0"], 2, r"interval 0 is not positive; give the number of SGD"),
     ([*ADD, "--trainer.val_check_interval", "0.5"], 2, r"val_check_interval 0.5 is a fraction of an epoch"),
     ([*ADD, "--trainer.val_check_interval", "1.0"], 2, r"val_check_interval 1.0 is a fraction of an epoch"),
     ([*ADD, "--trainer.max_steps", "-5"], 2, r"max_steps -5 is not a step count; give a positive number"),
