@@ -16,7 +16,7 @@ import torch
 from circuits_pl import plots
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.module import CircuitModule
-from circuits_pl.readout import Readout, canonicalize, formula, match_circuit, read_circuit, sparsity_error
+from circuits_pl.readout import Readout, describe_member, read_circuit
 
 
 def member_weights(module: CircuitModule, member: int) -> list[torch.Tensor]:
@@ -41,14 +41,16 @@ def read_member(module: CircuitModule, data: CircuitDataModule, member: int | No
                         success_mse=module.success_mse)
 
 
-NO_CIRCUIT = {"formula": None, "rough_formula": None, "circuit": None, "sparsity_error": None}
+NO_CIRCUIT = {"formula": None, "rough_formula": None, "circuit": None, "exact": False, "family": None,
+              "sparsity_error": None, "reason": None}
 
 
 def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dict[str, Any]]:
-    """Per member: its formula, the circuit it is (or None) and its sparsity error, for results.json.
+    """Per member, for results.json: its formula, the circuit it is (a catalogue name or its structural
+    form, or None), whether that is exactly the task's function, its family and sparsity error.
 
-    The cheap part of the readout (canonical form and matching, ~2 ms a member). Nets with biases
-    get no circuit: the readout is for bias-free nets (their function is not positively homogeneous).
+    ``circuits_pl.readout.describe_member`` per member (a few ms each). Nets with biases get no
+    circuit: the readout is for bias-free nets (their function is not positively homogeneous).
     """
     if module.hparams.bias:
         return [dict(NO_CIRCUIT) for _ in range(module.members)]
@@ -57,16 +59,12 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
     for k in range(module.members):
         weights = member_weights(module, k)
         if not all(bool(torch.isfinite(w).all()) for w in weights):
-            out.append(dict(NO_CIRCUIT))
+            out.append(dict(NO_CIRCUIT, reason="non-finite weights"))
             continue
-        canonical = canonicalize(weights, x)
-        match = match_circuit(canonical, module.task)
-        out.append({
-            "formula": formula(canonical),
-            "rough_formula": formula(canonical, decimals=1),  # groups members stuck in the same place
-            "circuit": None if match is None else (match.formula if match.index is not None else "equivalent exact"),
-            "sparsity_error": sparsity_error(canonical),
-        })
+        d = describe_member(weights, module.task, x).as_dict()
+        out.append({"formula": d["formula"], "rough_formula": d["rough_formula"], "circuit": d["label"],
+                    "exact": bool(d["exact"]), "family": d["family"], "sparsity_error": d["sparsity_error"],
+                    "reason": d["reason"]})
     return out
 
 

@@ -121,7 +121,7 @@ def report_row(res: dict[str, Any]) -> dict[str, Any]:
         "median_solved_at": res["median_solved_at"],
         **{v.replace(" ", "_"): verdicts.get(v, 0) for v in VERDICTS},
         "max_sparsity_error_solved": res["max_sparsity_error_of_solved"],
-        "circuits": "; ".join(f"{n}× {c}" for c, n in res["circuits_of_solved"].items()),
+        "circuits": "; ".join(f"{n}× {c}" for c, n in res["circuits_of_found"].items()),
         "common_stuck": "; ".join(f"{n}× {f}" for f, n in stuck.most_common(2)),
         "run_dir": res["run_dir"],
     }

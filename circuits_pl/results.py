@@ -45,7 +45,7 @@ def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]]) -> li
     solved = module.solved.cpu().tolist()
     out = []
     for k in range(module.members):
-        exact = circuits[k]["circuit"] is not None
+        exact = bool(circuits[k]["exact"])
         out.append(verdict(bool(solved[k]), exact, hist[:, k].tolist(), diverged=int(module.diverged_at[k]) >= 0))
     return out
 
@@ -75,8 +75,8 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
     found_lo, found_hi = wilson_interval(n_found, k_total)
     # A solved member whose weights match no listed form (wide nets spread a circuit over pairs of
     # units, r(u·x) − r(−u·x) = u·x) still computes the target: count it, as what it is.
-    circuits_found = Counter(c["circuit"] or UNLISTED for c, ok in zip(circuits, solved.tolist())
-                    if ok and c["formula"] is not None)
+    circuits_found = Counter(c["circuit"] or UNLISTED for c, v in zip(circuits, verdicts)
+                             if found(v) and c["formula"] is not None)
     sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
                 if ok and c["sparsity_error"] is not None]
     return {
@@ -99,7 +99,7 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
         "success_rate_ci95": [lo, hi],
         "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
         "best_member": int(module.best_member),
-        "circuits_of_solved": dict(circuits_found.most_common()),
+        "circuits_of_found": dict(circuits_found.most_common()),
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
         "per_member": {
             "val_mse": _floats(module.val_mse),
@@ -113,6 +113,9 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
             "circuit": [c["circuit"] for c in circuits],
+            "exact": [c["exact"] for c in circuits],
+            "family": [c["family"] for c in circuits],
+            "unnamed_reason": [c["reason"] for c in circuits],
             "sparsity_error": [c["sparsity_error"] for c in circuits],
         },
         "verdict_rules": {
@@ -197,9 +200,9 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     if "train_seconds" in res:
         say(f"Trained {res['train_steps']} steps in {res['train_seconds']:.2f} s "
             f"({res['member_steps_per_second']:,.0f} member-steps/s, validation and checkpoints included)")
-    if res["circuits_of_solved"]:
-        say("Circuits of the solved members: " + ", ".join(
-            f"{n}× {c.replace('-', '−')}" for c, n in res["circuits_of_solved"].items()))
+    if res["circuits_of_found"]:
+        say("Circuits found: " + ", ".join(
+            f"{n}× {c.replace('-', '−')}" for c, n in res["circuits_of_found"].items()))
     if res["stopped_when_solved"]:
         converging = res["found"] - sum(v == "converged" for v in per["verdict"])
         say(f"Stopped early by --stop.when: {converging} member(s) had found the circuit and were still "

@@ -37,7 +37,7 @@ def test_report_tables_every_task_and_parallel_jobs_give_the_serial_results(run_
         assert sum(int(row[v]) for v in verdicts) == 16
         assert int(row["found"]) == sum(res["per_member"]["found"]) >= int(row["converged"])
     md = (tmp_path / "reports" / "version_0" / "report.md").read_text()
-    assert "| abs | 1-2-1 | 0.1 | 2000 | " in md and "r(x) + r(-x)" in md
+    assert "| abs | 1-2-1 | 0.1 | 2000 | " in md and "r(x) + r(\u2212x)" in md
     assert (tmp_path / "reports" / "version_0" / "report.png").stat().st_size > 1000
 
 
