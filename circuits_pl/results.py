@@ -75,7 +75,8 @@ def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
     found_lo, found_hi = wilson_interval(n_found, k_total)
     # A solved member whose weights match no listed form (wide nets spread a circuit over pairs of
     # units, r(u·x) − r(−u·x) = u·x) still computes the target: count it, as what it is.
-    circuits_found = Counter(c["circuit"] or UNLISTED for c, v in zip(circuits, verdicts)
+    # grouped by family (the listed circuit, or the function's form: wide nets make one form many ways)
+    circuits_found = Counter(c["family"] or c["circuit"] or UNLISTED for c, v in zip(circuits, verdicts)
                              if found(v) and c["formula"] is not None)
     sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
                 if ok and c["sparsity_error"] is not None]
