@@ -24,7 +24,8 @@ Then the notebook's loop (draw a batch, forward, MSE, zero_grad, backward, SGD s
 time of ``python -m circuits_pl fit --task min`` with defaults in a fresh process.
 
 The last line is machine-readable:
-``single_vs_notebook=R1 ensemble128_vs_notebook=R2 ensemble1024_vs_notebook=R3 min_fit_seconds=S``
+``single_vs_notebook=R1 ensemble128_vs_notebook=R2 ensemble1024_vs_notebook=R3 min_fit_seconds=S ddp2_vs_single=R4``
+(the last from ``benchmarks/scale.py``: K = 128 trained by 2 DDP ranks against 1 process).
 """
 
 from __future__ import annotations
@@ -296,8 +297,21 @@ def main() -> None:
         plot(times, nb, args.plot)
         print(f"plot: {args.plot}")
     ratio = {k: nb / statistics.median(times[k]["fit"]) for k in ks}
+    ddp2 = ddp2_vs_single(2 if args.quick else 3)
     print(f"single_vs_notebook={ratio[1]:.2f} ensemble128_vs_notebook={ratio[128]:.1f} "
-          f"ensemble1024_vs_notebook={ratio[1024]:.1f} min_fit_seconds={min_fit:.1f}")
+          f"ensemble1024_vs_notebook={ratio[1024]:.1f} min_fit_seconds={min_fit:.1f} ddp2_vs_single={ddp2:.2f}")
+
+
+def ddp2_vs_single(rounds: int) -> float:
+    """K = 128 of 2-2-1 trained by one process and by two DDP ranks (benchmarks/scale.py), same run."""
+    from scale import train_seconds  # benchmarks/ is the script's directory, first on sys.path
+
+    times: dict[int, list[float]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for devices in (1, 2):
+                times[devices].append(train_seconds(128, 5000, devices, Path(tmp) / f"{devices}-{r}"))
+    return statistics.median(times[1]) / statistics.median(times[2])
 
 
 if __name__ == "__main__":

@@ -446,14 +446,15 @@ class CircuitModule(pl.LightningModule):
 
         Summaries over members only, never K columns; ``*/median_mse`` only with several members.
         ``step`` makes metrics.csv count SGD steps (Lightning would write its batch count). Under
-        DDP, epoch-level values are identical on every rank; ``sync_dist`` averages them exactly.
+        MemberParallelStrategy every rank holds every member's values when it logs (synced at each
+        validation), so no ``sync_dist``: it would add one collective per key per validation.
         """
         if self.members == 1:
             metrics = {k: v for k, v in metrics.items() if not k.endswith("median_mse")}
         self._record_history(metrics)
         if self.global_step > 0 or self.trainer.state.fn == "fit":
             metrics["step"] = float(self.global_step)
-        sync = not self.trainer.training and self.trainer.world_size > 1
+        sync = False
         shown = {k: v for k, v in metrics.items() if k in ("val/mse", "val/solved")}
         self.log_dict({k: v for k, v in metrics.items() if k not in shown}, sync_dist=sync)
         if shown:
