@@ -419,8 +419,9 @@ def interrupt_message(err: RunInterrupted) -> str:
     at = f"step {step}" if step is not None else "its last validation"
     if err.phase == END:
         return (f"{name}: interrupted at the end of fit (test, readout, results.json, figures); training is "
-                f"complete: {path} holds {at}. Regenerate results.json with: {prog} test --ckpt_path "
-                f"{path}; the readout and figures with: {prog} inspect {run}")
+                f"complete: {path} holds {at}; no results.json was written. To write results.json and the "
+                f"figures (no more training; a new run directory): {prog} fit --config {run / 'config.yaml'} "
+                f"--ckpt_path {path}; the readout alone: {prog} inspect {run}")
     return (f"{name}: interrupted during {err.phase}; checkpoint {path} holds {at}\n"
             f"Resume with: {prog} fit --config {run / 'config.yaml'} --ckpt_path {path}")
 
