@@ -5,7 +5,8 @@ Training data is a pure function of (seed, rank, step). Steps are grouped in fix
 ``[d*C, (d+1)*C)`` is one ``uniform_`` call of a CPU generator (mt19937) seeded with
 ``mix_seed(seed, rank, d)``. So step t's inputs depend only on (seed, rank, t) (and the batch shape),
 not on how many steps a Lightning batch packs nor on where a run was resumed; a block that starts or
-ends inside a draw takes its part of that draw.
+ends inside a draw takes its part of that draw. (``circuits_pl.data`` always passes rank 0: DDP
+ranks split the members, not the data, so every rank draws the same stream.)
 
 Measured (B = 1000, in = 2, one thread, µs of inputs per SGD step, median of 30, one run of
 ``benchmarks/stream_candidates.py``): one reseed per step (the previous stream) 7.6; a SplitMix64
