@@ -34,6 +34,7 @@ from circuits_pl.cadence import check_steps_per_batch, default_steps_per_batch, 
 from circuits_pl.callbacks import LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.checkpoints import check_checkpoint
+from circuits_pl.compat import cli_get, cli_instantiate_trainer, cli_parser
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, TrainingDiverged
 from circuits_pl.files import atomic_write_text
@@ -166,7 +167,7 @@ class CircuitsCLI(LightningCLI):
                 f"not {'-'.join(map(str, wanted))}: drop --model.layer_sizes or match it"
             )
         cfg.task = cfg.model.task = cfg.data.task = hp["task"]
-        defaults = self._parser(self.config.get("subcommand")).get_defaults()
+        defaults = cli_parser(self, self.config.get("subcommand")).get_defaults()
         for key, saved in hp.items():
             if key not in cfg.model or key in ("member", "task"):
                 continue
@@ -248,7 +249,7 @@ class CircuitsCLI(LightningCLI):
                 if isinstance(trainer.get(k), int) and not isinstance(trainer.get(k), bool)}
 
     def instantiate_trainer(self, **kwargs: Any):
-        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        config = {**cli_get(self, self.config_init, "trainer", default={}), **kwargs}
         callbacks = config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -256,7 +257,7 @@ class CircuitsCLI(LightningCLI):
         callbacks += [GracefulInterrupt(keep_after_fit=True), PredictionWriter()]
         config["callbacks"] = callbacks
         # Lightning counts batches: the SGD-step cadence goes to it in blocks of steps_per_batch.
-        datamodule = self._get(self.config_init, "data")
+        datamodule = cli_get(self, self.config_init, "data")
         steps = getattr(getattr(datamodule, "hparams", None), "steps_per_batch", None)
         if steps:
             intervals = self._step_intervals(config)
@@ -275,14 +276,14 @@ class CircuitsCLI(LightningCLI):
         # means the user wants none (Lightning would refuse the combination). Its save_last is done
         # by LastCheckpoint, which rewrites last.ckpt at every validation (Lightning's only when the
         # monitored metric improves).
-        extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        extra = [cli_get(self, self.config_init, key) for key in cli_parser(self, self.subcommand).callback_keys]
         if config.get("enable_checkpointing") is False:
             extra = [c for c in extra if not isinstance(c, ModelCheckpoint)]
         for c in list(extra):
             if isinstance(c, ModelCheckpoint) and not isinstance(c, LastCheckpoint) and c.save_last:
                 c.save_last = False
                 extra.append(LastCheckpoint(dirpath=c.dirpath))
-        return self._instantiate_trainer(config, extra)
+        return cli_instantiate_trainer(self, config, extra)
 
     # ------------------------------------------------------------------------------------------
     def before_fit(self) -> None:

@@ -44,3 +44,28 @@ def count_optimizer_steps(lightning_optimizer: Any, steps: int) -> None:
     for _ in range(steps):
         before()
         after()
+
+
+# --- LightningCLI internals the CLI builds on (no public equivalent in lightning 2.6) -------------
+
+def cli_parser(cli: Any, subcommand: str | None) -> Any:
+    """The parser of a subcommand (``LightningCLI._parser``): its defaults tell an option the user
+    gave from one left at its default, which the checkpoint may then fill in."""
+    return cli._parser(subcommand)
+
+
+def cli_get(cli: Any, config: Any, key: str, default: Any = None) -> Any:
+    """A value of the running subcommand's config (``LightningCLI._get``)."""
+    return cli._get(config, key, default=default)
+
+
+def cli_instantiate_trainer(cli: Any, config: dict[str, Any], callbacks: list[Any]) -> Any:
+    """Build the Trainer with the CLI's own callbacks added (``LightningCLI._instantiate_trainer``):
+    ``instantiate_trainer`` is the public override point, and this is what it calls."""
+    return cli._instantiate_trainer(config, callbacks)
+
+
+def restored_batches(trainer: Any) -> int:
+    """Lightning batches counted before this fit (restored from a checkpoint): the fit loop's
+    progress counter, which has no public accessor. The resumed stream aligns its first block on it."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)

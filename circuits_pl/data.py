@@ -25,7 +25,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from circuits_pl.compat import record_resolved
+from circuits_pl.compat import record_resolved, restored_batches
 from circuits_pl.errors import CircuitsError
 from circuits_pl.stream import UniformBlocks, fold_into_cone, mix_seed, uniform_inputs
 from circuits_pl.tasks import get_task
@@ -126,7 +126,7 @@ class CircuitDataModule(pl.LightningDataModule):
         # unbroken run, and validations stay on their SGD-step grid.
         first_end = None
         if trainer is not None and start > 0:
-            done = trainer.fit_loop.epoch_loop.batch_progress.total.completed  # batches before this fit
+            done = restored_batches(trainer)  # batches before this fit
             first_end = (done + 1) * self.hparams.steps_per_batch
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
         # num_workers=0: a block costs ~5 µs per step to draw; workers would cost more.

@@ -65,3 +65,30 @@ def test_lightning_cli_calls_parse_ckpt_path_after_parsing_and_before_the_seed_a
     positions = [source.find(call) for call in calls]
     assert -1 not in positions, dict(zip(calls, positions))
     assert positions == sorted(positions), dict(zip(calls, positions))
+
+
+def test_lightning_cli_internals_used_by_the_cli_still_exist():
+    """compat.cli_parser/cli_get/cli_instantiate_trainer call these private LightningCLI methods."""
+    from lightning.pytorch.cli import LightningCLI
+
+    for name, params in (("_parser", ["self", "subcommand"]), ("_get", ["self", "config", "key", "default"]),
+                         ("_instantiate_trainer", ["self", "config", "callbacks"])):
+        assert list(inspect.signature(getattr(LightningCLI, name)).parameters) == params, name
+
+
+def test_restored_batches_counts_the_batches_of_a_fit():
+    trainer = pl.Trainer(max_steps=21, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(_CountingModule())
+    from circuits_pl.compat import restored_batches
+
+    assert restored_batches(trainer) == 3
+
+
+def test_csv_logger_still_picks_versions_through_get_next_version(tmp_path):
+    """circuits_pl.logger.RunLogger overrides CSVLogger._get_next_version to claim version_N atomically."""
+    from circuits_pl.logger import RunLogger
+
+    (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)
+    logger = RunLogger(save_dir=tmp_path)
+    assert logger.version == 1 and (tmp_path / "lightning_logs" / "version_1").is_dir()
