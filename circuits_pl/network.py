@@ -23,6 +23,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from circuits_pl.errors import CircuitsError
+
 
 class ReLUMLP(nn.Module):
     """K bias-free (by default) ReLU MLPs of one architecture.
@@ -36,7 +38,12 @@ class ReLUMLP(nn.Module):
 
     def __init__(self, layer_sizes: Sequence[int], members: int = 1, bias: bool = False, seed: int = 0):
         super().__init__()
-        self.layer_sizes = tuple(int(s) for s in layer_sizes)
+        sizes = list(layer_sizes)
+        if len(sizes) < 2 or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sizes):
+            raise CircuitsError(f"layer_sizes must be at least two positive integers (input ... output), got {sizes}")
+        if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+            raise CircuitsError(f"members must be a positive integer, got {members!r}")
+        self.layer_sizes = tuple(sizes)
         self.members = int(members)
         self.bias = bool(bias)
         pairs = list(zip(self.layer_sizes[:-1], self.layer_sizes[1:]))

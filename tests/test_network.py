@@ -117,3 +117,14 @@ def test_a_member_share_trains_only_its_members_exactly_as_the_whole():
         train_block(opt, 2, xt, xt.amin(1, keepdim=True), chunk=2, members=slice(2, 5))
     for p, w, s in zip(net.parameters(), whole.parameters(), start):
         assert torch.equal(p[2:5], w[2:5]) and torch.equal(p[:2], s[:2]) and torch.equal(p[5:], s[5:])
+
+
+@pytest.mark.parametrize("args, message", [
+    (((2, 0, 1),), "at least two positive integers"), (((2,),), "at least two positive integers"),
+    (((2, 3, 1), 0), "members must be a positive integer"), (((2, 3, 1), -1), "members must be a positive integer"),
+])
+def test_relu_mlp_checks_its_arguments_as_the_cli_does(args, message):
+    from circuits_pl.errors import CircuitsError
+
+    with pytest.raises(CircuitsError, match=message):
+        ReLUMLP(*args)
