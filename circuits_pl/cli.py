@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -385,6 +386,7 @@ def _no_adverts(record: logging.LogRecord) -> bool:
 
 
 def _run_guarded(fn) -> Any:
+    interrupted = False
     try:
         return fn()
     except CircuitsError as err:
@@ -394,6 +396,7 @@ def _run_guarded(fn) -> Any:
     except RunInterrupted as err:
         if err.announce:
             print(interrupt_message(err), file=sys.stderr)
+        interrupted = True
         raise SystemExit(128 + err.signum) from None
     except KeyboardInterrupt:  # Ctrl-C outside fit (parsing, inspect, validate...): nothing half-written
         print("Interrupted (SIGINT)", file=sys.stderr)
@@ -402,6 +405,9 @@ def _run_guarded(fn) -> Any:
         _fail(_one_line(str(err)), 2)
     finally:
         release_all()
+        if interrupted:  # the run is stopped and said so: a further Ctrl-C must not turn the exit into a crash
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
         _end_distributed()
 
 

@@ -120,14 +120,22 @@ class CircuitDataModule(pl.LightningDataModule):
         # (circuits_pl.strategy), so member k's trajectory does not depend on the world size.
         trainer = self.trainer
         start = trainer.global_step if trainer is not None else 0
-        # Lightning validates after batch b when (b + 1) % val_check_interval == 0, counting batches.
-        # A run stopped inside a block (max_steps 550) has counted a short batch: the resumed first
-        # block then ends at (b + 1)·S, so every later batch b' ends at (b' + 1)·S as in an
-        # unbroken run, and validations stay on their SGD-step grid.
+        # Lightning validates after batch b when (b + 1) % V == 0 (V = val_check_batch), counting
+        # batches. After a restore, the first block ends at the first step E > start with
+        # E = (b + 1)·S modulo V·S (b: batches counted so far): batch number n then ends at a step
+        # that is a multiple of V·S exactly when n is a multiple of V, so validations stay on their
+        # SGD-step grid. That covers a run stopped inside a block (max_steps 550: E = 700 for S = 100)
+        # and a run resumed with another block size (saved under DDP with S = 1000, resumed on one
+        # process with S = 100: E = 1200).
         first_end = None
         if trainer is not None and start > 0:
+            steps = self.hparams.steps_per_batch
             done = restored_batches(trainer)  # batches before this fit
-            first_end = (done + 1) * self.hparams.steps_per_batch
+            val_every = trainer.val_check_batch
+            period = steps * (val_every if isinstance(val_every, int) and val_every > 0 else 1)
+            first_end = (done + 1) * steps
+            if first_end <= start:
+                first_end += -(-(start + 1 - first_end) // period) * period
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
         # num_workers=0: a block costs ~5 µs per step to draw; workers would cost more.
         return DataLoader(self.train_stream(start, first_block_end=first_end), batch_size=None, num_workers=0)
