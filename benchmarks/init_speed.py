@@ -7,12 +7,10 @@ Median (min-max) of 3 interleaved rounds, one thread; each round also checks the
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 
 import torch
-from torch import nn
 
 from circuits_pl.network import ReLUMLP
 
@@ -22,15 +20,8 @@ MEMBERS = 100_000
 class MemberLoop(ReLUMLP):
     """ReLUMLP with the previous reset_parameters: one Generator and nn.init call per member and layer."""
 
-    @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:
-        for k in range(self.members):
-            gen = torch.Generator().manual_seed(seed + k)
-            for layer, w in enumerate(self.weights):
-                nn.init.kaiming_uniform_(w[k], a=math.sqrt(5), generator=gen)
-                if self.bias:
-                    bound = 1 / math.sqrt(w.shape[-1])
-                    self.biases[layer][k].uniform_(-bound, bound, generator=gen)
+        self.reset_parameters_member_by_member(seed)
 
 
 def main() -> None:

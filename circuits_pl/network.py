@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.init import init_linear_members
 
 
 class ReLUMLP(nn.Module):
@@ -61,10 +62,14 @@ class ReLUMLP(nn.Module):
         K = 1e5 2-3-1: 0.13 s instead of 1.4 s, benchmarks/init_speed.py); other dtypes member by member.
         """
         if all(p.dtype == torch.float32 for p in self.parameters()):
-            from circuits_pl.init import init_linear_members  # here: this method is all network.py asks of it
-
             init_linear_members(list(self.weights), list(self.biases), seed)
             return
+        self.reset_parameters_member_by_member(seed)
+
+    @torch.no_grad()
+    def reset_parameters_member_by_member(self, seed: int) -> None:
+        """The same initialisation, one Generator and ``nn.init`` call per member and layer (the
+        reference the vectorised init is tested and benchmarked against; used for other dtypes)."""
         for k in range(self.members):
             gen = torch.Generator().manual_seed(seed + k)
             for layer, w in enumerate(self.weights):

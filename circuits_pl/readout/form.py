@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import torch
 
-from circuits_pl.readout.matrices import MINUS, input_names
+from circuits_pl.readout.matrices import MINUS, input_names, join_signed
 
 DENOMINATOR = 12  # simple fractions: denominators up to this (½, ⅓, ¼, ... 1/12)
 HALF = "\u00bd"
@@ -36,7 +36,7 @@ class Form:
         for d, c in self.kinks:
             negative, pre = _coef(c)
             parts.append((negative, pre + "|" + _terms(d, names)[1] + "|"))
-        return _join(parts)
+        return join_signed(parts)
 
     def crease_text(self, names: Sequence[str] | None = None) -> str:
         """The kinks' lines, ``a = b`` and ``a = 0``."""
@@ -81,7 +81,7 @@ def _term_parts(coefs: Sequence, names: Sequence[str]) -> list[tuple[bool, str]]
 
 
 def _terms(coefs: Sequence, names: Sequence[str]) -> tuple[bool, str]:
-    return False, _join(_term_parts(coefs, names))
+    return False, join_signed(_term_parts(coefs, names))
 
 
 def _linear_parts(coefs: tuple[Fraction, ...], names: Sequence[str]) -> list[tuple[bool, str]]:
@@ -91,14 +91,6 @@ def _linear_parts(coefs: tuple[Fraction, ...], names: Sequence[str]) -> list[tup
         first = next(c for c in coefs if c)
         inner = tuple(c / first for c in coefs)
         neg, pre = _coef(first)
-        return [(neg, pre + "(" + _join(_term_parts(inner, names)) + ")")]
+        return [(neg, pre + "(" + join_signed(_term_parts(inner, names)) + ")")]
     return _term_parts(coefs, names)
 
-
-def _join(parts: list[tuple[bool, str]]) -> str:
-    if not parts:
-        return "0"
-    text = (MINUS if parts[0][0] else "") + parts[0][1]
-    for negative, body in parts[1:]:
-        text += f" {MINUS if negative else '+'} {body}"
-    return text

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from circuits_pl.readout.canonical import Canonical
-from circuits_pl.readout.matrices import MINUS, input_names
+from circuits_pl.readout.matrices import input_names, join_signed
 
 
 def formula(canonical: Canonical, names: Sequence[str] | None = None, decimals: int = 3) -> str:
@@ -62,9 +62,4 @@ def combination(coefs: torch.Tensor, terms: Sequence[str], bare_ones: bool, deci
             continue
         body = term if bare_ones and float(size) == 1 else f"{size}·{term}"
         parts.append((c < 0, body))
-    if not parts:
-        return "0"
-    text = (MINUS if parts[0][0] else "") + parts[0][1]
-    for negative, body in parts[1:]:
-        text += f" {MINUS if negative else '+'} {body}"
-    return text
+    return join_signed(parts)

@@ -84,3 +84,13 @@ def random_inputs(n: int, arity: int, seed: int = 0, dtype: torch.dtype = torch.
     """``n`` points uniform in [-1, 1]^arity from one seed (the default test set of the readout)."""
     gen = torch.Generator().manual_seed(seed)
     return (torch.rand(n, arity, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
+
+
+def join_signed(parts: Sequence[tuple[bool, str]]) -> str:
+    """``[(negative, body), ...]`` as ``a − b + c`` with typographic minus signs; ``0`` if empty."""
+    if not parts:
+        return "0"
+    text = (MINUS if parts[0][0] else "") + parts[0][1]
+    for negative, body in parts[1:]:
+        text += f" {MINUS if negative else '+'} {body}"
+    return text
