@@ -29,7 +29,8 @@ def _exit_cleanly_on_signals() -> None:
     """Until fit installs its own handlers: Ctrl-C or SIGTERM while starting exits 130/143 with one
     line (Python would print a KeyboardInterrupt traceback, or die of SIGTERM)."""
     def stop(signum: int, frame: object) -> None:
-        print(f"{signal.Signals(signum).name}: interrupted outside training (starting or finishing); every file on disk is complete", file=sys.stderr)
+        print(f"{signal.Signals(signum).name}: interrupted outside training (starting or finishing); "
+              "every file on disk is complete", file=sys.stderr)
         raise SystemExit(128 + signum)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
