@@ -13,6 +13,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from tqdm import tqdm
 
+from circuits_pl.compat import last_save, set_last_save
+from circuits_pl.files import atomic_link
 from circuits_pl.logger import run_dir
 
 
@@ -130,6 +132,35 @@ class LastCheckpoint(ModelCheckpoint):
     @property
     def state_key(self) -> str:
         return "LastCheckpoint"
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """Where the best-by-``val/mse`` callback has just saved at this very step, last.ckpt is a hard
+        link to its file (made atomically) instead of a second serialisation of the same state, as
+        Lightning's ``save_last="link"`` (a hard link, not a symlink: last.ckpt keeps its content when
+        the best file is replaced or removed). Measured (K = 1, 2-2-1, validation every 1000 steps):
+        one save is ~2 ms of the ~5 ms a validation's checkpoints cost, 2 µs of a 40 µs step."""
+        source = self._same_step_checkpoint(trainer)
+        if source is None:
+            return super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            try:
+                atomic_link(source, filepath)
+            except OSError:  # no hard links on this filesystem: a real save
+                return super()._save_checkpoint(trainer, filepath)
+        trainer.strategy.barrier("LastCheckpoint.link")
+        set_last_save(self, filepath, trainer.global_step)
+
+    def _same_step_checkpoint(self, trainer: pl.Trainer) -> str | None:
+        """A local checkpoint file another ModelCheckpoint saved at the current step, if any."""
+        if self.save_weights_only:
+            return None
+        for cb in trainer.checkpoint_callbacks:
+            if cb is self or not isinstance(cb, ModelCheckpoint) or cb.save_weights_only:
+                continue
+            path, step = last_save(cb)
+            if path and "://" not in path and step == trainer.global_step and os.path.isfile(path):
+                return path
+        return None
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from circuits_pl import preflight
-from circuits_pl.cadence import check_steps_per_batch, default_steps_per_batch, is_step_count, log_blocks
+from circuits_pl.cadence import check_steps_per_batch, choose_steps_per_batch, is_step_count, log_blocks
 from circuits_pl.callbacks import LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.checkpoints import check_checkpoint
@@ -232,14 +232,15 @@ class CircuitsCLI(LightningCLI):
         cfg = self._active_config()
         if "data" not in cfg or "trainer" not in cfg:
             return
-        val_every = self._step_intervals(cfg.trainer).get("val_check_interval")
+        intervals = self._step_intervals(cfg.trainer)
+        val_every = intervals.get("val_check_interval")
         given = cfg.data.get("steps_per_batch")
         if given is None:
-            # Under DDP every block costs collectives (Lightning's SIGTERM broadcast, the interrupt
-            # vote): one block per validation interval, up to 1000 steps. Measured, K=128 2-2-1, 2
-            # ranks vs 1 process: 1.27x with blocks of 100 steps, 1.72x with blocks of 1000.
-            limit = DDP_STEPS_PER_BATCH if _distributed(cfg.trainer.strategy) else 100
-            cfg.data.steps_per_batch = default_steps_per_batch(val_every, limit=limit) if val_every else limit
+            members = cfg.model.get("members") if "model" in cfg else None
+            batch = cfg.data.get("batch_size")
+            cfg.data.steps_per_batch = choose_steps_per_batch(
+                val_every, intervals.get("log_every_n_steps"), members if is_step_count(members) else 1,
+                batch if is_step_count(batch) else 1000, distributed=_distributed(cfg.trainer.strategy))
         elif is_step_count(given) and val_every:
             check_steps_per_batch(given, **{"trainer.val_check_interval": val_every})
 
@@ -338,9 +339,6 @@ def device_line(trainer, accelerator: Any, members: int) -> str:
         return f"Device: cpu{ranks} (--trainer.accelerator auto found no GPU)"
     return (f"Device: {device}{ranks} (--trainer.accelerator auto found a GPU; with {members} members of a "
             "network this small, a CPU may be as fast: compare with --trainer.accelerator cpu)")
-
-
-DDP_STEPS_PER_BATCH = 1000
 
 
 def _distributed(strategy: Any) -> bool:

@@ -69,3 +69,20 @@ def restored_batches(trainer: Any) -> int:
     """Lightning batches counted before this fit (restored from a checkpoint): the fit loop's
     progress counter, which has no public accessor. The resumed stream aligns its first block on it."""
     return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+
+
+def last_save(callback: Any) -> tuple[str, int]:
+    """The file a ``ModelCheckpoint`` last wrote and the global step it wrote it at.
+
+    ``LastCheckpoint`` links last.ckpt to the best checkpoint saved at the same step. Lightning's
+    own ``save_last="link"`` reads these private fields; no public accessor exists
+    (``last_model_path`` is only set by ``save_last``, ``best_model_path`` names the best, not the
+    latest).
+    """
+    return str(getattr(callback, "_last_checkpoint_saved", "") or ""), int(callback._last_global_step_saved)
+
+
+def set_last_save(callback: Any, path: str, step: int) -> None:
+    """Record a save made without ``ModelCheckpoint._save_checkpoint`` (see :func:`last_save`)."""
+    callback._last_checkpoint_saved = path
+    callback._last_global_step_saved = step

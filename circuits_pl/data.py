@@ -95,10 +95,11 @@ class CircuitDataModule(pl.LightningDataModule):
         self.cone = cone
 
     # --------------------------------------------------------------------------------------------
-    def train_stream(self, start_step: int = 0, rank: int = 0, first_block_end: int | None = None) -> UniformBlocks:
+    def train_stream(self, start_step: int = 0, rank: int = 0, first_block_end: int | None = None,
+                     empty_blocks: int = 0) -> UniformBlocks:
         hp = self.hparams
         return UniformBlocks(self.task, hp.batch_size, hp.steps_per_batch, hp.stream_seed, rank, start_step,
-                             self.cone, first_block_end)
+                             self.cone, first_block_end, empty_blocks)
 
     def holdout_set(self, stage: str, heldout: bool = False) -> TensorDataset:
         """Fixed points for ``val`` or ``test`` (``heldout``: from the directions training never saw)."""
@@ -126,19 +127,27 @@ class CircuitDataModule(pl.LightningDataModule):
         # that is a multiple of V·S exactly when n is a multiple of V, so validations stay on their
         # SGD-step grid. That covers a run stopped inside a block (max_steps 550: E = 700 for S = 100)
         # and a run resumed with another block size (saved under DDP with S = 1000, resumed on one
-        # process with S = 100: E = 1200).
-        first_end = None
+        # process with S = 100: E = 1200). Where that block would run past a validation step
+        # (stopped at 550 with S = 500: E = 1500, past 1000), it ends at that step instead and is
+        # preceded by empty blocks (zero steps) that bring the batch count to the grid.
+        first_end, empty = None, 0
         if trainer is not None and start > 0:
             steps = self.hparams.steps_per_batch
             done = restored_batches(trainer)  # batches before this fit
-            val_every = trainer.val_check_batch
-            period = steps * (val_every if isinstance(val_every, int) and val_every > 0 else 1)
+            # Lightning sets val_check_batch only after this loader exists: the Trainer's own argument
+            val_every = trainer.val_check_batch if trainer.val_check_batch is not None else trainer.val_check_interval
+            every = val_every if isinstance(val_every, int) and val_every > 0 else 1
+            period = steps * every
             first_end = (done + 1) * steps
             if first_end <= start:
                 first_end += -(-(start + 1 - first_end) // period) * period
+            next_validation = (start // period + 1) * period
+            if first_end > next_validation:
+                first_end, empty = next_validation, -(done + 1) % every
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
         # num_workers=0: a block costs ~5 µs per step to draw; workers would cost more.
-        return DataLoader(self.train_stream(start, first_block_end=first_end), batch_size=None, num_workers=0)
+        stream = self.train_stream(start, first_block_end=first_end, empty_blocks=empty)
+        return DataLoader(stream, batch_size=None, num_workers=0)
 
     def _loader(self, dataset: TensorDataset) -> DataLoader:
         # The whole set as one ready-made batch: per-sample indexing and collation of 1000 points

@@ -70,6 +70,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Make ``path`` a hard link to the complete file ``source``, atomically (link to a temporary
+    name beside ``path``, then ``os.replace``). ``path`` then keeps that content even when ``source``
+    is later replaced or removed. Raises OSError where hard links are not possible (the caller
+    writes a copy instead)."""
+    target = Path(path)
+    directory = target.parent
+    remove_stray_temps(directory)
+    tmp = directory / (temp_prefix(target) + os.urandom(4).hex())
+    os.link(source, tmp)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
 def fsync_dir(directory: str | os.PathLike) -> None:
     """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
     try:

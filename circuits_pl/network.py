@@ -156,7 +156,7 @@ def member_gradients(weights: Sequence[torch.Tensor], biases: Sequence[torch.Ten
         if layer < last:
             a.relu_()
             acts.append(a)
-    g = (a - yt).mul_(2.0 / xt.shape[-1])  # (K, 1, B)
+    g = a.sub_(yt).mul_(2.0 / xt.shape[-1])  # (K, 1, B); in place: a is this step's own output
     grad_w: list[torch.Tensor] = [None] * len(weights)  # type: ignore[list-item]
     grad_b: list[torch.Tensor] = [None] * len(biases)  # type: ignore[list-item]
     for layer in range(last, -1, -1):

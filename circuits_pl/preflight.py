@@ -18,6 +18,7 @@ import torch
 import yaml
 from jsonargparse import Namespace
 
+from circuits_pl.cadence import choose_steps_per_batch, is_step_count
 from circuits_pl.errors import CircuitsError
 from circuits_pl.memory import RunSize, available_bytes, checkpoint_bytes, estimate, gib, largest_fitting
 from circuits_pl.tasks import get_task
@@ -204,8 +205,17 @@ def run_size(cfg: Namespace) -> RunSize | None:
     model, data = cfg.model, cfg.data
     sizes = model.get("layer_sizes")
     sizes = task.check_layer_sizes(task.layer_sizes if sizes is None else sizes)
-    # steps_per_batch None: the CLI picks a divisor of the validation interval, at most 100 (an upper bound)
-    steps = data.get("steps_per_batch") or 100
+    steps = data.get("steps_per_batch")
+    if steps is None:  # what the CLI will pick
+        trainer, members = cfg.get("trainer") or {}, model.get("members")
+        intervals = [trainer.get(k) for k in ("val_check_interval", "log_every_n_steps")]
+        intervals = [n if is_step_count(n) else None for n in intervals]
+        strategy = trainer.get("strategy")
+        strategy = strategy.get("class_path", "") if isinstance(strategy, (dict, Namespace)) else strategy
+        distributed = any(name in str(strategy) for name in ("ddp", "MemberParallelStrategy"))
+        batch = data.get("batch_size")
+        steps = choose_steps_per_batch(*intervals, members if is_step_count(members) else 1,
+                                       batch if is_step_count(batch) else 1000, distributed)
     values = [model.get("members"), data.get("batch_size"), steps, data.get("val_size"),
               data.get("predict_points")]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):

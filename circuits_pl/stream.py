@@ -90,12 +90,16 @@ class UniformBlocks(IterableDataset):
         first_block_end: the first block covers steps ``start_step .. first_block_end - 1``; by default
             it ends at the next multiple of S (a resumed stream first completes its block). Later
             blocks are aligned to multiples of S.
+        empty_blocks: blocks of zero steps yielded before the first one. A resumed run uses them to
+            bring Lightning's batch count in line with its validation grid (``CircuitDataModule``).
     """
 
     def __init__(self, task: Task, batch_size: int, steps_per_batch: int, seed: int, rank: int = 0,
-                 start_step: int = 0, cone: Sequence[float] | None = None, first_block_end: int | None = None):
+                 start_step: int = 0, cone: Sequence[float] | None = None, first_block_end: int | None = None,
+                 empty_blocks: int = 0):
         if first_block_end is not None and first_block_end <= start_step:
             raise ValueError(f"first_block_end must be after start_step {start_step}, got {first_block_end}")
+        self.empty_blocks = int(empty_blocks)
         self.task, self.batch_size, self.steps_per_batch = task, batch_size, steps_per_batch
         self.seed, self.rank, self.start_step, self.cone = seed, rank, start_step, cone
         self.first_block_end = first_block_end
@@ -137,6 +141,8 @@ class UniformBlocks(IterableDataset):
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         step, size = self.start_step, self.steps_per_batch
         n = size - step % size if self.first_block_end is None else self.first_block_end - step
+        for _ in range(self.empty_blocks):
+            yield torch.empty(0, self.batch_size, self.task.arity), torch.empty(0, self.batch_size, 1)
         while True:
             yield self.block(step, n)
             step += n

@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
-from circuits_pl.compat import count_optimizer_steps
+from circuits_pl.compat import count_optimizer_steps, last_save, set_last_save
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.module import CircuitModule
 
@@ -92,3 +92,17 @@ def test_csv_logger_still_picks_versions_through_get_next_version(tmp_path):
     (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)
     logger = RunLogger(save_dir=tmp_path)
     assert logger.version == 1 and (tmp_path / "lightning_logs" / "version_1").is_dir()
+
+
+def test_model_checkpoint_still_records_its_last_save(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cb = ModelCheckpoint(dirpath=tmp_path, filename="x", monitor=None)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[cb], default_root_dir=tmp_path)
+    trainer.strategy.connect(CircuitModule(task="add"))
+    assert last_save(cb)[0] == ""  # nothing saved yet
+    cb._save_checkpoint(trainer, str(tmp_path / "x.ckpt"))
+    assert last_save(cb) == (str(tmp_path / "x.ckpt"), 0)
+    set_last_save(cb, "y.ckpt", 7)
+    assert last_save(cb) == ("y.ckpt", 7)

@@ -47,6 +47,20 @@ def test_last_ckpt_holds_the_last_step_when_val_mse_plateaus(run_cli, tmp_path):
     assert _ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 3000 == results(run)["steps"]
 
 
+def test_last_ckpt_is_a_hard_link_to_a_best_saved_at_the_same_step(run_cli, tmp_path):
+    # lr 1e-4: val/mse improves at every validation, so the best is saved at each one; last.ckpt is
+    # then the same file (one serialisation), and keeps its content when the best file is replaced
+    run_cli("fit", "--task", "add", "--model.members", 1, "--model.lr", 1e-4, "--stop.when", "never",
+            "--trainer.max_steps", 2000, *QUIET)
+    (run,) = run_dirs(tmp_path)
+    last, best = run / "checkpoints" / "last.ckpt", run / "checkpoints" / "best-step=2000.ckpt"
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best-step=2000.ckpt", "last.ckpt"]
+    assert last.stat().st_ino == best.stat().st_ino and last.stat().st_nlink == 2
+    before = last.read_bytes()
+    best.unlink()  # what ModelCheckpoint does to an old best
+    assert last.read_bytes() == before and _ckpt(last)["global_step"] == 2000
+
+
 def test_checkpoint_save_last_false_writes_no_last_ckpt(run_cli, tmp_path):
     run_cli("fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 1000, "--checkpoint.save_last",
             "false", *QUIET)
@@ -247,12 +261,17 @@ def _val_rows(run: Path) -> dict[int, dict[str, str]]:
     return {int(r["step"]): {k: v for k, v in r.items() if k.startswith("val/")} for r in rows if r["val/mse"]}
 
 
-def test_stop_at_550_and_resume_equals_never_stopping(run_cli, tmp_path):
+@pytest.mark.parametrize("stop, block", [(550, None), (950, 100)])
+def test_stop_at_550_and_resume_equals_never_stopping(run_cli, tmp_path, stop, block):
+    """Stopped inside a block (550 with the default S = 500; 950 with S = 100, just before the
+    validation at 1000), resumed to 3000: the same run, with the same validations."""
     from test_resume import assert_same_run
 
     common = ["--task", "add", "--model.members", 16, "--stop.when", "never", *QUIET]
+    if block:
+        common += ["--data.steps_per_batch", block]
     run_cli("fit", *common, "--trainer.max_steps", 3000)
-    run_cli("fit", *common, "--trainer.max_steps", 550)
+    run_cli("fit", *common, "--trainer.max_steps", stop)
     half = run_dirs(tmp_path)[1]
     run_cli("fit", "--config", half / "config.yaml", "--ckpt_path", half / "checkpoints" / "last.ckpt",
             "--trainer.max_steps", 3000)
@@ -268,7 +287,8 @@ def test_validation_interval_counts_sgd_steps(run_cli, tmp_path):
             "--trainer.val_check_interval", 370, *QUIET)
     (run,) = run_dirs(tmp_path)
     assert sorted(_val_rows(run)) == [370, 740, 1110, 1200]  # the last: where the run stops
-    assert results(run)["data"]["steps_per_batch"] == 74  # the largest divisor of 370 up to 100
+    # the largest divisor of 370 up to the block limit for 2 members (1000) and the log interval (500)
+    assert results(run)["data"]["steps_per_batch"] == 370
 
 
 def test_steps_per_batch_that_does_not_divide_the_validation_interval_is_refused(run_cli, tmp_path, capsys):
