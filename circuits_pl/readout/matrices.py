@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.network import layer_activations
 
 MINUS = "\u2212"  # "−", as in r(−x): a typographic minus reads better than "-" in formulas
 
@@ -48,13 +49,9 @@ def layer_sizes(weights: Sequence[torch.Tensor]) -> tuple[int, ...]:
 
 
 def forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The bias-free ReLU MLP of ``weights`` on inputs ``(N, in)``: outputs ``(N, 1)``, float64."""
-    a = x.to(torch.float64)
-    for layer, w in enumerate(weights):
-        a = a @ w.T
-        if layer < len(weights) - 1:
-            a = a.relu()
-    return a
+    """The bias-free ReLU MLP of ``weights`` on inputs ``(N, in)``: outputs ``(N, 1)``, float64
+    (:func:`circuits_pl.network.layer_activations`)."""
+    return layer_activations(weights, x.to(torch.float64))[-1].T
 
 
 def input_names(arity: int) -> list[str]:
