@@ -33,7 +33,7 @@ def report_text(run: Run, member: int, readout: Readout) -> str:
 
 def bias_text(run: Run, member: int) -> str:
     """What inspect says of a net with biases: its weights and test MSE, and why no circuit is read."""
-    x, y = run.data.holdout_set("test").tensors
+    x, y = run.data.fixed_set("test").tensors
     mse = float(run.module.members_mse(x, y)[member])
     return (f"{run.checkpoint}: step {run.step}, member {member}\n\n{run.module.weights_text(member)}\n"
             f"Test MSE: {mse:.4g} on {x.shape[0]} inputs\n"

@@ -57,7 +57,7 @@ def _floats(t: torch.Tensor | None) -> list[float | None] | None:
     return [None if not math.isfinite(v) else v for v in t.cpu().double().tolist()]
 
 
-def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
+def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
               stopped_when_solved: bool = False) -> dict[str, Any]:
     """Everything results.json holds, as plain Python values (test MSE must be set: see RunSummary)."""
     k_total = module.members
@@ -153,7 +153,7 @@ def test_members(trainer: pl.Trainer, module: CircuitModule, datamodule: Circuit
     Computed here rather than through ``trainer.test``: this runs inside ``fit`` (a callback), where
     a nested trainer loop cannot run.
     """
-    x, y = datamodule.holdout_set("test").tensors
+    x, y = datamodule.fixed_set("test").tensors
     module.test_mse = module.members_mse(x, y)
     module.heldout_mse = heldout_mse(module, datamodule)
     k = module.selected_member
@@ -178,7 +178,7 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     """
     steps = trainer.global_step
     test_members(trainer, module, datamodule)
-    res = summarize(module, datamodule, steps, stopped_when_solved(trainer))
+    res = run_results(module, datamodule, steps, stopped_when_solved(trainer))
     if timing is not None and timing[1] > 0:
         res["train_steps"], res["train_seconds"] = timing
         res["member_steps_per_second"] = timing[0] * module.members / timing[1]
