@@ -68,6 +68,12 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
     return out
 
 
+def test_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor:
+    """Per-member MSE ``(K,)`` on the fixed test points."""
+    x, y = data.fixed_set("test").tensors
+    return module.members_mse(x, y)
+
+
 def heldout_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor | None:
     """Per-member MSE ``(K,)`` on the input directions training never saw (cone runs), else None."""
     if data.cone is None:

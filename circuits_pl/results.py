@@ -31,7 +31,7 @@ from circuits_pl.data import CircuitDataModule
 from circuits_pl.files import atomic_write_text
 from circuits_pl.interrupts import GracefulInterrupt
 from circuits_pl.logger import run_dir
-from circuits_pl.members import describe_members, heldout_mse, read_member, write_figures
+from circuits_pl.members import describe_members, heldout_mse, read_member, test_mse, write_figures
 from circuits_pl.module import HISTORY, CircuitModule, live_median
 from circuits_pl.success import wilson_interval
 from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, found, verdict
@@ -153,8 +153,7 @@ def test_members(trainer: pl.Trainer, module: CircuitModule, datamodule: Circuit
     Computed here rather than through ``trainer.test``: this runs inside ``fit`` (a callback), where
     a nested trainer loop cannot run.
     """
-    x, y = datamodule.fixed_set("test").tensors
-    module.test_mse = module.members_mse(x, y)
+    module.test_mse = test_mse(module, datamodule)
     module.heldout_mse = heldout_mse(module, datamodule)
     k = module.selected_member
     metrics = {"test/mse": float(module.test_mse[k])}

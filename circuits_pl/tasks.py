@@ -76,6 +76,7 @@ class Task:
         Run before anything is trained or written: a bad target otherwise surfaces as a shape
         assertion deep in torchmetrics, or as a divergence blamed on the learning rate.
         """
+        # stream.fill_uniform's draw, written out: stream imports this module, so it cannot import stream
         gen = torch.Generator().manual_seed(0)
         x = torch.empty(points, self.arity).uniform_(-1.0, 1.0, generator=gen)
         columns = x.unbind(-1)

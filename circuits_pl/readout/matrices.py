@@ -13,6 +13,7 @@ import torch
 
 from circuits_pl.errors import CircuitsError
 from circuits_pl.network import layer_activations
+from circuits_pl.stream import uniform_inputs
 
 MINUS = "\u2212"  # "−", as in r(−x): a typographic minus reads better than "-" in formulas
 
@@ -78,9 +79,9 @@ def weights_text(weights: Sequence, biases: Sequence | None = None) -> str:
 
 
 def random_inputs(n: int, arity: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``n`` points uniform in [-1, 1]^arity from one seed (the default test set of the readout)."""
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, arity, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
+    """``n`` points uniform in [-1, 1)^arity from one seed (the default test set of the readout): drawn
+    in float64 by :func:`circuits_pl.stream.uniform_inputs`, then cast to ``dtype``."""
+    return uniform_inputs(n, arity, seed, dtype=torch.float64).to(dtype)
 
 
 def join_signed(parts: Sequence[tuple[bool, str]]) -> str:
