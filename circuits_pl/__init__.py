@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and readers
     from circuits_pl.data import CircuitDataModule
     from circuits_pl.module import CircuitModule
     from circuits_pl.network import ReLUMLP
-    from circuits_pl.tasks import Circuit, Task, get_task, register, task_names
+    from circuits_pl.tasks import Circuit, Task, get_task, task_names
 
 _HOME = {
     "Circuit": "circuits_pl.tasks",
@@ -23,11 +23,10 @@ _HOME = {
     "ReLUMLP": "circuits_pl.network",
     "Task": "circuits_pl.tasks",
     "get_task": "circuits_pl.tasks",
-    "register": "circuits_pl.tasks",
     "task_names": "circuits_pl.tasks",
 }
 
-__all__ = ["Circuit", "CircuitDataModule", "CircuitModule", "ReLUMLP", "Task", "get_task", "register", "task_names"]
+__all__ = ["Circuit", "CircuitDataModule", "CircuitModule", "ReLUMLP", "Task", "get_task", "task_names"]
 __version__ = "0.1.0"
 
 

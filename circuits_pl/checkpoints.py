@@ -11,7 +11,7 @@ from circuits_pl.errors import CircuitsError
 from circuits_pl.tasks import Task, is_builtin
 
 
-def check_checkpoint(path: str | Path, task: str | Task | None = None, option: str = "--task") -> dict[str, Any]:
+def load_checked_checkpoint(path: str | Path, task: str | Task | None = None, option: str = "--task") -> dict[str, Any]:
     """Load a circuits_pl checkpoint on the CPU with ``weights_only=True``, or raise CircuitsError.
 
     Checks that the file exists, is a readable checkpoint, holds circuits_pl hyper-parameters and
@@ -41,8 +41,8 @@ def check_checkpoint(path: str | Path, task: str | Task | None = None, option: s
 
 
 def check_task(path: str | Path, saved: str, given: str | Task | None, option: str = "--task") -> None:
-    """Refuse to import code a checkpoint names: its task loads only if built in (or registered in this
-    process) or named by the user (``given``), and a named task must be the checkpoint's.
+    """Refuse to import code a checkpoint names: its task loads only if built in or named by the
+    user (``given``), and a named task must be the checkpoint's.
 
     ``weights_only=True`` keeps pickled code out; without this check the saved task string
     ``package.module:function`` would still be imported, so reading a checkpoint would run any module it

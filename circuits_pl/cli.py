@@ -34,7 +34,7 @@ from circuits_pl import preflight
 from circuits_pl.cadence import check_steps_per_batch, choose_steps_per_batch, is_step_count, log_blocks
 from circuits_pl.callbacks import LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
-from circuits_pl.checkpoints import check_checkpoint
+from circuits_pl.checkpoints import load_checked_checkpoint
 from circuits_pl.compat import cli_get, cli_instantiate_trainer, cli_parser
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, TrainingDiverged
@@ -159,7 +159,7 @@ class CircuitsCLI(LightningCLI):
         self._preflight()
 
     def _take_from_checkpoint(self, cfg: Namespace) -> None:
-        info = check_checkpoint(cfg.ckpt_path, task=cfg.task)
+        info = load_checked_checkpoint(cfg.ckpt_path, task=cfg.task)
         hp = info["hyper_parameters"]
         wanted = cfg.model.get("layer_sizes")
         if wanted is not None and list(wanted) != list(hp["layer_sizes"]):

@@ -101,8 +101,9 @@ class CircuitDataModule(pl.LightningDataModule):
         return UniformBlocks(self.task, hp.batch_size, hp.steps_per_batch, hp.stream_seed, rank, start_step,
                              self.cone, first_block_end, empty_blocks)
 
-    def holdout_set(self, stage: str, heldout: bool = False) -> TensorDataset:
-        """Fixed points for ``val`` or ``test`` (``heldout``: from the directions training never saw)."""
+    def fixed_set(self, stage: str, heldout: bool = False) -> TensorDataset:
+        """The fixed validation (``val``) or test (``test``) points and targets, the same for every run
+        of these settings (``heldout``: from the directions training never saw)."""
         index = {"val": 0, "test": 1}[stage] + (2 if heldout else 0)
         x = uniform_inputs(self.hparams.val_size, self.task.arity, mix_seed(self.hparams.holdout_seed, index))
         x = fold_into_cone(x, self.cone, inside=not heldout)
@@ -155,12 +156,12 @@ class CircuitDataModule(pl.LightningDataModule):
         return DataLoader(WholeSet(*dataset.tensors), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.holdout_set("val"))
+        return self._loader(self.fixed_set("val"))
 
     def test_dataloader(self) -> DataLoader | list[DataLoader]:
-        loaders = [self._loader(self.holdout_set("test"))]
+        loaders = [self._loader(self.fixed_set("test"))]
         if self.cone is not None:
-            loaders.append(self._loader(self.holdout_set("test", heldout=True)))
+            loaders.append(self._loader(self.fixed_set("test", heldout=True)))
         return loaders if len(loaders) > 1 else loaders[0]
 
     def predict_dataloader(self) -> DataLoader:

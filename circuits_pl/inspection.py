@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from circuits_pl.members import heldout_mse, read_member, write_figures
+from circuits_pl.members import heldout_mse, read_member, test_mse, write_figures
 from circuits_pl.readout import Readout
 from circuits_pl.runs import Run, check_finite_member, load_run
 from circuits_pl.usage import program_name
@@ -33,10 +33,9 @@ def report_text(run: Run, member: int, readout: Readout) -> str:
 
 def bias_text(run: Run, member: int) -> str:
     """What inspect says of a net with biases: its weights and test MSE, and why no circuit is read."""
-    x, y = run.data.holdout_set("test").tensors
-    mse = float(run.module.members_mse(x, y)[member])
+    mse = float(test_mse(run.module, run.data)[member])
     return (f"{run.checkpoint}: step {run.step}, member {member}\n\n{run.module.weights_text(member)}\n"
-            f"Test MSE: {mse:.4g} on {x.shape[0]} inputs\n"
+            f"Test MSE: {mse:.4g} on {run.data.hparams.val_size} inputs\n"
             "Circuit: not read — the net has biases, so it is not positively homogeneous and the circuit "
             "readout (for bias-free nets) does not apply\n")
 

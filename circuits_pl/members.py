@@ -26,7 +26,7 @@ def member_weights(module: CircuitModule, member: int) -> list[torch.Tensor]:
 
 def test_inputs(data: CircuitDataModule) -> torch.Tensor:
     """The run's fixed test inputs ``(N, arity)`` in float64: what every readout is measured on."""
-    return data.holdout_set("test").tensors[0].to(torch.float64)
+    return data.fixed_set("test").tensors[0].to(torch.float64)
 
 
 def read_member(module: CircuitModule, data: CircuitDataModule, member: int | None = None) -> Readout:
@@ -68,11 +68,17 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
     return out
 
 
+def test_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor:
+    """Per-member MSE ``(K,)`` on the fixed test points."""
+    x, y = data.fixed_set("test").tensors
+    return module.members_mse(x, y)
+
+
 def heldout_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor | None:
     """Per-member MSE ``(K,)`` on the input directions training never saw (cone runs), else None."""
     if data.cone is None:
         return None
-    x, y = data.holdout_set("test", heldout=True).tensors
+    x, y = data.fixed_set("test", heldout=True).tensors
     return module.members_mse(x, y)
 
 

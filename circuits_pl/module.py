@@ -12,11 +12,12 @@ Flow of one training batch (a block of S steps, see ``circuits_pl.data`` and ``c
                            reset to their weights and rule state before that step and frozen
                            ("diverged"); train/mse is logged.
 
-Why by hand (one thread, 2-2-1, batch 1000): the notebook's autograd loop costs ~200 µs per step;
-Lightning's batch machinery ~1.6 ms per batch; the hand-derived step a few µs per network (see
-benchmarks/hotpath.py). ``LightningOptimizer.step()`` adds ~65 µs per step (closure, precision and
-strategy hooks), so the update is applied directly by the MemberOptimizer that configure_optimizers
-returns, and only Lightning's step bookkeeping is called (``compat.count_optimizer_steps``), keeping
+Why by hand (one thread, 2-2-1, batch 1000): the notebook's autograd loop costs 112.7 µs per step,
+the hand-derived step of 128 members 1.69 µs per network (README "Speed", ``benchmarks/speed.py``;
+per rule and chunk ``benchmarks/hotpath.py``). Lightning's per-batch machinery is paid once per block
+of S steps; ``LightningOptimizer.step()`` would add its closure, precision and strategy hooks to every
+step, so the update is applied directly by the MemberOptimizer that configure_optimizers returns, and
+only Lightning's step bookkeeping is called (``compat.count_optimizer_steps``), keeping
 ``global_step``, ``max_steps`` and checkpoint resume in SGD steps. Not run on this path:
 ``on_before_optimizer_step`` hooks, gradient clipping, mixed precision.
 """
@@ -125,10 +126,10 @@ class CircuitModule(pl.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
         """Lightning's ``load_from_checkpoint``, but a checkpoint of your own task needs
         ``task='package.module:function'``: loading a checkpoint never imports code it names."""
-        from circuits_pl.checkpoints import check_checkpoint
+        from circuits_pl.checkpoints import load_checked_checkpoint
 
         if isinstance(checkpoint_path, (str, os.PathLike)):
-            check_checkpoint(checkpoint_path, task=kwargs.get("task"), option="task=")
+            load_checked_checkpoint(checkpoint_path, task=kwargs.get("task"), option="task=")
         return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, **kwargs)
 
     # ------------------------------------------------------------------------------------------
@@ -442,7 +443,8 @@ class CircuitModule(pl.LightningModule):
                 values.append(float(metrics[key]))
 
     def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
-        """The one place that calls Lightning's logger (each ``self.log`` costs ~0.2 ms: call it rarely).
+        """The one place that calls Lightning's logger (every ``self.log`` goes through its logger
+        connector: call it rarely).
 
         Summaries over members only, never K columns; ``*/median_mse`` only with several members.
         ``step`` makes metrics.csv count SGD steps (Lightning would write its batch count). Under

@@ -10,9 +10,9 @@ Member k is initialised exactly as ``torch.manual_seed(seed + k)`` followed by b
 notebook's ``nn.Linear`` layers would initialise it, so member 0 of seed 0 is the notebook's net.
 
 Activations are kept batch-last, ``(K, units, B)``: with B = 1000 contiguous along the last axis
-every elementwise op runs over long rows (2-2-1, K = 128, one thread: 0.86 ms per step batch-last
-against 1.6 ms batch-first). Training (``member_gradients``) uses only per-member ops, so member k's
-trajectory is bit-identical whatever K and however members are chunked (``circuits_pl.train_block``).
+every elementwise op runs over long rows rather than over rows of 2 or 3 units. Training
+(``member_gradients``) uses only per-member ops, so member k's trajectory is bit-identical whatever
+K and however members are chunked (``circuits_pl.train_block``).
 """
 
 from __future__ import annotations
@@ -93,14 +93,7 @@ class ReLUMLP(nn.Module):
         """Outputs for inputs ``x`` of shape ``(N, in)``: ``(K, N, 1)``, or ``(N, 1)`` for one member."""
         weights = list(self.weights) if member is None else [w[member : member + 1] for w in self.weights]
         biases = list(self.biases) if member is None else [b[member : member + 1] for b in self.biases]
-        a = x.transpose(-1, -2)  # (in, N)
-        for layer, w in enumerate(weights):
-            a = torch.matmul(w, a)  # (K, out, N)
-            if self.bias:
-                a = a + biases[layer]
-            if layer < len(weights) - 1:
-                a = a.relu()
-        out = a.transpose(-1, -2)  # (K, N, 1)
+        out = layer_activations(weights, x, biases)[-1].transpose(-1, -2)  # (K, N, 1)
         return out[0] if member is not None else out
 
     def gradients(self, xt: torch.Tensor, yt: torch.Tensor, alive: torch.Tensor | None = None,
@@ -119,6 +112,35 @@ class ReLUMLP(nn.Module):
     def mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-member MSE on one batch: ``(K,)``."""
         return (self(x) - y).square().mean(dim=(1, 2))
+
+
+def layer_activations(weights: Sequence[torch.Tensor], x: torch.Tensor,
+                      biases: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """The forward pass of a ReLU MLP (bias-free unless ``biases``), every layer kept, batch-last.
+
+    The one forward of the package: :class:`ReLUMLP`, the readout (``readout.matrices.forward``) and
+    the success threshold (``success.perturbed_circuit_mse``) use it; training's hot path has its own
+    (:func:`member_gradients`).
+
+    Args:
+        weights: per layer ``(out, in)`` for one network, or ``(K, out, in)`` for K stacked ones.
+        x: inputs ``(N, in)``, shared by all members. No dtype or device conversion: cast first.
+        biases: per layer ``(out, 1)`` or ``(K, out, 1)``; None or empty for none.
+
+    Returns:
+        ``[x^T, a_1, ..., a_L]``, each ``(units, N)`` (or ``(K, units, N)``): the inputs transposed
+        (a view), the hidden layers after ReLU, and the output layer ``(…, out, N)`` without ReLU.
+    """
+    acts = [x.transpose(-1, -2)]
+    last = len(weights) - 1
+    for layer, w in enumerate(weights):
+        a = torch.matmul(w, acts[-1])
+        if biases:
+            a = a + biases[layer]
+        if layer < last:
+            a = a.relu()
+        acts.append(a)
+    return acts
 
 
 def member_gradients(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], xt: torch.Tensor,
@@ -143,6 +165,11 @@ def member_gradients(weights: Sequence[torch.Tensor], biases: Sequence[torch.Ten
     ``bmm`` (the shared input expanded, a view) and per-row reductions. ``matmul`` of ``(K, h, n)`` by
     a 2-D input folds into one ``(K*h, n) @ (n, B)`` GEMM whose blocking depends on K: member k of a
     K = 5 run then drifted from a K = 1 run by up to 5e-6 after 10k steps (issue 13.5).
+
+    It is its own forward, not :func:`layer_activations`, because that one uses ``matmul`` (whose
+    blocking depends on K) and fresh tensors, while this one needs member k bit-identical whatever K
+    (per-member ``bmm``) and works in place (``+=``, ``relu_``), each choice measured (the timings in
+    its comments; ``benchmarks/hotpath.py``).
     """
     members = weights[0].shape[0]
     last = len(weights) - 1
@@ -170,6 +197,6 @@ def member_gradients(weights: Sequence[torch.Tensor], biases: Sequence[torch.Ten
             # element as bmm's, and 18 µs instead of 39 µs (K = 87, h = 3, B = 1000, one thread).
             g = w_t * g if w_t.shape[-1] == 1 else torch.bmm(w_t, g)
             # ReLU's backward, the op autograd itself runs: g where a > 0, else 0. Measured on
-            # (87, 3, 1000): 36 µs; g.mul_(a.sign()) 75 µs, g * (a > 0) 190 µs, where() 1 ms.
+            # (87, 3, 1000), one thread: 36 µs; g.mul_(a.sign()) 75 µs, g * (a > 0) 190 µs, where() 1 ms.
             g = torch.ops.aten.threshold_backward(g, prev, 0)
     return grad_w + grad_b

@@ -31,7 +31,7 @@ from circuits_pl.data import CircuitDataModule
 from circuits_pl.files import atomic_write_text
 from circuits_pl.interrupts import GracefulInterrupt
 from circuits_pl.logger import run_dir
-from circuits_pl.members import describe_members, heldout_mse, read_member, write_figures
+from circuits_pl.members import describe_members, heldout_mse, read_member, test_mse, write_figures
 from circuits_pl.module import HISTORY, CircuitModule, live_median
 from circuits_pl.success import wilson_interval
 from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, found, verdict
@@ -57,7 +57,7 @@ def _floats(t: torch.Tensor | None) -> list[float | None] | None:
     return [None if not math.isfinite(v) else v for v in t.cpu().double().tolist()]
 
 
-def summarize(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
+def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
               stopped_when_solved: bool = False) -> dict[str, Any]:
     """Everything results.json holds, as plain Python values (test MSE must be set: see RunSummary)."""
     k_total = module.members
@@ -153,8 +153,7 @@ def test_members(trainer: pl.Trainer, module: CircuitModule, datamodule: Circuit
     Computed here rather than through ``trainer.test``: this runs inside ``fit`` (a callback), where
     a nested trainer loop cannot run.
     """
-    x, y = datamodule.holdout_set("test").tensors
-    module.test_mse = module.members_mse(x, y)
+    module.test_mse = test_mse(module, datamodule)
     module.heldout_mse = heldout_mse(module, datamodule)
     k = module.selected_member
     metrics = {"test/mse": float(module.test_mse[k])}
@@ -178,7 +177,7 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     """
     steps = trainer.global_step
     test_members(trainer, module, datamodule)
-    res = summarize(module, datamodule, steps, stopped_when_solved(trainer))
+    res = run_results(module, datamodule, steps, stopped_when_solved(trainer))
     if timing is not None and timing[1] > 0:
         res["train_steps"], res["train_seconds"] = timing
         res["member_steps_per_second"] = timing[0] * module.members / timing[1]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuits_pl.checkpoints import check_checkpoint
+from circuits_pl.checkpoints import load_checked_checkpoint
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError
 from circuits_pl.module import CircuitModule
@@ -43,7 +43,7 @@ def load_run(path: str | Path, member: int | None = None, task: str | None = Non
     else:
         ckpt = path
         directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    info = check_checkpoint(ckpt, task=task)
+    info = load_checked_checkpoint(ckpt, task=task)
     members = int(info["hyper_parameters"]["members"])
     if member is not None and not 0 <= member < members:
         raise CircuitsError(

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 from scipy.stats import binomtest
 
+from circuits_pl.network import layer_activations
 from circuits_pl.stream import uniform_inputs
 from circuits_pl.tasks import Task
 
@@ -34,9 +35,7 @@ def perturbed_circuit_mse(task: Task, layer_sizes: Sequence[int], eps: float = E
     if weights is None:
         return None
     x = uniform_inputs(_THRESHOLD_POINTS, task.arity, _THRESHOLD_SEED, dtype=torch.float64)
-    acts = [x.T]  # (units, N) per layer
-    for w in weights[:-1]:
-        acts.append((w @ acts[-1]).relu())
+    acts = layer_activations(weights, x)  # (units, N) per layer: inputs, hidden layers, output
     # per-sample gradient of f w.r.t. W_l is delta_l a_{l-1}^T, so its squared norm is
     # |delta_l|^2 |a_{l-1}|^2; delta_L = 1 (the output), delta_l = (W_{l+1}^T delta_{l+1}) * [a_l > 0]
     delta = torch.ones(1, x.shape[0], dtype=torch.float64)

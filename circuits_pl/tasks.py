@@ -76,6 +76,7 @@ class Task:
         Run before anything is trained or written: a bad target otherwise surfaces as a shape
         assertion deep in torchmetrics, or as a divergence blamed on the learning rate.
         """
+        # stream.fill_uniform's draw, written out: stream imports this module, so it cannot import stream
         gen = torch.Generator().manual_seed(0)
         x = torch.empty(points, self.arity).uniform_(-1.0, 1.0, generator=gen)
         columns = x.unbind(-1)
@@ -241,25 +242,17 @@ BUILTIN_TASKS: dict[str, Task] = {
     ]
 }
 
-_registry: dict[str, Task] = dict(BUILTIN_TASKS)
-
-
-def register(task: Task) -> Task:
-    """Add a task to the registry (for use from Python: ``CircuitModule(task=task.name)``)."""
-    _registry[task.name] = task
-    return task
-
 
 def task_names() -> list[str]:
-    return sorted(_registry)
+    return sorted(BUILTIN_TASKS)
 
 
 def get_task(name: str | Task) -> Task:
-    """Look up a task by registry name or ``package.module:attribute`` import path."""
+    """Look up a task by built-in name or ``package.module:attribute`` import path."""
     if isinstance(name, Task):
         return name
-    if name in _registry:
-        return _registry[name]
+    if name in BUILTIN_TASKS:
+        return BUILTIN_TASKS[name]
     if isinstance(name, str) and ":" in name:
         return _import_task(name)
     raise CircuitsError(
@@ -274,8 +267,8 @@ def _short(value: object) -> str:
 
 
 def is_builtin(name: str) -> bool:
-    """A task that loads without importing anything: built in, or registered in this process."""
-    return name in _registry
+    """A task that loads without importing anything: a built-in one."""
+    return name in BUILTIN_TASKS
 
 
 def _import_task(path: str) -> Task:

@@ -54,11 +54,11 @@ def test_cone_folding_keeps_the_half_space_uniform():
     assert bool(((outside @ u) < 0).all())
 
 
-def test_holdout_sets_are_fixed_and_distinct():
+def test_val_and_test_sets_are_fixed_and_distinct():
     dm, dm2 = CircuitDataModule(task="min", stream_seed=0), CircuitDataModule(task="min", stream_seed=99)
-    val, test = dm.holdout_set("val").tensors[0], dm.holdout_set("test").tensors[0]
+    val, test = dm.fixed_set("val").tensors[0], dm.fixed_set("test").tensors[0]
     assert val.shape == (1000, 2) and not torch.equal(val, test)
-    assert torch.equal(val, dm2.holdout_set("val").tensors[0])  # same for every run: runs compare
+    assert torch.equal(val, dm2.fixed_set("val").tensors[0])  # same for every run: runs compare
 
 
 def test_cone_must_match_the_task():

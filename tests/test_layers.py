@@ -5,11 +5,13 @@ imports within a floor form no cycle. A new module must be given a floor here: t
 """
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "circuits_pl"
+README = PACKAGE.parent / "README.md"
 
 FLOORS = [
     # 1. plain facts: torch only, no Lightning
@@ -19,11 +21,11 @@ FLOORS = [
     {"success", "verdicts", "readout", "plots"},
     # 3. Lightning parts
     {"compat", "data", "module", "callbacks", "interrupts", "checkpoint_io", "checkpoints", "logger",
-     "preflight", "schedule", "strategy", "sharding"},
+     "preflight", "strategy"},
     # 4. the end of a run, and runs on disk
     {"members", "results", "runs"},
     # 5. commands
-    {"cli", "inspection", "report", "__main__", "__init__", "entry"},
+    {"cli", "inspection", "report", "__main__", "__init__"},
 ]
 
 
@@ -112,3 +114,38 @@ def test_every_module_imports_on_its_own():
     names = [n for n in modules() if n not in ("__main__", "__init__")]
     proc = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_floors_name_only_modules_that_exist():
+    tops = {name.split(".")[0] for name in modules()}
+    placed = set().union(*FLOORS)
+    assert placed == tops, f"FLOORS names modules that do not exist: {sorted(placed - tops)}"
+
+
+def readme_layout() -> dict[str, int]:
+    """README "## Layout" table: each backticked name of the file column, with its floor (0-based)."""
+    text = README.read_text()
+    section = text[text.index("\n## Layout\n"):]
+    section = section[: section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    out, floor = {}, None
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 3 or cells[0] in ("floor", "---"):
+            continue
+        if cells[0]:
+            floor = int(cells[0].split()[0]) - 1
+        for name in re.findall(r"`([^`]+)`", cells[1]):
+            out[name] = floor
+    return out
+
+
+def test_readme_layout_lists_every_module_on_its_floor():
+    """A module added without a line in README's Layout table fails here (readout/ is one entry)."""
+    on_disk = {p.name for p in PACKAGE.glob("*.py")} | {f"{p.name}/" for p in PACKAGE.iterdir()
+                                                         if (p / "__init__.py").exists()}
+    table = readme_layout()
+    assert set(table) == on_disk, (f"in README's Layout but not in circuits_pl/: {sorted(set(table) - on_disk)}; "
+                                   f"in circuits_pl/ but not in the Layout: {sorted(on_disk - set(table))}")
+    wrong = {name: floor + 1 for name, floor in table.items()
+             if floor_of(name.removesuffix(".py").removesuffix("/")) != floor}
+    assert not wrong, f"README's Layout puts these on another floor than tests/test_layers.py FLOORS: {wrong}"

@@ -50,6 +50,31 @@ def test_alive_mask_freezes_members():
     assert all(bool((g[1] == 0).all()) and bool((g[0] != 0).any()) for g in grads)
 
 
+def _reference_forward(weights, biases, x):
+    """The forward before the shared one: stacked matmul on batch-last activations, layer by layer."""
+    a = x.T  # (in, N)
+    for layer, w in enumerate(weights):
+        a = torch.matmul(w, a)  # (K, out, N)
+        if biases:
+            a = a + biases[layer]
+        if layer < len(weights) - 1:
+            a = a.relu()
+    return a.transpose(-1, -2)  # (K, N, 1)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("sizes", [(2, 3, 1), (3, 5, 4, 1)])
+def test_forward_is_bit_identical_to_the_explicit_loop(sizes, bias):
+    net = ReLUMLP(sizes, members=5, bias=bias, seed=3)
+    x = torch.rand(1000, sizes[0], generator=torch.Generator().manual_seed(1)) * 2 - 1
+    weights, biases = [w.detach() for w in net.weights], [b.detach() for b in net.biases]
+    with torch.no_grad():
+        assert torch.equal(net(x), _reference_forward(weights, biases, x))
+        for k in (0, 3):
+            one = _reference_forward([w[k : k + 1] for w in weights], [b[k : k + 1] for b in biases], x)[0]
+            assert torch.equal(net(x, member=k), one)
+
+
 def test_forward_one_member_matches_all_members():
     net = ReLUMLP((2, 3, 1), members=4, seed=3)
     x = torch.rand(10, 2)

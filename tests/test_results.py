@@ -30,7 +30,7 @@ def test_run_summary_from_plain_trainer_fit_writes_results_and_figures(tmp_path)
     per = res["per_member"]
     # solved count and test MSE against plain arithmetic on the final weights
     assert res["solved"] == sum(v is not None and v < res["success_mse"] for v in per["val_mse"])
-    x, y = data.holdout_set("test").tensors
+    x, y = data.fixed_set("test").tensors
     for k in range(6):
         with torch.no_grad():
             mse = float((module.net(x, member=k).double() - y.double()).square().mean())

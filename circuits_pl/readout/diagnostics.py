@@ -11,6 +11,7 @@ import torch
 
 from circuits_pl.readout.canonical import Canonical
 from circuits_pl.readout.matrices import MINUS, Fn, input_names
+from circuits_pl.stream import fill_uniform
 from circuits_pl.tasks import Task
 
 HOMOGENEITY_RTOL = 1e-4  # float32 nets reach ~1e-7; a bias gives O(1)
@@ -47,8 +48,8 @@ def homogeneity_check(fn: Fn, arity: int, n: int = 1000, seed: int = 0, rtol: fl
         (ok, max |f(c·x) − c·f(x)| / max |c·f(x)|): relative to the output scale, so that points
         where f is ~0 do not blow the ratio up.
     """
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand(n, arity, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
+    gen = torch.Generator()
+    x = fill_uniform(torch.empty(n, arity, dtype=torch.float64), seed, gen).to(dtype)  # seeds gen
     c = (10 * (1 - torch.rand(n, 1, generator=gen, dtype=torch.float64))).to(dtype)  # (0, 10]
     with torch.no_grad():
         scaled = fn(c * x).to(torch.float64).reshape(n, -1)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.network import layer_activations
+from circuits_pl.stream import uniform_inputs
 
 MINUS = "\u2212"  # "−", as in r(−x): a typographic minus reads better than "-" in formulas
 
@@ -48,13 +50,9 @@ def layer_sizes(weights: Sequence[torch.Tensor]) -> tuple[int, ...]:
 
 
 def forward(weights: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """The bias-free ReLU MLP of ``weights`` on inputs ``(N, in)``: outputs ``(N, 1)``, float64."""
-    a = x.to(torch.float64)
-    for layer, w in enumerate(weights):
-        a = a @ w.T
-        if layer < len(weights) - 1:
-            a = a.relu()
-    return a
+    """The bias-free ReLU MLP of ``weights`` on inputs ``(N, in)``: outputs ``(N, 1)``, float64
+    (:func:`circuits_pl.network.layer_activations`)."""
+    return layer_activations(weights, x.to(torch.float64))[-1].T
 
 
 def input_names(arity: int) -> list[str]:
@@ -81,9 +79,9 @@ def weights_text(weights: Sequence, biases: Sequence | None = None) -> str:
 
 
 def random_inputs(n: int, arity: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``n`` points uniform in [-1, 1]^arity from one seed (the default test set of the readout)."""
-    gen = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, arity, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype)
+    """``n`` points uniform in [-1, 1)^arity from one seed (the default test set of the readout): drawn
+    in float64 by :func:`circuits_pl.stream.uniform_inputs`, then cast to ``dtype``."""
+    return uniform_inputs(n, arity, seed, dtype=torch.float64).to(dtype)
 
 
 def join_signed(parts: Sequence[tuple[bool, str]]) -> str:
