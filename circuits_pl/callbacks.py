@@ -147,8 +147,7 @@ class LastCheckpoint(ModelCheckpoint):
                 atomic_link(source, filepath)
             except OSError:  # no hard links on this filesystem: a real save
                 return super()._save_checkpoint(trainer, filepath)
-        trainer.strategy.barrier("LastCheckpoint.link")
-        set_last_save(self, filepath, trainer.global_step)
+        set_last_save(self, filepath, trainer.global_step)  # no barrier: no other rank reads the file
 
     def _same_step_checkpoint(self, trainer: pl.Trainer) -> str | None:
         """A local checkpoint file another ModelCheckpoint saved at the current step, if any."""

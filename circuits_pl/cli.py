@@ -111,6 +111,9 @@ class CircuitsCLI(LightningCLI):
             "checkpoint.save_last": True,  # last.ckpt at every validation, by LastCheckpoint
             "checkpoint.save_top_k": 1,
             "checkpoint.filename": "best-{step}",
+            # every run writes into a fresh version_N, so best-step=N.ckpt cannot collide; the
+            # collision check costs a collective per validation under DDP
+            "checkpoint.enable_version_counter": False,
         })
 
     # ------------------------------------------------------------------------------------------

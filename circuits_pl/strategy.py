@@ -17,8 +17,12 @@ strategy keeps DDP's launcher, process group and collectives and leaves the modu
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
+from torch.distributed import ReduceOp
 
 
 class MemberParallelStrategy(DDPStrategy):
@@ -28,6 +32,29 @@ class MemberParallelStrategy(DDPStrategy):
 
     def configure_ddp(self) -> None:
         pass  # no wrapper: members are independent, and the module syncs them at each validation
+
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: ReduceOp | str | None = "mean") -> Any:
+        """``DDPStrategy.reduce`` without the barrier Lightning runs before every all_reduce (an
+        all_reduce synchronises the ranks by itself). Every per-validation decision (the member sync,
+        the interrupt vote, ModelCheckpoint's top-k vote) goes through here: measured, K = 128 2-2-1
+        on 2 ranks, 20k steps, the barriers were ~6% of the training time."""
+        if not isinstance(tensor, torch.Tensor) or not (dist.is_available() and dist.is_initialized()):
+            return tensor
+        group = dist.group.WORLD if group is None else group
+        divide = False
+        if isinstance(reduce_op, str):
+            name = "avg" if reduce_op.lower() in ("mean", "avg") else reduce_op.lower()
+            if name == "avg" and dist.get_backend(group) == "gloo":  # gloo has no AVG
+                op, divide = ReduceOp.SUM, True
+            else:
+                op = getattr(ReduceOp, name.upper())
+        else:
+            op = ReduceOp.SUM if reduce_op is None else reduce_op
+        dist.all_reduce(tensor, op=op, group=group)
+        if divide:
+            size = dist.get_world_size(group)
+            return tensor.div_(size) if torch.is_floating_point(tensor) else tensor.copy_(tensor / size)
+        return tensor
 
 
 def member_share(members: int, world_size: int, rank: int) -> slice:
