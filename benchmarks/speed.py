@@ -3,6 +3,7 @@
     python benchmarks/speed.py                    # K = 1, 32, 128, 1024, 8192, with memory: ~10 minutes
     python benchmarks/speed.py --quick            # K = 1, 128, 1024, no memory column: ~2 minutes
     python benchmarks/speed.py --plot speed.png   # also draw µs per network-step against K
+    python benchmarks/speed.py --device cuda      # on a GPU: member-steps/s for K = 1k, 10k, 100k
 
 All on the notebook's 2-2-1 ``add`` network, batch 1000, lr 1e-4, one torch thread. Every figure
 is the median of several interleaved rounds (machine noise hits every loop alike), shown with the
@@ -24,8 +25,9 @@ Then the notebook's loop (draw a batch, forward, MSE, zero_grad, backward, SGD s
 time of ``python -m circuits_pl fit --task min`` with defaults in a fresh process.
 
 The last line is machine-readable:
-``single_vs_notebook=R1 ensemble128_vs_notebook=R2 ensemble1024_vs_notebook=R3 min_fit_seconds=S ddp2_vs_single=R4``
-(the last from ``benchmarks/scale.py``: K = 128 trained by 2 DDP ranks against 1 process).
+``single_vs_notebook=R1 ensemble128_vs_notebook=R2 ensemble1024_vs_notebook=R3 min_fit_seconds=S ddp2_vs_single=R4
+kb_per_member_231=M`` (R4 from ``benchmarks/scale.py``: K = 128 trained by 2 DDP ranks against 1 process, 20k
+steps; M: peak memory per member of a 2-3-1 ``fit`` with K = 8192, batch 1000).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ LR = 1e-4
 # and checkpoint at the end) is an upper bound of the default cadence's.
 FIT_STEPS = {1: 10_000, 32: 2000, 128: 1000, 1024: 200, 8192: 100}
 FULL_KS = (1, 32, 128, 1024, 8192)
+MEMORY_231_K = 8192  # the issue's memory figure: 2-3-1, batch 1000 (goal <= 40 KB per member)
 QUICK_KS = (1, 128, 1024)
 
 
@@ -131,11 +134,11 @@ BARE = ["--trainer.logger", "false", "--trainer.enable_checkpointing", "false", 
         "false", "--trainer.val_check_interval", "1000000", "--trainer.log_every_n_steps", "0", "--figures", "false"]
 
 
-def fit_cli(steps: int, members: int, root: str, bare: bool = False):
+def fit_cli(steps: int, members: int, root: str, bare: bool = False, sizes: str = "2-2-1"):
     """The CLI's trainer, model and data for ``fit`` (defaults; the notebook's lr, no early stop)."""
     from circuits_pl.cli import CircuitsCLI
 
-    args = ["--task", "add", "--model.members", str(members), "--model.lr", str(LR),
+    args = ["--task", "add", "--model.members", str(members), "--model.lr", str(LR), "--model.layer_sizes", sizes,
             "--trainer.max_steps", str(steps), "--stop.when", "never", "--trainer.default_root_dir", root,
             "--threads", str(THREADS)] + (BARE if bare else [])
     return CircuitsCLI(args=args, run=False)
@@ -160,11 +163,11 @@ def _status_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def memory_child(members: int) -> None:
+def memory_child(members: int, sizes: str) -> None:
     """In a fresh process: peak RSS growth over one ``fit`` with K members, as JSON on stdout."""
     _quiet()
     with tempfile.TemporaryDirectory() as root:
-        cli = fit_cli(min(FIT_STEPS.get(members, 100), 200), members, root)
+        cli = fit_cli(min(FIT_STEPS.get(members, 100), 200), members, root, sizes=sizes)
         # Reset the peak RSS (VmHWM) to the current RSS: importing Lightning peaks higher than
         # anything after it, so the lifetime peak (ru_maxrss) would hide the fit.
         with open("/proc/self/clear_refs", "w") as f:
@@ -180,9 +183,9 @@ def memory_child(members: int) -> None:
     print(json.dumps({"members": members, "peak_growth_bytes": max(peak - before, 0)}))
 
 
-def peak_memory_per_member(members: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(members)], check=True,
-                         capture_output=True, text=True).stdout
+def peak_memory_per_member(members: int, sizes: str = "2-2-1") -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(members), "--memory-sizes", sizes],
+                         check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_growth_bytes"] / members
 
 
@@ -257,10 +260,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="K = 1, 128, 1024, fewer steps, no memory column")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--plot", metavar="PATH", help="write µs per network-step against K (log-log) as a PNG")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: member-steps/s of the training step on the GPU for K = 1k, 10k, 100k instead")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--memory-sizes", default="2-2-1", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child is not None:
-        memory_child(args.memory_child)
+        memory_child(args.memory_child, args.memory_sizes)
+        return
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.exit(2, "error: --device cuda: torch sees no CUDA GPU on this machine (torch.cuda.is_available() "
+                           "is False); run without --device for the CPU figures\n")
+        cuda_throughput()
         return
     if args.plot and Path(args.plot).parent.is_dir() is False:
         parser.exit(2, f"error: --plot {args.plot}: directory {Path(args.plot).parent} does not exist\n")
@@ -270,6 +282,7 @@ def main() -> None:
     ks = QUICK_KS if args.quick else FULL_KS
     times, notebook_rounds = measure(ks, args.rounds, args.quick)
     memory = {} if args.quick else {k: peak_memory_per_member(k) for k in ks}
+    memory_231 = peak_memory_per_member(MEMORY_231_K, "2-3-1")
     with tempfile.TemporaryDirectory() as root:
         py = sys.executable
         import_s = statistics.median(wall([py, "-c", "import circuits_pl.cli"]) for _ in range(3))
@@ -293,25 +306,78 @@ def main() -> None:
           "(validation every 1000 steps and once at the end)")
     print("loop and val/ckpt/log are differences of noisy figures, per round: a negative value is below the noise")
     print(f"fit --task min (defaults), wall: {min_fit:.1f} s, of which import circuits_pl.cli: {import_s:.1f} s")
+    print(f"peak memory per member, 2-3-1, batch {BATCH}, K = {MEMORY_231_K}: {memory_231 / 1024:.1f} KB "
+          f"(100k members: {memory_231 * 100_000 / 2**30:.2f} GiB)")
     if args.plot:
         plot(times, nb, args.plot)
         print(f"plot: {args.plot}")
     ratio = {k: nb / statistics.median(times[k]["fit"]) for k in ks}
     ddp2 = ddp2_vs_single(2 if args.quick else 3)
     print(f"single_vs_notebook={ratio[1]:.2f} ensemble128_vs_notebook={ratio[128]:.1f} "
-          f"ensemble1024_vs_notebook={ratio[1024]:.1f} min_fit_seconds={min_fit:.1f} ddp2_vs_single={ddp2:.2f}")
+          f"ensemble1024_vs_notebook={ratio[1024]:.1f} min_fit_seconds={min_fit:.1f} ddp2_vs_single={ddp2:.2f} "
+          f"kb_per_member_231={memory_231 / 1024:.1f}")
 
 
 def ddp2_vs_single(rounds: int) -> float:
     """K = 128 of 2-2-1 trained by one process and by two DDP ranks (benchmarks/scale.py), same run."""
-    from scale import train_seconds  # benchmarks/ is the script's directory, first on sys.path
+    from scale import DEFAULT_STEPS, train_seconds  # benchmarks/ is the script's directory, first on sys.path
 
     times: dict[int, list[float]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             for devices in (1, 2):
-                times[devices].append(train_seconds(128, 5000, devices, Path(tmp) / f"{devices}-{r}"))
+                times[devices].append(train_seconds(128, DEFAULT_STEPS, devices, Path(tmp) / f"{devices}-{r}"))
     return statistics.median(times[1]) / statistics.median(times[2])
+
+
+CUDA_KS = (1_000, 10_000, 100_000)
+
+
+def cuda_throughput(steps: int = 200, block: int = 100, device: str = "cuda", ks: tuple[int, ...] = CUDA_KS) -> None:
+    """Member-steps/s on the GPU (2-2-1 and 2-3-1, batch 1000): the chunked training step of
+    ``fit`` (``train_block``) on blocks of the training stream, each drawn on the CPU and moved to
+    the GPU once (as ``fit`` does), and the whole ``fit`` as the CLI builds it."""
+    from circuits_pl.network import ReLUMLP
+    from circuits_pl.optim import MemberOptimizer
+    from circuits_pl.stream import UniformBlocks
+    from circuits_pl.tasks import get_task
+    from circuits_pl.train_block import chunk_members, train_block
+
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    print(f"circuits_pl on {name}, torch {torch.__version__}, batch {BATCH}, "
+          f"{steps} steps; member-steps/s")
+    print("".join(h.rjust(w) for h, w in zip(["sizes", "K", "train_block", "fit", "fit s"], [8, 9, 16, 16, 9])))
+    for sizes in ((2, 2, 1), (2, 3, 1)):
+        stream = UniformBlocks(get_task("add"), BATCH, block, seed=0)
+        for k in ks:
+            net = ReLUMLP(sizes, members=k, seed=0).to(device)
+            opt = MemberOptimizer(net.parameters(), lr=LR)
+            chunk = chunk_members(sizes, BATCH, k)
+            elapsed = 0.0
+            for b in range(steps // block + 1):  # the first block warms up (kernels, allocator)
+                x, y = stream.block(b * block, block)
+                xt = x.transpose(1, 2).contiguous().to(device)
+                yt = y.transpose(1, 2).contiguous().to(device)
+                synchronize()
+                start = time.perf_counter()
+                train_block(opt, len(net.weights), xt, yt, chunk)
+                synchronize()
+                elapsed += (time.perf_counter() - start) if b else 0.0
+            step_rate = k * (steps // block) * block / elapsed
+            with tempfile.TemporaryDirectory() as root:
+                cmd = [sys.executable, "-m", "circuits_pl", "fit", "--task", "add", "--model.layer_sizes",
+                       "-".join(map(str, sizes)), "--model.members", str(k), "--model.lr", str(LR),
+                       "--trainer.max_steps", str(steps), "--stop.when", "never", "--trainer.accelerator",
+                       "gpu" if device.type == "cuda" else "cpu",
+                       "--trainer.devices", "1", "--figures", "false", "--trainer.default_root_dir", root]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                (results,) = Path(root).glob("lightning_logs/version_*/results.json")
+                fit_s = float(json.loads(results.read_text())["train_seconds"])
+            row = ["-".join(map(str, sizes)), f"{k:,}", f"{step_rate:,.0f}", f"{k * steps / fit_s:,.0f}",
+                   f"{fit_s:.2f}"]
+            print("".join(c.rjust(w) for c, w in zip(row, [8, 9, 16, 16, 9])))
 
 
 if __name__ == "__main__":

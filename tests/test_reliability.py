@@ -261,24 +261,25 @@ def _val_rows(run: Path) -> dict[int, dict[str, str]]:
     return {int(r["step"]): {k: v for k, v in r.items() if k.startswith("val/")} for r in rows if r["val/mse"]}
 
 
-@pytest.mark.parametrize("stop, block", [(550, None), (950, 100)])
-def test_stop_at_550_and_resume_equals_never_stopping(run_cli, tmp_path, stop, block):
+@pytest.mark.parametrize("stop, block, resume_block", [(550, None, None), (950, 100, 100), (1700, 100, 500),
+                                                       (2000, 1000, 250)])
+def test_stop_at_550_and_resume_equals_never_stopping(run_cli, tmp_path, stop, block, resume_block):
     """Stopped inside a block (550 with the default S = 500; 950 with S = 100, just before the
-    validation at 1000), resumed to 3000: the same run, with the same validations."""
+    validation at 1000), or resumed with another block size (1700 with S = 100 resumed with 500;
+    2000 with S = 1000, as under DDP, resumed with 250), to 3000: the same run, with the same
+    validations."""
     from test_resume import assert_same_run
 
     common = ["--task", "add", "--model.members", 16, "--stop.when", "never", *QUIET]
-    if block:
-        common += ["--data.steps_per_batch", block]
     run_cli("fit", *common, "--trainer.max_steps", 3000)
-    run_cli("fit", *common, "--trainer.max_steps", stop)
+    run_cli("fit", *common, *(["--data.steps_per_batch", block] if block else []), "--trainer.max_steps", stop)
     half = run_dirs(tmp_path)[1]
     run_cli("fit", "--config", half / "config.yaml", "--ckpt_path", half / "checkpoints" / "last.ckpt",
-            "--trainer.max_steps", 3000)
+            "--trainer.max_steps", 3000, *(["--data.steps_per_batch", resume_block] if resume_block else []))
     full, _, resumed = run_dirs(tmp_path)
     assert_same_run(full, resumed)  # every weight, solved_at, verdicts, per-member MSEs
-    assert sorted(_val_rows(resumed)) == [1000, 2000, 3000]
-    assert _val_rows(full) == _val_rows(resumed)
+    assert sorted(_val_rows(resumed)) == [v for v in (1000, 2000, 3000) if v > stop]
+    assert {s: r for s, r in _val_rows(full).items() if s > stop} == _val_rows(resumed)
     assert results(full)["per_member"]["solved_at"] == results(resumed)["per_member"]["solved_at"]
 
 
