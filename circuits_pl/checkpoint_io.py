@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from circuits_pl.files import atomic_open, remove_stray_temps
+from circuits_pl.files import atomic_open, remove_stray_temps, save_failed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -31,8 +31,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         if "://" in str(path):  # remote (fsspec) paths: Lightning's own transaction-based save
             return super().save_checkpoint(checkpoint, path)
-        with atomic_open(path, "wb") as f:
-            self.write(checkpoint, f)
+        try:
+            with atomic_open(path, "wb") as f:
+                self.write(checkpoint, f)
+        except RuntimeError as err:  # torch.save reports a failed write of its zip stream this way
+            if "write" not in str(err).lower():
+                raise
+            raise save_failed(path, err) from err
 
     def write(self, checkpoint: dict[str, Any], f: Any) -> None:
         """Serialise into the open temporary file (a test subclass slows or breaks this)."""

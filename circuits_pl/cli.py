@@ -37,7 +37,7 @@ from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.checkpoints import load_checked_checkpoint
 from circuits_pl.compat import cli_get, cli_instantiate_trainer, cli_parser
 from circuits_pl.data import CircuitDataModule
-from circuits_pl.errors import CircuitsError, TrainingDiverged
+from circuits_pl.errors import CircuitsError, SaveFailed, TrainingDiverged
 from circuits_pl.files import atomic_write_text
 from circuits_pl.interrupts import END, SANITY, GracefulInterrupt, RunInterrupted, release_all
 from circuits_pl.logger import claim_run_dir, run_dir
@@ -392,7 +392,7 @@ def _run_guarded(fn) -> Any:
         return fn()
     except CircuitsError as err:
         _fail(str(err), 2)
-    except TrainingDiverged as err:
+    except (TrainingDiverged, SaveFailed) as err:
         _fail(str(err), 1)
     except RunInterrupted as err:
         if err.announce:

@@ -11,12 +11,15 @@ checkpoint) and is removed by the next write into that directory (or :func:`remo
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from circuits_pl.errors import SaveFailed
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)-[A-Za-z0-9_]+$")
 
@@ -51,11 +54,24 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, SaveFailed):
+            raise save_failed(target, err) from err
         raise
     fsync_dir(directory)
+
+
+def save_failed(path: str | os.PathLike, err: BaseException) -> SaveFailed:
+    """The one-line error for a write of ``path`` that failed (the previous version is intact)."""
+    target = Path(path)
+    code = getattr(err, "errno", None)
+    reason = getattr(err, "strerror", None) or (str(err).strip().splitlines() or ["write failed"])[0][:160]
+    message = f"could not write {target}: {reason}; its previous version (if any) is intact: every write is atomic"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        message += f". Free space on that disk (df -h {target.parent}), then run again or resume from last.ckpt"
+    return SaveFailed(message, code)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -18,7 +18,7 @@ from conftest import results, run_dirs
 
 from circuits_pl.cadence import default_steps_per_batch, trainer_cadence
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
-from circuits_pl.errors import CircuitsError
+from circuits_pl.errors import CircuitsError, SaveFailed
 from circuits_pl.files import atomic_write_text, is_temp_file, remove_stray_temps
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
@@ -88,14 +88,17 @@ class _BrokenIO(AtomicCheckpointIO):
         raise self.fail
 
 
-@pytest.mark.parametrize("fail", [RuntimeError("writer failed"), OSError(errno.ENOSPC, "No space left on device"),
-                                  KeyboardInterrupt()], ids=["raises", "disk-full", "ctrl-c"])
-def test_a_failed_save_keeps_the_previous_complete_checkpoint(tmp_path, fail):
+@pytest.mark.parametrize("fail, raised", [(RuntimeError("writer failed"), SaveFailed),
+                                          (RuntimeError("a bug"), RuntimeError),
+                                          (OSError(errno.ENOSPC, "No space left on device"), SaveFailed),
+                                          (KeyboardInterrupt(), KeyboardInterrupt)],
+                         ids=["write-fails", "raises", "disk-full", "ctrl-c"])
+def test_a_failed_save_keeps_the_previous_complete_checkpoint(tmp_path, fail, raised):
     path = tmp_path / "checkpoints" / "last.ckpt"
     old = {"global_step": 1000, "state_dict": {"w": torch.arange(6.0)}}
     AtomicCheckpointIO().save_checkpoint(old, path)
     new = {"global_step": 2000, "state_dict": {"w": torch.zeros(100_000)}}
-    with pytest.raises(type(fail)):
+    with pytest.raises(raised):
         _BrokenIO(fail).save_checkpoint(new, path)
     state = _ckpt(path)
     assert state["global_step"] == 1000 and torch.equal(state["state_dict"]["w"], torch.arange(6.0))
@@ -115,6 +118,36 @@ def test_atomic_write_text_keeps_the_old_file_on_a_full_disk(tmp_path, monkeypat
     assert path.read_text() == '{"old": true}'
     assert _temps(tmp_path) == []
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
+
+
+@pytest.mark.parametrize("failure", ["oserror", "torch"])
+def test_a_full_disk_during_fit_is_one_line_and_keeps_the_last_checkpoint(run_cli, tmp_path, monkeypatch, capsys,
+                                                                          failure):
+    """The disk fills up at the third save (step 3000; last.ckpt is a hard link to the best saved at the
+    same step): exit 1 with one line naming the file and the cause; last.ckpt still holds step 2000,
+    complete; no temporary file is left behind."""
+    saves = []
+
+    def write(self, checkpoint, f):
+        saves.append(checkpoint["global_step"])
+        if len(saves) >= 3:
+            if failure == "oserror":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: "
+                               "PytorchStreamWriter failed writing file data/0: file write failed")
+        torch.save(checkpoint, f)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "write", write)
+    run_cli("fit", "--task", "add", "--model.members", 2, "--model.lr", 1e-4, "--stop.when", "never",
+            "--trainer.max_steps", 3000, *QUIET, expect=1)
+    err = capsys.readouterr().err.strip().splitlines()
+    (run,) = run_dirs(tmp_path)
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith("error: could not write lightning_logs/version_0/checkpoints/best-step=3000.ckpt: ")
+    reason = "No space left on device" if failure == "oserror" else "PytorchStreamWriter failed writing file"
+    assert reason in err[0] and "previous version (if any) is intact" in err[0]
+    assert _ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 2000
+    assert _temps(run / "checkpoints") == []
 
 
 def _umask() -> int:
