@@ -41,9 +41,10 @@ def train_seconds(members: int, steps: int, devices: int, root: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--members", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 3")
+    parser.add_argument("--members", type=int, default=128, help="K, the members trained (default 128)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                        help=f"SGD steps per fit (default {DEFAULT_STEPS:,}: the default fit's length)")
     args = parser.parse_args()
     rounds = 2 if args.quick else 3
     times: dict[int, list[float]] = {1: [], 2: []}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import warnings
@@ -115,6 +116,10 @@ class CircuitsCLI(LightningCLI):
             # collision check costs a collective per validation under DDP
             "checkpoint.enable_version_counter": False,
         })
+        # Lightning's help for these counts batches and epochs; circuits_pl counts SGD steps
+        for action in parser._actions:  # argparse's list of options: no public accessor
+            if action.dest in _STEP_HELP:
+                action.help = _STEP_HELP[action.dest] + " (type: %(type)s, default: %(default)s)"
 
     # ------------------------------------------------------------------------------------------
     def _active_config(self) -> Namespace:
@@ -292,12 +297,20 @@ class CircuitsCLI(LightningCLI):
 
     # ------------------------------------------------------------------------------------------
     def before_fit(self) -> None:
-        directory = run_dir(self.trainer)
+        directory = os.path.normpath(run_dir(self.trainer))  # as every later line prints it
         if self.trainer.is_global_zero:
             print(f"Run directory: {directory}")
             print(device_line(self.trainer, self._active_config().trainer.accelerator, self.model.members))
         if not any(isinstance(c, RunSummary) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(RunSummary(figures=self._active_config().figures))
+
+    def _announce_run_dir(self) -> None:
+        """validate / test write into a version_N of their own (metrics.csv): say which."""
+        if self.trainer.is_global_zero and self.trainer.logger is not None:
+            print(f"Run directory: {os.path.normpath(run_dir(self.trainer))}")
+
+    before_validate = _announce_run_dir
+    before_test = _announce_run_dir
 
     def after_fit(self) -> None:
         # The end of fit (RunSummary: test, results.json, figures) ran inside trainer.fit, in
@@ -330,6 +343,15 @@ class AtomicSaveConfig(SaveConfigCallback):
             self.save_config(trainer, pl_module, stage)
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+_STEP_HELP = {
+    "trainer.max_steps": "Stop training after this number of SGD steps (-1: no limit).",
+    "trainer.val_check_interval": "Validate every this many SGD steps (an integer; validation at steps N, 2N, "
+                                  "..., resumed or not, and where the run stops).",
+    "trainer.log_every_n_steps": "Log train/mse every this many SGD steps, rounded to whole blocks of "
+                                 "data.steps_per_batch (0: no train logging).",
+}
 
 
 def device_line(trainer, accelerator: Any, members: int) -> str:
@@ -369,9 +391,8 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if (status := front_door(argv)) is not None:  # --help, no command, an unknown command
         raise SystemExit(status)
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_adverts)
-    # Lightning 2.6 calls an API that torch 2.13 deprecates; nothing a user can act on.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).addFilter(_said_otherwise)
     # Every run writes into a new version directory, so a restored ModelCheckpoint always "moves".
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     if argv and argv[0] in ("inspect", "report"):
@@ -382,8 +403,19 @@ def main(args: Sequence[str] | None = None) -> None:
     return _run_guarded(lambda: CircuitsCLI(args=args))
 
 
-def _no_adverts(record: logging.LogRecord) -> bool:
-    return "Tip: For seamless cloud logging" not in record.getMessage()
+# Lightning's info lines that circuits_pl says in its own words, or that mislead with its SGD-step cadence:
+# the "Device:" line (GPU/TPU), the task line (its seed), "Resuming from", the end-of-fit summary
+# ("stopped: max_steps"), and "val_check_interval=1 ... after every batch" (a batch is a block of steps).
+_SAID_OTHERWISE = ("Tip: For seamless cloud logging", "GPU available:", "TPU available:", "HPU available:",
+                   "Seed set to", "Restoring states from the checkpoint", "Restored all states from the checkpoint",
+                   "`Trainer.fit` stopped: `max_steps=", "so validation will run after every batch")
+
+
+def _said_otherwise(record: logging.LogRecord) -> bool:
+    if record.levelno > logging.INFO:
+        return True
+    message = record.getMessage()
+    return not any(text in message for text in _SAID_OTHERWISE)
 
 
 def _run_guarded(fn) -> Any:
@@ -458,9 +490,17 @@ def _argument_errors() -> tuple[type[BaseException], ...]:
     return (argparse.ArgumentError, ArgumentError)
 
 
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
 def _one_line(message: str) -> str:
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
-    return " ".join(lines)[:400] if lines else "invalid arguments"
+    text = " ".join(lines)
+    # jsonargparse: 'Parser key "data.batch_size": Expected a <class 'int'>. Got value: 1000.0'
+    m = re.fullmatch(r"""Parser key "([\w.]+)": Expected a <class '(\w+)'>\. Got value: (.*)""", text)
+    if m and m[2] in _TYPE_NAMES:
+        return f"--{m[1]} must be {_TYPE_NAMES[m[2]]}, got {m[3]}"
+    return text[:400] if lines else "invalid arguments"
 
 
 def _fail(message: str, code: int) -> None:

@@ -7,9 +7,15 @@ a run.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning.pytorch as pl
+
+# Lightning 2.6 calls an API that torch 2.13 deprecates, once per fit, from code a user cannot change
+# ("`isinstance(treespec, LeafSpec)` is deprecated"): silenced for this one message only, for the
+# CLI and for a plain Trainer alike (importing circuits_pl's LightningModule brings this module in).
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
 def record_resolved(obj: pl.LightningModule | pl.LightningDataModule, **values: Any) -> None:

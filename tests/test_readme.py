@@ -1,0 +1,30 @@
+"""The README's commands and code, run as written."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _python_block(section: str) -> str:
+    text = README.read_text()
+    body = text[text.index(f"## {section}\n"):]
+    return re.search(r"```python\n(.*?)```", body, re.S).group(1)
+
+
+def test_the_from_python_example_runs_as_written(run_cli, tmp_path):
+    # the snippet loads a run of the CLI from lightning_logs/version_0: make one first
+    run_cli("fit", "--task", "add", "--model.members", 8, "--trainer.max_steps", 1000, "--figures", "false",
+            "--trainer.enable_progress_bar", "false")
+    code = _python_block("From Python")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    found, circuits = lines[-2].split(" ", 1)
+    assert 0 < int(found) <= 16 and "r(a + b) − r(−a − b)" in circuits
+    assert lines[-1] == "tensor([[-0.2000]])"  # the best member of a solved add run: 0.3 + (-0.5)
+    assert "Traceback" not in out.stderr and "DeprecationWarning" not in out.stderr
