@@ -41,13 +41,14 @@ def read_member(module: CircuitModule, data: CircuitDataModule, member: int | No
                         success_mse=module.success_mse)
 
 
-NO_CIRCUIT = {"formula": None, "rough_formula": None, "circuit": None, "exact": False, "family": None,
+NO_CIRCUIT = {"formula": None, "rough_formula": None, "circuit": None, "matched": False, "family": None,
               "sparsity_error": None, "reason": None}
 
 
 def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dict[str, Any]]:
     """Per member, for results.json: its formula, the circuit it is (a catalogue name or its structural
-    form, or None), whether that is exactly the task's function, its family and sparsity error.
+    form, or None), whether that circuit is the task's function (``matched``, whatever the member's
+    loss: results.json's ``exact`` also needs it solved), its family and sparsity error.
 
     ``circuits_pl.readout.describe_member`` per member (a few ms each). Nets with biases get no
     circuit: the readout is for bias-free nets (their function is not positively homogeneous).
@@ -63,7 +64,7 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
             continue
         d = describe_member(weights, module.task, x).as_dict()
         out.append({"formula": d["formula"], "rough_formula": d["rough_formula"], "circuit": d["label"],
-                    "exact": bool(d["exact"]), "family": d["family"], "sparsity_error": d["sparsity_error"],
+                    "matched": bool(d["exact"]), "family": d["family"], "sparsity_error": d["sparsity_error"],
                     "reason": d["reason"]})
     return out
 

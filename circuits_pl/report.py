@@ -127,6 +127,13 @@ def report_row(res: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def progress_line(row: dict[str, Any]) -> str:
+    """The stderr line of a finished job: ``abs: 10/32 found the circuit (0.18–0.49), ...`` (no padding)."""
+    return (f"{row['job']}: {row['found']}/{row['members']} found the circuit "
+            f"({row['found_ci95_low']:.2f}–{row['found_ci95_high']:.2f}), {row['solved']} solved, median at "
+            f"{_fmt(row['median_solved_at'], '.0f')} steps; {row['circuits'] or 'no exact circuit'}")
+
+
 def _fmt(value: Any, spec: str = ".3g") -> str:
     return "–" if value is None else format(value, spec)
 
@@ -350,10 +357,7 @@ def main(argv: list[str]) -> None:
             results[job.name] = res
             row = report_row(res)
             bar.update(1)
-            bar.write(f"{row['job']:>18}: {row['found']}/{row['members']} found the circuit "
-                      f"({row['found_ci95_low']:.2f}–{row['found_ci95_high']:.2f}), {row['solved']} solved, median at "
-                      f"{_fmt(row['median_solved_at'], '.0f')} steps; {row['circuits'] or 'no exact circuit'}",
-                      file=sys.stderr)
+            bar.write(progress_line(row), file=sys.stderr)
     bar.close()
     rows = [report_row(results[job.name]) for job in jobs]  # in the order asked, whatever finished first
     command = f"{program_name()} report " + " ".join(argv)

@@ -45,7 +45,7 @@ def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]]) -> li
     solved = module.solved.cpu().tolist()
     out = []
     for k in range(module.members):
-        exact = bool(circuits[k]["exact"])
+        exact = bool(circuits[k]["matched"])  # the readout, whatever the loss: a converging member is found
         out.append(verdict(bool(solved[k]), exact, hist[:, k].tolist(), diverged=int(module.diverged_at[k]) >= 0))
     return out
 
@@ -114,7 +114,8 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
             "circuit": [c["circuit"] for c in circuits],
-            "exact": [c["exact"] for c in circuits],
+            # exact only below the threshold: a member still above it is approaching its circuit
+            "exact": [bool(c["matched"] and ok) for c, ok in zip(circuits, solved.tolist())],
             "family": [c["family"] for c in circuits],
             "unnamed_reason": [c["reason"] for c in circuits],
             "sparsity_error": [c["sparsity_error"] for c in circuits],
@@ -123,6 +124,8 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "found": "the readout is an exact circuit of the task, and validation MSE is below success_mse "
                      f"or each of the last two validations is at most {GEOMETRIC_RATIO:g}x the one before",
             "converged": "validation MSE below success_mse",
+            "exact": "the readout is an exact circuit of the task (named in circuit) and validation MSE is below "
+                     "success_mse; a member above it with a circuit named is approaching that circuit",
             "stuck": f"validation MSE fell by less than {STUCK_PROGRESS:.0%} over the last {HISTORY} validations",
             "too early": f"fewer than {MIN_VALIDATIONS} scheduled validations",
         },
@@ -138,6 +141,16 @@ def summary_line(res: dict[str, Any]) -> str:
     if res["median_solved_at"] is not None:
         line += f", median solved at {res['median_solved_at']:.0f} steps"
     return line
+
+
+def stopped_early_line(verdicts: list[str]) -> str:
+    """What a fit stopped by --stop.when says: that it stopped early, the members still converging
+    (when there are any), and how to get success rates over the whole budget."""
+    converging = sum(v == "converging" for v in verdicts)
+    line = "Stopped early by --stop.when"
+    if converging:
+        line += f": {converging} member(s) had found the circuit and were still converging"
+    return line + ". For success rates over a whole budget: --stop.when never"
 
 
 def stopped_when_solved(trainer: pl.Trainer) -> bool:
@@ -204,9 +217,7 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
         say("Circuits found: " + ", ".join(
             f"{n}× {c.replace('-', '−')}" for c, n in res["circuits_of_found"].items()))
     if res["stopped_when_solved"]:
-        converging = res["found"] - sum(v == "converged" for v in per["verdict"])
-        say(f"Stopped early by --stop.when: {converging} member(s) had found the circuit and were still "
-            "converging. For success rates over a whole budget: --stop.when never")
+        say(stopped_early_line(per["verdict"]))
     log_dir = run_dir(trainer)  # a collective under DDP: every rank must ask
     if trainer.is_global_zero and log_dir:
         path = Path(log_dir) / "results.json"

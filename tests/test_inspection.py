@@ -88,3 +88,20 @@ def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
 @pytest.mark.parametrize("k, n", [(0, 10), (3, 10), (31, 64), (64, 64)])
 def test_wilson_interval_matches_the_closed_form(k, n):
     assert wilson_interval(k, n) == pytest.approx(_wilson_by_hand(k, n), abs=1e-12)
+
+
+def test_an_unfinished_member_is_approaching_its_circuit_in_fit_inspect_and_results(run_cli, tmp_path, capsys):
+    run_cli("fit", "--task", "add", "--trainer.max_steps", 100, *QUIET)
+    (run,) = run_dirs(tmp_path)
+    res = results(run)
+    best, per = res["best_member"], res["per_member"]
+    assert not per["solved"][best] and per["test_mse"][best] > res["success_mse"] and not per["found"][best]
+    assert per["exact"][best] is False and per["circuit"][best] == "r(a + b) \u2212 r(\u2212a \u2212 b)"
+    assert "exact" in res["verdict_rules"]
+    fit_out = capsys.readouterr().out
+    run_cli("inspect", run, "--figures", "false")
+    inspect_out = capsys.readouterr().out
+    for out in (fit_out, inspect_out):
+        (line,) = [s for s in out.splitlines() if s.startswith("Circuit: ")]
+        assert "approaching the exact circuit r(a + b) \u2212 r(\u2212a \u2212 b)" in line, line
+        assert "exactly" not in line and "not one listed" not in line

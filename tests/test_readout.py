@@ -352,3 +352,54 @@ def test_trained_members_read_as_the_circuit_or_as_stuck():
             stuck += 1
             assert readout.match is None, readout.text()
     assert solved >= 3 and stuck >= 3, (solved, stuck)
+
+
+# ---------------------------------------------------------------------------------------------
+# Units along one line, and nets not yet solved
+# ---------------------------------------------------------------------------------------------
+
+def _stuck_add(split: float) -> list[torch.Tensor]:
+    """A stuck add: two units a little apart along a + b (as trained nets leave them), coefficients
+    ``split`` and ``1 − split``, incoming weights scaled differently (the readout must undo that)."""
+    return [torch.tensor([[0.5, 0.4905], [2 * 0.997, 2.0]], dtype=torch.float64),
+            torch.tensor([[2 * split, (1 - split) / 2]], dtype=torch.float64)]
+
+
+def test_units_along_one_line_merge_in_the_rough_formula_that_groups_stuck_members():
+    from circuits_pl.readout import describe_member
+
+    task = BUILTIN_TASKS["add"]
+    members = [describe_member(_stuck_add(split), task) for split in (0.117, 0.303, 0.803)]
+    # 3 decimals tell the units apart; at 1 decimal they are one unit, the coefficients summed
+    assert members[0].formula == "y = 0.117·r(a + 0.981·b) + 0.883·r(0.997·a + b)"
+    assert {m.rough_formula for m in members} == {"y = 1.0·r(a + b)"}
+    # units exactly along one line, with different scales: one unit in every formula
+    parallel = [torch.tensor([[0.5, 0.5], [-2.0, -2.0], [3.0, 3.0]]), torch.tensor([[0.4, -1.0, 0.2]])]
+    canonical = canonicalize(parallel)
+    assert formula(canonical) == "y = 0.800·r(a + b) − 2.000·r(−a − b)"
+    assert formula(canonical, decimals=1) == "y = 0.8·r(a + b) − 2.0·r(−a − b)"
+    # inspect prints the rounded form when it merges units the 3-decimal formula keeps
+    text = read_circuit(_stuck_add(0.117), task).text()
+    assert "Rounded (1 decimal, units that print alike merged; how report.md groups stuck members): " \
+           "y = 1.0·r(a + b)\n" in text
+    assert "Rounded" not in read_circuit(circuit_weights("add", 0), task).text()
+
+
+def test_a_net_above_the_threshold_is_approaching_its_listed_circuit_not_exact():
+    """The 100-step add fit's best member: MSE 1.9e-5, weights 0.013 from r(a + b) − r(−a − b)."""
+    task = BUILTIN_TASKS["add"]
+    near = [torch.tensor([[1.0, 0.987], [-0.994, -1.0]], dtype=torch.float64),
+            torch.tensor([[1.003, -1.002]], dtype=torch.float64)]
+    readout = read_circuit(near, task)
+    assert not readout.solved and readout.test_mse > 1e-6
+    assert not readout.exact and readout.label == "r(a + b) \u2212 r(\u2212a \u2212 b)"
+    assert readout.circuit_text().startswith("approaching the exact circuit r(a + b) \u2212 r(\u2212a \u2212 b) ")
+    assert "exactly" not in readout.text() and "not one listed" not in readout.text()
+    solved = read_circuit(circuit_weights("add", 0), task)
+    assert solved.exact and solved.circuit_text().startswith("matches the exact circuit r(a + b)")
+    # an unlisted exact circuit, not solved: approaching, never "exactly"
+    unlisted = [torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]], dtype=torch.float64),
+                torch.tensor([[1.004, -1.0, 1.0, -1.0]], dtype=torch.float64)]
+    readout = read_circuit(unlisted, task)
+    assert not readout.solved and not readout.exact
+    assert readout.circuit_text().startswith("approaching an equivalent exact circuit, not one listed")

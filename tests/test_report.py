@@ -50,3 +50,12 @@ def test_sweep_jobs_give_every_task_the_hidden_widths_and_draw_a_heat_map(tmp_pa
     rows = [{"task": j.task, "layer_sizes": "-".join(map(str, j.sizes)), "lr": j.lr, "members": 10,
              "found_rate": 0.5, "found_ci95_low": 0.2, "found_ci95_high": 0.8} for j in jobs]
     assert plot_rates(rows, tmp_path / "phase.png").stat().st_size > 1000
+
+
+def test_progress_lines_start_with_the_job_name_unpadded():
+    from circuits_pl.report import progress_line
+
+    row = {"job": "abs", "found": 10, "members": 32, "found_ci95_low": 0.18, "found_ci95_high": 0.49,
+           "solved": 10, "median_solved_at": 1000.0, "circuits": "10× r(x) + r(−x)"}
+    assert progress_line(row) == ("abs: 10/32 found the circuit (0.18–0.49), 10 solved, median at 1000 steps; "
+                                  "10× r(x) + r(−x)")

@@ -47,3 +47,20 @@ def test_figures_do_not_depend_on_the_logger(tmp_path):
     assert (tmp_path / "losses.png").stat().st_size > 1000
     steps, values = module.loss_history["val/mse"]
     assert steps == [1000.0, 2000.0] and len(values) == 2
+
+
+def test_the_stopped_early_line_names_converging_members_only_when_there_are_some(run_cli, capsys):
+    from circuits_pl.results import stopped_early_line
+
+    # abs 1-4-1 stops at its first solved validation with no member still converging
+    run_cli("fit", "--task", "abs", "--model.layer_sizes", "1-4-1", "--trainer.enable_progress_bar", "false",
+            "--figures", "false")
+    out = capsys.readouterr().out
+    assert "Stopped early by --stop.when. For success rates over a whole budget: --stop.when never" in out, out
+    assert "0 member(s)" not in out
+
+    none = stopped_early_line(["converged", "stuck", "stuck"])
+    assert none == "Stopped early by --stop.when. For success rates over a whole budget: --stop.when never"
+    some = stopped_early_line(["converged", "converging", "converging", "stuck"])
+    assert some == ("Stopped early by --stop.when: 2 member(s) had found the circuit and were still converging. "
+                    "For success rates over a whole budget: --stop.when never")

@@ -14,7 +14,7 @@ One concept per module, bottom up:
 - :mod:`.report`: the whole readout of one net (:func:`read_circuit`, :class:`Readout`).
 """
 
-from circuits_pl.readout.canonical import DUPLICATE_TOL, Canonical, canonicalize
+from circuits_pl.readout.canonical import DUPLICATE_TOL, Canonical, canonicalize, merge_printed
 from circuits_pl.readout.diagnostics import (
     HOMOGENEITY_RTOL,
     WorstInputs,
@@ -45,7 +45,7 @@ __all__ = [
     "DUPLICATE_TOL", "HOMOGENEITY_RTOL", "MATCH_TOL", "MINUS", "RULES", "Canonical", "CircuitMatch", "Fn",
     "Form", "MemberDescription", "Readout", "Structure", "WorstInputs", "as_matrices", "canonicalize",
     "describe_errors", "describe_member", "errors_of", "forward", "formula", "formula_of", "homogeneity_check",
-    "input_names", "is_target", "layer_sizes", "match_circuit", "random_inputs", "read_circuit",
+    "input_names", "is_target", "layer_sizes", "match_circuit", "merge_printed", "random_inputs", "read_circuit",
     "sparsity_error", "structure_of", "target_form", "unit_formula", "weights_text", "why_unnamed",
     "worst_inputs",
 ]

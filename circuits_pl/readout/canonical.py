@@ -76,6 +76,41 @@ def canonicalize(weights: Sequence, x: torch.Tensor | None = None, tol: float = 
     return Canonical(mats, dead, duplicates, silent, _merge(mats, x, tol))
 
 
+def merge_printed(mats: Sequence[torch.Tensor], decimals: int) -> list[torch.Tensor]:
+    """A merged canonical net as it prints with ``decimals`` digits: units whose incoming weights print
+    alike (the same direction, same sign, at that resolution) are one unit, their outgoing weights
+    summed; units whose outgoing weights all print as 0 are dropped. Layer by layer, until nothing changes.
+
+    The canonical merge (:func:`canonicalize`) joins units only within ``DUPLICATE_TOL``; a stuck add
+    keeps units a little apart, 0.117·r(a + 0.981·b) + 0.886·r(0.997·a + b), which at 1 decimal both
+    print as r(a + b): printed as they are they would read 0.1·r(a + b) + 0.9·r(a + b), and members
+    stuck on one line would group apart. Merged, they read 1.0·r(a + b).
+    """
+    mats = [m.clone() for m in mats]
+
+    def printed(v: float) -> float:
+        return float(f"{v:.{decimals}f}") + 0.0  # + 0.0: −0.0 prints as 0
+
+    while True:
+        before = layer_sizes(mats)
+        for layer in range(len(mats) - 1):
+            mats = _normalise_layer(mats, layer)
+            w_in, w_out = mats[layer], mats[layer + 1].clone()
+            first: dict[tuple[float, ...], int] = {}
+            keep = []
+            for i in range(w_in.shape[0]):
+                key = tuple(printed(v) for v in w_in[i].tolist())
+                if key in first:
+                    w_out[:, first[key]] += w_out[:, i]
+                else:
+                    first[key] = i
+                    keep.append(i)
+            keep = [i for i in keep if any(printed(v) != 0 for v in w_out[:, i].tolist())]
+            mats[layer], mats[layer + 1] = w_in[keep], w_out[:, keep]
+        if layer_sizes(mats) == before:
+            return mats
+
+
 def _row_max(w: torch.Tensor) -> torch.Tensor:
     """Largest |weight| of each row; 0 for rows of an empty matrix."""
     if w.shape[1] == 0:

@@ -6,12 +6,16 @@ from collections.abc import Sequence
 
 import torch
 
-from circuits_pl.readout.canonical import Canonical
+from circuits_pl.readout.canonical import Canonical, merge_printed
 from circuits_pl.readout.matrices import input_names, join_signed
 
 
 def formula(canonical: Canonical, names: Sequence[str] | None = None, decimals: int = 3) -> str:
     """The merged circuit as a formula, e.g. ``y = 1.000·r(a + b) − 1.000·r(−a − b)``.
+
+    Units that print alike at ``decimals`` digits are one unit (:func:`merge_printed`): a formula never
+    shows the same ``r(...)`` twice, so ``decimals=1`` reads 0.117·r(a + 0.981·b) + 0.886·r(0.997·a + b)
+    as ``y = 1.0·r(a + b)``.
 
     Output coefficients always get 3 decimals; inner coefficients of ±1 print as the bare name or
     minus, others with 3 decimals (``r(0.500·a − b)``). In deeper nets the last hidden layer stays
@@ -28,7 +32,7 @@ def formula(canonical: Canonical, names: Sequence[str] | None = None, decimals: 
         names: input names; default ``x``, ``a, b`` or ``x1..xn`` (see :func:`input_names`).
         decimals: digits of the coefficients (1 gives a rough form that groups similar nets).
     """
-    return formula_of(canonical.merged, names, decimals)
+    return formula_of(merge_printed(canonical.merged, decimals), names, decimals)
 
 
 def formula_of(mats: Sequence[torch.Tensor], names: Sequence[str] | None = None, decimals: int = 3) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from circuits_pl.errors import CircuitsError
-from circuits_pl.readout.canonical import DUPLICATE_TOL, Canonical, canonicalize
+from circuits_pl.readout.canonical import DUPLICATE_TOL, Canonical, canonicalize, merge_printed
 from circuits_pl.readout.diagnostics import (
     WorstInputs,
     describe_errors,
@@ -46,8 +46,9 @@ class Readout:
 
     @property
     def exact(self) -> bool:
-        """The circuit IS the task's function (a listed circuit, or a structural form equal to the task's)."""
-        return self.match is not None
+        """The circuit IS the task's function (a listed circuit, or a structural form equal to the task's)
+        and the net is solved: a net still above the threshold is only approaching its circuit."""
+        return self.match is not None and self.solved
 
     @property
     def label(self) -> str | None:
@@ -62,7 +63,7 @@ class Readout:
         """Which circuit, in words: a listed one, or none; a solved net that matches no listed form
         (wide nets spread a circuit over unit pairs, r(u·x) − r(−u·x) = u·x) says so."""
         if self.match is not None:
-            return self.match.describe()
+            return self.match.describe(self.solved)
         why = "" if self.structure is None else f" ({why_unnamed(self.structure, self.task)})"
         if self.solved:
             return "computes the target (solved), through a form not in the task's list of circuits" + why
@@ -74,7 +75,12 @@ class Readout:
         lines = [f"Task {self.task.name}: f = {self.task.formula}; network {sizes}", "",
                  "Raw weights:", weights_text(self.raw)]
         lines += _canonical_lines(self.canonical, input_names(self.task.arity))
-        lines += ["", "Formula:", self.formula, ""]
+        lines += ["", "Formula:", self.formula]
+        rough = merge_printed(self.canonical.merged, 1)
+        if layer_sizes(rough) != self.canonical.merged_sizes:
+            lines.append("Rounded (1 decimal, units that print alike merged; how report.md groups stuck members): "
+                         + formula(self.canonical, input_names(self.task.arity), decimals=1))
+        lines.append("")
         lines.append("Circuit: " + self.circuit_text())
         lines.append(f"Sparsity error: {self.sparsity_error:.3g}  (max over weights of min(|w|, |1 - |w||))")
         homogeneity = "OK" if self.homogeneous else "FAILED (not bias-free; the circuit above ignores that)"

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from circuits_pl.readout.canonical import Canonical, canonicalize
-from circuits_pl.readout.formula import formula_of
+from circuits_pl.readout.canonical import Canonical, canonicalize, merge_printed
+from circuits_pl.readout.formula import formula
 from circuits_pl.readout.matrices import MINUS
 from circuits_pl.readout.structure import Structure, is_target, structure_of
 from circuits_pl.tasks import Task, embed_circuit
 
 MATCH_TOL = 1e-2  # max weight deviation (relative to the circuit's largest weight) of a catalogue match
+ROUNDED_TOL = 5e-2  # the same for a net whose form is the task's: its weights round (1 decimal) to the circuit's
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,15 @@ class CircuitMatch:
             return self.structure.form.text()
         return self.label
 
-    def describe(self) -> str:
+    def describe(self, solved: bool = True) -> str:
+        """In words; a net not ``solved`` (MSE not below the threshold) is only approaching the circuit."""
         if self.index is None:
-            return (f"computes the target exactly through an equivalent exact circuit, not one listed for "
-                    f"the task: {self.label} (max deviation from simple fractions {self.deviation:.2g}):\n"
-                    f"{self.formula}")
-        return f"matches the exact circuit {self.label} (max weight deviation {self.deviation:.2g})"
+            lead = ("computes the target exactly through an equivalent exact circuit" if solved
+                    else "approaching an equivalent exact circuit")
+            return (f"{lead}, not one listed for the task: {self.label} (max deviation from simple fractions "
+                    f"{self.deviation:.2g}):\n{self.formula}")
+        lead = "matches the exact circuit" if solved else "approaching the exact circuit"
+        return f"{lead} {self.label} (max weight deviation {self.deviation:.2g})"
 
 
 Rule = Callable[[Canonical, Task, Structure, float], "CircuitMatch | None"]
@@ -79,13 +83,19 @@ def catalogue_rule(canonical: Canonical, task: Task, structure: Structure, tol: 
     compared too: identity and negate share the units r(x), r(−x). A match needs deviation
     <= ``tol`` × max(1, largest circuit weight).
     """
+    return _closest_listed(canonical.merged, canonical.layer_sizes, task, structure, tol)
+
+
+def _closest_listed(merged: Sequence[torch.Tensor], sizes: tuple[int, ...], task: Task, structure: Structure | None,
+                    tol: float) -> CircuitMatch | None:
+    """The listed circuit (embedded in ``sizes``) closest to the merged net ``merged``, within ``tol``."""
     best: CircuitMatch | None = None
     for index, circuit in enumerate(task.circuits):
-        embedded = embed_circuit(circuit.weights, canonical.layer_sizes)
+        embedded = embed_circuit(circuit.weights, sizes)
         if embedded is None:
             continue
         ref = canonicalize(embedded).merged
-        dev = _deviation(canonical.merged, ref)
+        dev = _deviation(merged, ref)
         scale = max([1.0] + [float(w.abs().max()) for w in ref if w.numel()])
         if dev is not None and dev <= tol * scale and (best is None or dev < best.deviation):
             best = CircuitMatch(index, circuit.formula, dev, structure)
@@ -94,10 +104,16 @@ def catalogue_rule(canonical: Canonical, task: Task, structure: Structure, tol: 
 
 def structural_rule(canonical: Canonical, task: Task, structure: Structure, tol: float) -> CircuitMatch | None:
     """The net's unique form L·x + Σ c·|d·x|, rounded to simple fractions, IS the task's function
-    (symbolically against the task's own form, and on random points): an unlisted exact circuit."""
+    (symbolically against the task's own form, and on random points): an exact circuit. Listed after all
+    when its form rounded to 1 decimal (units that print alike merged) is a listed circuit within
+    ``ROUNDED_TOL``: a net still converging onto r(a + b) − r(−a − b), 1.003·r(a + 0.987·b) −
+    1.002·r(−0.994·a − b), is that circuit, not an unlisted one."""
     if structure.form is None or not is_target(structure.form, task)[0]:
         return None
-    return CircuitMatch(None, formula_of(canonical.merged), structure.deviation, structure, "structural")
+    listed = _closest_listed(merge_printed(canonical.merged, 1), canonical.layer_sizes, task, structure, ROUNDED_TOL)
+    if listed is not None:
+        return listed
+    return CircuitMatch(None, formula(canonical), structure.deviation, structure, "structural")
 
 
 RULES: list[Rule] = [catalogue_rule, structural_rule]  # in order: the first match wins
