@@ -169,6 +169,12 @@ class CircuitsCLI(LightningCLI):
     def _take_from_checkpoint(self, cfg: Namespace) -> None:
         info = load_checked_checkpoint(cfg.ckpt_path, task=cfg.task)
         hp = info["hyper_parameters"]
+        if self.config.get("subcommand") == "fit" and "optimizer_states" not in info:
+            raise CircuitsError(
+                f"{cfg.ckpt_path} holds weights only (--checkpoint.save_weights_only): it cannot resume "
+                "training (no optimizer or loop state); resume from the run's last.ckpt, or use this one "
+                "with validate, test, predict or inspect"
+            )
         wanted = cfg.model.get("layer_sizes")
         if wanted is not None and list(wanted) != list(hp["layer_sizes"]):
             raise CircuitsError(
@@ -249,6 +255,12 @@ class CircuitsCLI(LightningCLI):
             cfg.data.steps_per_batch = choose_steps_per_batch(
                 val_every, intervals.get("log_every_n_steps"), members if is_step_count(members) else 1,
                 batch if is_step_count(batch) else 1000, distributed=_distributed(cfg.trainer.strategy))
+            if cfg.data.steps_per_batch < 10 and rank_zero_only.rank == 0:
+                # measured, 4 members: 3000 steps in 4.0 s with blocks of 1 against 0.13 s with 500
+                print(f"note: training in blocks of {cfg.data.steps_per_batch} SGD step(s), the largest that divides "
+                      f"--trainer.val_check_interval {val_every} and fits --trainer.log_every_n_steps "
+                      f"{intervals.get('log_every_n_steps')}; Lightning's cost per block then dominates: round "
+                      "intervals (e.g. 1000 and 500) train much faster", file=sys.stderr)
         elif is_step_count(given) and val_every:
             check_steps_per_batch(given, **{"trainer.val_check_interval": val_every})
 

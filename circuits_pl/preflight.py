@@ -118,6 +118,7 @@ def check_config_files(argv: Sequence[str]) -> None:
 def check_run(cfg: Namespace, subcommand: str | None) -> None:
     """Every check of a parsed subcommand's options, cheapest first."""
     check_trainer_values(cfg.trainer, subcommand)
+    check_checkpoint_cadence(cfg.get("checkpoint"))
     check_accelerator(cfg.trainer.accelerator)
     check_logger_installed(cfg.trainer.logger)
     follow_default_root_dir(cfg.trainer)
@@ -141,6 +142,21 @@ def check_trainer_values(trainer: Namespace, subcommand: str | None) -> None:
             raise CircuitsError(f"--trainer.val_check_interval {interval} is a fraction of an epoch, and the "
                                 "training stream never ends one; give the number of SGD steps between validations, "
                                 "e.g. 1000")
+
+
+def check_checkpoint_cadence(checkpoint: Namespace | None) -> None:
+    """Checkpoints are written at validations (the best by val/mse and last.ckpt). Lightning's
+    train-time triggers would save between validations with the last validation's val/mse and its
+    step in the name (a stale best-step=N), so they are refused rather than half-working."""
+    if not checkpoint:
+        return
+    every = checkpoint.get("every_n_train_steps")
+    if isinstance(every, int) and every > 0:  # a negative value gets Lightning's own one-line refusal
+        raise CircuitsError(f"--checkpoint.every_n_train_steps {every}: circuits_pl writes checkpoints at every "
+                            f"validation; to save every {every} SGD steps give --trainer.val_check_interval {every}")
+    if checkpoint.get("train_time_interval"):
+        raise CircuitsError("--checkpoint.train_time_interval: circuits_pl writes checkpoints at every validation; "
+                            "validate more often with --trainer.val_check_interval (SGD steps)")
 
 
 def check_accelerator(accelerator: Any) -> None:

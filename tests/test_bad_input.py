@@ -88,6 +88,10 @@ def workdir(tmp_path, trained, monkeypatch) -> Path:
     zen["hyper_parameters"]["task"] = "this:s"  # importing it prints the Zen of Python
     torch.save(zen, tmp_path / "zen.ckpt")
     torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "foreign.ckpt")
+    weights = torch.load(trained["good"], weights_only=True)  # what --checkpoint.save_weights_only writes
+    for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):
+        weights.pop(key, None)
+    torch.save(weights, tmp_path / "weights_only.ckpt")
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     (tmp_path / "unknown_key.yaml").write_text("model:\n  bogus: 3\n")
     (tmp_path / "broken.yaml").write_text("model:\n  lr: [0.1\n")
@@ -128,6 +132,11 @@ CASES = [
     (["fit", "--task", "custom_tasks:star_args"], 2, r"takes \*args, so its number of inputs is unknown; give it one"),
     # --- checkpoints
     ([*ADD, "--ckpt_path", "missing.ckpt"], 2, r"checkpoint missing.ckpt does not exist"),
+    ([*ADD, "--checkpoint.every_n_train_steps", "700"], 2,
+     r"--checkpoint.every_n_train_steps 700: circuits_pl writes checkpoints at every validation; to save every "
+     r"700 SGD steps give --trainer.val_check_interval 700"),
+    (["fit", "--ckpt_path", "weights_only.ckpt", "--trainer.max_steps", "400"], 2,
+     r"weights_only.ckpt holds weights only \(--checkpoint.save_weights_only\): it cannot resume training"),
     (["validate", "--ckpt_path", "truncated.ckpt"], 2, r"truncated.ckpt is not a readable checkpoint"),
     (["validate", "--ckpt_path", "notes.txt"], 2, r"notes.txt is not a readable checkpoint"),
     (["validate", "--ckpt_path", "foreign.ckpt"], 2, r"is a checkpoint, but not of circuits_pl"),
