@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from circuits_pl import preflight
-from circuits_pl.cadence import check_steps_per_batch, choose_steps_per_batch, is_step_count, log_blocks
+from circuits_pl.cadence import check_steps_per_batch, is_step_count, log_blocks
 from circuits_pl.callbacks import LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.checkpoints import load_checked_checkpoint
@@ -44,7 +44,6 @@ from circuits_pl.interrupts import END, SANITY, GracefulInterrupt, RunInterrupte
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.results import RunSummary
-from circuits_pl.strategy import MemberParallelStrategy
 from circuits_pl.tasks import task_names
 from circuits_pl.usage import front_door, program_name
 
@@ -250,11 +249,7 @@ class CircuitsCLI(LightningCLI):
         val_every = intervals.get("val_check_interval")
         given = cfg.data.get("steps_per_batch")
         if given is None:
-            members = cfg.model.get("members") if "model" in cfg else None
-            batch = cfg.data.get("batch_size")
-            cfg.data.steps_per_batch = choose_steps_per_batch(
-                val_every, intervals.get("log_every_n_steps"), members if is_step_count(members) else 1,
-                batch if is_step_count(batch) else 1000, distributed=_distributed(cfg.trainer.strategy))
+            cfg.data.steps_per_batch = preflight.chosen_steps_per_batch(cfg)
             if cfg.data.steps_per_batch < 10 and rank_zero_only.rank == 0:
                 # measured, 4 members: 3000 steps in 4.0 s with blocks of 1 against 0.13 s with 500
                 print(f"note: training in blocks of {cfg.data.steps_per_batch} SGD step(s), the largest that divides "
@@ -376,12 +371,6 @@ def device_line(trainer, accelerator: Any, members: int) -> str:
         return f"Device: cpu{ranks} (--trainer.accelerator auto found no GPU)"
     return (f"Device: {device}{ranks} (--trainer.accelerator auto found a GPU; with {members} members of a "
             "network this small, a CPU may be as fast: compare with --trainer.accelerator cpu)")
-
-
-def _distributed(strategy: Any) -> bool:
-    """Is this the member-parallel strategy (several processes)?"""
-    path = strategy.get("class_path", "") if isinstance(strategy, (dict, Namespace)) else ""
-    return "MemberParallelStrategy" in str(path) or isinstance(strategy, MemberParallelStrategy)
 
 
 DDP_NAMES = {"ddp": None, "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_notebook": "fork"}

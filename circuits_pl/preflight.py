@@ -21,6 +21,7 @@ from jsonargparse import Namespace
 from circuits_pl.cadence import choose_steps_per_batch, is_step_count
 from circuits_pl.errors import CircuitsError
 from circuits_pl.memory import RunSize, available_bytes, checkpoint_bytes, estimate, gib, largest_fitting
+from circuits_pl.strategy import is_member_parallel
 from circuits_pl.tasks import get_task
 from circuits_pl.writable import check_writable_dir
 
@@ -212,6 +213,18 @@ def follow_default_root_dir(trainer: Namespace) -> None:
     logger.init_args.save_dir = root
 
 
+def chosen_steps_per_batch(cfg: Namespace) -> int:
+    """The data.steps_per_batch the CLI picks when none is given (``cadence.choose_steps_per_batch``
+    on this config's intervals, members, batch size and strategy)."""
+    trainer, model, data = cfg.trainer, cfg.get("model") or {}, cfg.data
+    val_every, log_every = (trainer.get(k) for k in ("val_check_interval", "log_every_n_steps"))
+    members, batch = model.get("members"), data.get("batch_size")
+    return choose_steps_per_batch(val_every if is_step_count(val_every) else None,
+                                  log_every if is_step_count(log_every) else None,
+                                  members if is_step_count(members) else 1, batch if is_step_count(batch) else 1000,
+                                  distributed=is_member_parallel(trainer.get("strategy")))
+
+
 def run_size(cfg: Namespace) -> RunSize | None:
     """The sizes deciding a run's memory, with the task's default layer sizes filled in; None if a size is
     not a positive integer (the module's or data module's own check then says so)."""
@@ -222,16 +235,8 @@ def run_size(cfg: Namespace) -> RunSize | None:
     sizes = model.get("layer_sizes")
     sizes = task.check_layer_sizes(task.layer_sizes if sizes is None else sizes)
     steps = data.get("steps_per_batch")
-    if steps is None:  # what the CLI will pick
-        trainer, members = cfg.get("trainer") or {}, model.get("members")
-        intervals = [trainer.get(k) for k in ("val_check_interval", "log_every_n_steps")]
-        intervals = [n if is_step_count(n) else None for n in intervals]
-        strategy = trainer.get("strategy")
-        strategy = strategy.get("class_path", "") if isinstance(strategy, (dict, Namespace)) else strategy
-        distributed = any(name in str(strategy) for name in ("ddp", "MemberParallelStrategy"))
-        batch = data.get("batch_size")
-        steps = choose_steps_per_batch(*intervals, members if is_step_count(members) else 1,
-                                       batch if is_step_count(batch) else 1000, distributed)
+    if steps is None:
+        steps = chosen_steps_per_batch(cfg)
     values = [model.get("members"), data.get("batch_size"), steps, data.get("val_size"),
               data.get("predict_points")]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):

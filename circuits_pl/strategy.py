@@ -57,6 +57,15 @@ class MemberParallelStrategy(DDPStrategy):
         return tensor
 
 
+def is_member_parallel(strategy: Any) -> bool:
+    """Does a Trainer's ``strategy`` (an instance, or a config's ``class_path`` entry) name
+    MemberParallelStrategy (several processes, each training its share of the members)?"""
+    if isinstance(strategy, MemberParallelStrategy):
+        return True
+    path = strategy.get("class_path", "") if callable(getattr(strategy, "get", None)) else ""
+    return "MemberParallelStrategy" in str(path)
+
+
 def member_share(members: int, world_size: int, rank: int) -> slice:
     """The contiguous members rank ``rank`` trains: the first ``members % world_size`` ranks get one more."""
     base, extra = divmod(members, world_size)
