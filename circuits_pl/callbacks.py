@@ -137,8 +137,9 @@ class LastCheckpoint(ModelCheckpoint):
         """Where the best-by-``val/mse`` callback has just saved at this very step, last.ckpt is a hard
         link to its file (made atomically) instead of a second serialisation of the same state, as
         Lightning's ``save_last="link"`` (a hard link, not a symlink: last.ckpt keeps its content when
-        the best file is removed or replaced by a new file, as every save does). Measured (K = 1, 2-2-1, validation every 1000 steps):
-        one save is ~2 ms of the ~5 ms a validation's checkpoints cost, 2 µs of a 40 µs step."""
+        the best file is removed or replaced by a new file, as every save does). Measured (K = 1,
+        2-2-1, validation every 1000 steps): one save is ~2 ms of the ~5 ms a validation's
+        checkpoints cost, 2 µs of a 40 µs step."""
         source = self._same_step_checkpoint(trainer)
         if source is None:
             return super()._save_checkpoint(trainer, filepath)
