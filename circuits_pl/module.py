@@ -112,6 +112,7 @@ class CircuitModule(pl.LightningModule):
         self.register_buffer("diverged_at", torch.full((members,), -1, dtype=torch.long))
         self.register_buffer("best_member", torch.zeros((), dtype=torch.long))
         self._scheduled_validation = False
+        self._synced_at = -1  # the global_step at which the ranks last exchanged their members
         # sync_on_compute off: under MemberParallelStrategy every rank evaluates every member itself
         self.val_metric = MeanSquaredError(num_outputs=members, sync_on_compute=False)
         self.test_metrics = torch.nn.ModuleList(
@@ -240,9 +241,8 @@ class CircuitModule(pl.LightningModule):
             self.trainer.should_stop = True  # Lightning then validates, so the last step is checkpointed
         log_every = self.trainer.log_every_n_steps  # in Lightning batches; 0 turns train logging off
         if n > 0 and log_every and (batch_idx + 1) % log_every == 0:
+            self._sync_population()  # under DDP: other ranks' members, for their loss
             loss = self.net.mse(x[n - 1], y[n - 1])  # each member's loss on the block's last step
-            if self.trainer.world_size > 1:  # each rank knows its own members' loss
-                sync_members([loss], self.share, self.trainer.strategy)
             live = loss[self.alive & torch.isfinite(loss)]
             self._log_metrics({"train/mse": live.min() if live.numel() else torch.tensor(math.nan),
                                "train/median_mse": live_median(loss, self.alive)})
@@ -340,14 +340,21 @@ class CircuitModule(pl.LightningModule):
             self.print(f"{self.trainer.state.fn.value}: member {self.selected_member} of {self.members} ({why})")
 
     def on_validation_start(self) -> None:
-        if self.trainer.state.fn == "fit" and self.trainer.world_size > 1 and not self.trainer.sanity_checking:
-            # every rank gets every member's weights and divergence marks: from here on (validation,
-            # the best member, early stopping, the checkpoint) all ranks see the whole population
-            # (the update rule's state too: the checkpoint holds rank 0's optimizer state)
-            state = [t for ts in self._member_optimizer().state_tensors() for t in ts]
-            sync_members([*self.net.parameters(), *state, self.diverged_at], self.share, self.trainer.strategy)
-            self._raise_if_all_diverged(int(self.diverged_at.max()))
+        if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
+            self._sync_population()
         self._announce_member()
+
+    def _sync_population(self) -> None:
+        """Under MemberParallelStrategy, give every rank every member's weights, rule state and
+        divergence marks, once per step count: from then on (the train loss, validation, the best
+        member, early stopping, the checkpoint) all ranks see the whole population (the rule's state
+        too: the checkpoint holds rank 0's optimizer state). A no-op on one process."""
+        if self.trainer.world_size == 1 or self._synced_at == self.global_step:
+            return
+        state = [t for ts in self._member_optimizer().state_tensors() for t in ts]
+        sync_members([*self.net.parameters(), *state, self.diverged_at], self.members, self.trainer.strategy)
+        self._synced_at = self.global_step
+        self._raise_if_all_diverged(int(self.diverged_at.max()))
 
     def on_test_start(self) -> None:
         if self.trainer.ckpt_path is not None:

@@ -35,8 +35,8 @@ class MemberParallelStrategy(DDPStrategy):
 
     def reduce(self, tensor: Any, group: Any | None = None, reduce_op: ReduceOp | str | None = "mean") -> Any:
         """``DDPStrategy.reduce`` without the barrier Lightning runs before every all_reduce (an
-        all_reduce synchronises the ranks by itself). Every per-validation decision (the member sync,
-        the interrupt vote, ModelCheckpoint's top-k vote) goes through here: measured, K = 128 2-2-1
+        all_reduce synchronises the ranks by itself). The per-block decisions (the interrupt vote,
+        ModelCheckpoint's top-k vote) go through here: measured, K = 128 2-2-1
         on 2 ranks, 20k steps, the barriers were ~6% of the training time."""
         if not isinstance(tensor, torch.Tensor) or not (dist.is_available() and dist.is_initialized()):
             return tensor
@@ -73,23 +73,30 @@ def member_share(members: int, world_size: int, rank: int) -> slice:
     return slice(start, start + base + (1 if rank < extra else 0))
 
 
-def sync_members(tensors: list[torch.Tensor], share: slice, strategy) -> None:
-    """Make every rank hold every member's values of ``tensors`` (leading dim K), in place.
+def sync_members(tensors: list[torch.Tensor], members: int, strategy) -> None:
+    """Make every rank hold every member's values of ``tensors`` (leading dim ``members``), in place.
 
-    Each rank contributes its own share and zeros elsewhere; a sum over ranks then gives each
-    member the value of the rank that owns it, exactly (x + 0 = x in floating point).
+    Each rank broadcasts its own share (:func:`member_share`), as float64, which holds every float32
+    weight and every step count exactly; the others receive it. Measured here (gloo, 2 processes, one
+    thread each, 1000 float64 values): ``all_reduce`` 1.4-1.7 ms, two ``broadcast`` 0.13-0.25 ms.
+    One broadcast per rank suits the few ranks of a CPU host or a GPU node; it grows with W.
     """
-    if not tensors:
+    world = strategy.world_size
+    if not tensors or world == 1:
         return
-    flat = torch.cat([_own(t, share).flatten() for t in tensors])
-    total = strategy.reduce(flat, reduce_op="sum")
-    for t, part in zip(tensors, total.split([t.numel() for t in tensors])):
-        t.copy_(part.view_as(t))
-
-
-def _own(t: torch.Tensor, share: slice) -> torch.Tensor:
-    mine = torch.zeros(t.shape[0], dtype=torch.bool, device=t.device)
-    mine[share] = True
-    shape = (-1,) + (1,) * (t.dim() - 1)
-    # float64 holds every float32 weight and every step count exactly
-    return torch.where(mine.view(shape), t, torch.zeros_like(t)).to(torch.float64)
+    row = [t[0].numel() for t in tensors]
+    device = tensors[0].device
+    for rank in range(world):
+        share = member_share(members, world, rank)
+        count = share.stop - share.start
+        if count == 0:
+            continue
+        if rank == strategy.global_rank:
+            buf = torch.cat([t[share].reshape(-1).to(torch.float64) for t in tensors])
+        else:
+            buf = torch.empty(count * sum(row), dtype=torch.float64, device=device)
+        dist.broadcast(buf, src=rank)
+        if rank != strategy.global_rank:
+            with torch.no_grad():  # parameters: written in place, not a step of autograd
+                for t, part in zip(tensors, buf.split([count * n for n in row])):
+                    t[share].copy_(part.view(t[share].shape))
