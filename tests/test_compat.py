@@ -51,6 +51,9 @@ def test_count_optimizer_steps_advances_global_step():
     trainer.fit(_CountingModule())
     assert trainer.global_step == 21  # three batches of 7 counted steps, then max_steps stops it
     assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 3
+    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    assert progress.total.ready == progress.total.completed == 21  # the one-call path, not the loop
+    assert hasattr(progress, "increment_by")
 
 
 def test_lightning_cli_calls_parse_ckpt_path_after_parsing_and_before_the_seed_and_instantiation():
