@@ -458,8 +458,8 @@ class CircuitModule(pl.LightningModule):
 
         Summaries over members only, never K columns; ``*/median_mse`` only with several members.
         ``step`` makes metrics.csv count SGD steps (Lightning would write its batch count). Under
-        MemberParallelStrategy every rank holds every member's values when it logs (synced at each
-        validation), so no ``sync_dist``: it would add one collective per key per validation.
+        MemberParallelStrategy every rank holds every member's values when it logs (synced before the
+        train loss and before each validation), so no ``sync_dist``: it would add one collective per key per validation.
         """
         if self.members == 1:
             metrics = {k: v for k, v in metrics.items() if not k.endswith("median_mse")}

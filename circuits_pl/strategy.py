@@ -3,8 +3,9 @@
 The members of a run are independent networks, so circuits_pl spreads *members* over processes,
 not batches: under ``--trainer.strategy ddp`` with world size W, rank r trains a contiguous share of
 the K members (:func:`member_share`; uneven shares allowed) on the same training stream as every
-other rank. Nothing is communicated per SGD step. At each validation the ranks exchange their
-members' weights, rule state and divergence marks (:func:`sync_members`), so every rank then holds
+other rank. Nothing is communicated per SGD step. After a block that is followed by a validation
+or logs the train loss (once per step count: ``CircuitModule._sync_population``), the ranks exchange
+their members' weights, rule state and divergence marks (:func:`sync_members`), so every rank then holds
 the whole population: validation, the best member, early stopping, the printed lines and the
 checkpoint (written by rank 0, holding all K members) are those of the whole run, and a run saved
 on W ranks resumes on any other number.
