@@ -29,6 +29,11 @@ def _same(a, b):
     assert ca["global_step"] == cb["global_step"]
     for key, value in ca["state_dict"].items():
         assert torch.equal(value.nan_to_num(-7.0), cb["state_dict"][key].nan_to_num(-7.0)), key
+    sa, sb = (c["optimizer_states"][0]["state"] for c in (ca, cb))  # the rule's state: every member's
+    assert sa.keys() == sb.keys()
+    for p in sa:
+        for key, value in sa[p].items():
+            assert torch.equal(value, sb[p][key]), (p, key)
     ra, rb = results(a), results(b)
     assert ra["per_member"] == rb["per_member"]
 
@@ -59,12 +64,13 @@ def test_two_ranks_train_every_member_exactly_as_one_process(tmp_path):
 def test_a_run_saved_on_two_ranks_resumes_on_any_number(tmp_path, resume_devices):
     (tmp_path / "whole").mkdir()
     (tmp_path / "parts").mkdir()
-    _fit(tmp_path / "whole", "--trainer.max_steps", 2000)
-    _fit(tmp_path / "parts", "--trainer.max_steps", 1000, devices=2)
+    rule = ["--model.optimizer", "momentum", "--model.momentum", 0.9]  # a rule with per-member state
+    _fit(tmp_path / "whole", "--trainer.max_steps", 2000, *rule)
+    _fit(tmp_path / "parts", "--trainer.max_steps", 1000, *rule, devices=2)
     (first,) = run_dirs(tmp_path / "parts")
     # each resume picks its own default block size (1000 steps under DDP, fewer on one process): the
-    # weights, results and validation schedule are those of the run that never stopped
-    _fit(tmp_path / "parts", "--trainer.max_steps", 2000, "--ckpt_path", first / "checkpoints" / "last.ckpt",
+    # weights, the rule's state, results and validation schedule are those of the run that never stopped
+    _fit(tmp_path / "parts", "--trainer.max_steps", 2000, *rule, "--ckpt_path", first / "checkpoints" / "last.ckpt",
          devices=resume_devices)
     (whole,) = run_dirs(tmp_path / "whole")
     _same(whole, run_dirs(tmp_path / "parts")[1])
