@@ -13,7 +13,6 @@ Lightning values) runs before anything is built or written. ``validate``/``test`
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import re
@@ -34,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from circuits_pl import preflight
 from circuits_pl.cadence import check_steps_per_batch, is_step_count, log_blocks
-from circuits_pl.callbacks import LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
+from circuits_pl.callbacks import FrozenHeap, LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.checkpoints import load_checked_checkpoint
 from circuits_pl.compat import cli_get, cli_instantiate_trainer, cli_parser
@@ -301,6 +300,7 @@ class CircuitsCLI(LightningCLI):
             if isinstance(c, ModelCheckpoint) and not isinstance(c, LastCheckpoint) and c.save_last:
                 c.save_last = False
                 extra.append(LastCheckpoint(dirpath=c.dirpath))
+        extra.append(FrozenHeap())
         return cli_instantiate_trainer(self, config, extra)
 
     # ------------------------------------------------------------------------------------------
@@ -311,12 +311,6 @@ class CircuitsCLI(LightningCLI):
             print(device_line(self.trainer, self._active_config().trainer.accelerator, self.model.members))
         if not any(isinstance(c, RunSummary) for c in self.trainer.callbacks):
             self.trainer.callbacks.append(RunSummary(figures=self._active_config().figures))
-        # The imports (torch, Lightning, jsonargparse) leave ~400k objects that Python's cyclic
-        # collector walks again at every full collection (0.19 s each, measured): one fell in the middle
-        # of a block (K = 128 on 2 ranks, 20k steps), stalling both ranks. The process owns its heap (the CLI),
-        # so move what exists now out of the collector's sight until the command ends (main's finally
-        # unfreezes); the run's own objects stay collected.
-        gc.freeze()
 
     def _announce_run_dir(self) -> None:
         """validate / test write into a version_N of their own (metrics.csv): say which."""
@@ -445,7 +439,6 @@ def _run_guarded(fn) -> Any:
     except _argument_errors() as err:
         _fail(_one_line(str(err)), 2)
     finally:
-        gc.unfreeze()  # before_fit froze the heap; in-process callers (tests, Python) get it back
         release_all()
         if interrupted:  # the run is stopped and said so: a further Ctrl-C must not turn the exit into a crash
             for sig in (signal.SIGINT, signal.SIGTERM):

@@ -222,3 +222,39 @@ def test_resuming_with_another_rule_is_a_one_line_error(run_cli, tmp_path, capsy
     assert err == ("error: the checkpoint was trained with --model.optimizer sgd, not adam: "
                    "its optimizer state cannot continue another rule")
     assert ckpt.read_bytes() == before  # the run on disk stays intact
+
+
+def test_fit_freezes_the_heap_for_its_duration_only(tmp_path):
+    """FrozenHeap (added by the CLI): the collector skips the imports' objects during fit, and an
+    in-process caller gets its collector back afterwards, also when fit fails."""
+    import gc
+
+    import lightning.pytorch as pl
+
+    from circuits_pl.cadence import trainer_cadence
+    from circuits_pl.callbacks import FrozenHeap
+    from circuits_pl.data import CircuitDataModule
+
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen.append(gc.get_freeze_count())
+
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            if trainer.global_step >= 200 and fail:
+                raise RuntimeError("boom")
+
+    for fail in (False, True):
+        trainer = pl.Trainer(max_steps=200, callbacks=[FrozenHeap(), Probe()], logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=tmp_path, **trainer_cadence(100, 100, 100))
+        module = CircuitModule(task="identity", members=2)
+        data = CircuitDataModule(task="identity", steps_per_batch=100)
+        if fail:
+            with pytest.raises(RuntimeError, match="boom"):
+                trainer.fit(module, data)
+        else:
+            trainer.fit(module, data)
+        assert seen[-1] > 1000  # the imports' objects were frozen during training
+        assert gc.get_freeze_count() == 0
