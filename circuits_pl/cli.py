@@ -386,6 +386,8 @@ DDP_NAMES = {"ddp": None, "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_noteboo
 def member_parallel(strategy: Any, devices: Any, num_nodes: int) -> Any:
     """``--trainer.strategy ddp`` (or ``auto`` on several devices or nodes) means member parallelism:
     circuits_pl.strategy.MemberParallelStrategy, with the start method the name asks for."""
+    if not isinstance(strategy, str):  # a class_path (config.yaml of a DDP run) or an instance: as given
+        return strategy
     several = str(devices) not in ("1", "auto", "None") or (num_nodes or 1) > 1
     if strategy in DDP_NAMES or (strategy == "auto" and several):
         method = DDP_NAMES.get(strategy)

@@ -43,6 +43,19 @@ def test_member_shares_cover_every_member_once():
             assert max(sizes) - min(sizes) <= 1
 
 
+def test_a_strategy_given_by_class_path_is_kept():
+    """config.yaml of a DDP run holds the strategy as a class_path: it passes through as it is."""
+    from jsonargparse import Namespace
+
+    from circuits_pl.cli import member_parallel
+
+    given = Namespace(class_path="circuits_pl.strategy.MemberParallelStrategy", init_args=Namespace())
+    for devices in ("2", "1", "auto"):
+        assert member_parallel(given, devices, 1) is given
+    assert member_parallel("ddp", "2", 1).class_path == "circuits_pl.strategy.MemberParallelStrategy"
+    assert member_parallel("auto", "1", 1) == "auto"
+
+
 def test_two_ranks_train_every_member_exactly_as_one_process(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
@@ -64,8 +77,15 @@ def test_a_run_saved_on_two_ranks_resumes_on_any_number(tmp_path, resume_devices
     (first,) = run_dirs(tmp_path / "parts")
     # each resume picks its own default block size (1000 steps under DDP, fewer on one process): the
     # weights, results and validation schedule are those of the run that never stopped
-    _fit(tmp_path / "parts", "--trainer.max_steps", 2000, "--ckpt_path", first / "checkpoints" / "last.ckpt",
-         devices=resume_devices)
+    # resumed the way an interrupt says to ("Resume with: ... fit --config RUN/config.yaml --ckpt_path ..."):
+    # config.yaml names the strategy by class_path (it once crashed the CLI: an unhashable Namespace)
+    cmd = [sys.executable, "-m", "circuits_pl", "fit", "--config", first / "config.yaml", "--ckpt_path",
+           first / "checkpoints" / "last.ckpt", "--trainer.max_steps", 2000]
+    if resume_devices == 1:
+        cmd += ["--trainer.devices", 1]
+    proc = subprocess.run(list(map(str, cmd)), cwd=tmp_path / "parts", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Device: cpu{', 2 processes' if resume_devices == 2 else ''} (" in proc.stdout
     (whole,) = run_dirs(tmp_path / "whole")
     _same(whole, run_dirs(tmp_path / "parts")[1])
 
