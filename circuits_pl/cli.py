@@ -316,7 +316,10 @@ class CircuitsCLI(LightningCLI):
         # of a block (K = 128 on 2 ranks, 20k steps), stalling both ranks. The process owns its heap (the CLI),
         # so move what exists now out of the collector's sight until the command ends (main's finally
         # unfreezes); the run's own objects stay collected.
-        gc.freeze()
+        global _FROZE
+        if gc.get_freeze_count() == 0:  # an in-process caller's own gc.freeze() stays theirs
+            gc.freeze()
+            _FROZE = True
 
     def _announce_run_dir(self) -> None:
         """validate / test write into a version_N of their own (metrics.csv): say which."""
@@ -434,7 +437,10 @@ def _run_guarded(fn) -> Any:
         return fn()
     except CircuitsError as err:
         _fail(str(err), 2)
-    except (TrainingDiverged, SaveFailed) as err:
+    except TrainingDiverged as err:
+        # under DDP every rank raises it at the same validation (the population is synced): one line
+        _fail(str(err), 1, say=rank_zero_only.rank == 0)
+    except SaveFailed as err:
         _fail(str(err), 1)
     except RunInterrupted as err:
         if err.announce:
@@ -447,12 +453,22 @@ def _run_guarded(fn) -> Any:
     except _argument_errors() as err:
         _fail(_one_line(str(err)), 2)
     finally:
-        gc.unfreeze()  # before_fit froze the heap; in-process callers (tests, Python) get it back
+        _unfreeze()  # before_fit froze the heap; in-process callers (tests, Python) get it back
         release_all()
         if interrupted:  # the run is stopped and said so: a further Ctrl-C must not turn the exit into a crash
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_IGN)
         _end_distributed()
+
+
+_FROZE = False  # did before_fit call gc.freeze() (and nobody else before it)?
+
+
+def _unfreeze() -> None:
+    global _FROZE
+    if _FROZE:
+        gc.unfreeze()
+        _FROZE = False
 
 
 def interrupt_message(err: RunInterrupted) -> str:
@@ -514,7 +530,8 @@ def _one_line(message: str) -> str:
     return text[:400] if lines else "invalid arguments"
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
+def _fail(message: str, code: int, say: bool = True) -> None:
+    if say:
+        print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
 

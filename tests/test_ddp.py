@@ -115,3 +115,48 @@ def test_two_nodes_of_one_process_each_train_like_one_process(tmp_path):
     (one,) = run_dirs(tmp_path / "one")
     (nodes,) = run_dirs(tmp_path / "nodes")  # node 1 shares node 0's directory here and writes nothing
     _same(one, nodes)
+
+
+def test_a_divergence_every_rank_raises_is_said_once(capsys, monkeypatch):
+    """Every rank raises TrainingDiverged at the same validation: only rank 0 prints the line."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from circuits_pl.cli import _run_guarded
+    from circuits_pl.errors import TrainingDiverged
+
+    def diverge():
+        raise TrainingDiverged("training diverged at step 3")
+
+    for rank, said in ((1, ""), (0, "error: training diverged at step 3\n")):
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        with pytest.raises(SystemExit) as exit_:
+            _run_guarded(diverge)
+        assert exit_.value.code == 1
+        assert capsys.readouterr().err == said
+
+
+def test_fit_leaves_a_callers_gc_freeze_alone(run_cli):
+    import gc
+
+    args = ["fit", "--task", "add", "--model.members", "2", "--trainer.max_steps", "200",
+            "--trainer.val_check_interval", "100", "--trainer.enable_progress_bar", "false", "--figures", "false"]
+    run_cli(*args)
+    assert gc.get_freeze_count() == 0  # fit's own freeze is undone
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run_cli(*args)
+        assert gc.get_freeze_count() > frozen // 2  # the caller's is not (a few frozen objects die)
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.slow
+def test_every_member_diverging_on_two_ranks_is_one_line_and_exit_1(tmp_path):
+    cmd = [sys.executable, "-m", "circuits_pl", *FIT, "--model.members", "4", "--model.lr", "50",
+           "--trainer.max_steps", "2000", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("error: training diverged at step") == 1, proc.stderr[-3000:]
+    assert "sync_dist" not in proc.stderr  # Lightning's advice does not apply: every rank holds every member
+    assert "terminate called" not in proc.stderr
