@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -163,6 +164,12 @@ class LastCheckpoint(ModelCheckpoint):
         return None
 
 
+# The predict grid is served as an iterable of ready batches (circuits_pl.data.Batches: every DDP rank
+# predicts every point), which has no sampler for Lightning to read batch indices from; the writer
+# below does not use them.
+warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
+
+
 class PredictionWriter(BasePredictionWriter):
     """Write ``predict`` results to ``predictions.csv`` in the run directory (x1..xn, target, prediction).
 
@@ -176,15 +183,14 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any,
                            batch_indices: Any) -> None:
-        if not predictions:
+        root = run_dir(trainer)  # a collective under DDP: every rank asks
+        if not predictions or not trainer.is_global_zero:  # under DDP every rank predicts every point
             return
         x = torch.cat([p["x"] for p in predictions]).cpu()
         target = torch.cat([p["target"] for p in predictions]).cpu().flatten()
         pred = torch.cat([p["prediction"] for p in predictions]).cpu().flatten()
-        rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        root = run_dir(trainer)
         os.makedirs(root, exist_ok=True)
-        self.path = os.path.join(root, self.filename.replace(".csv", f"{rank}.csv"))
+        self.path = os.path.join(root, self.filename)
         with open(self.path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow([f"x{i + 1}" for i in range(x.shape[1])] + ["target", "prediction"])

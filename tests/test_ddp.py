@@ -160,3 +160,35 @@ def test_every_member_diverging_on_two_ranks_is_one_line_and_exit_1(tmp_path):
     assert proc.stderr.count("error: training diverged at step") == 1, proc.stderr[-3000:]
     assert "sync_dist" not in proc.stderr  # Lightning's advice does not apply: every rank holds every member
     assert "terminate called" not in proc.stderr
+
+
+def test_the_predict_grid_is_served_in_the_same_batches_on_every_rank():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from circuits_pl.data import Batches
+
+    x = torch.randn(10_000, 3)
+    y = x.sum(1, keepdim=True)
+    ours = list(DataLoader(Batches(x, y, batch_size=4096), batch_size=None))
+    torch_s = list(DataLoader(TensorDataset(x, y), batch_size=4096, shuffle=False))
+    assert len(ours) == len(torch_s) == 3
+    for (a, b), (c, d) in zip(ours, torch_s):
+        assert torch.equal(a, c) and torch.equal(b, d)
+
+
+@pytest.mark.slow
+def test_predict_on_two_ranks_writes_one_file_of_every_point(tmp_path):
+    _fit(tmp_path, "--trainer.max_steps", 1000)
+    (run,) = run_dirs(tmp_path)
+    files = []
+    for devices in (1, 2):
+        cmd = [sys.executable, "-m", "circuits_pl", "predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+               "--trainer.accelerator", "cpu", "--trainer.devices", str(devices)]
+        if devices > 1:
+            cmd += ["--trainer.strategy", "ddp"]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("Predictions (1681 points") == 1, proc.stdout
+        (out,) = run_dirs(tmp_path)[-1].glob("predictions*.csv")
+        files.append(out.read_bytes())
+    assert files[0] == files[1]
