@@ -192,3 +192,29 @@ def test_predict_on_two_ranks_writes_one_file_of_every_point(tmp_path):
         (out,) = run_dirs(tmp_path)[-1].glob("predictions*.csv")
         files.append(out.read_bytes())
     assert files[0] == files[1]
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_1_alone_stops_both_and_is_reported_as_sigterm(tmp_path):
+    import os
+    import signal
+    from pathlib import Path
+
+    cmd = [sys.executable, "-m", "circuits_pl", *FIT, "--model.members", "64", "--trainer.max_steps", "400000",
+           "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("step "):
+                break
+        (rank1,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        os.kill(int(rank1), signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM: interrupted during training; checkpoint" in err and "Traceback" not in err
+    (run,) = run_dirs(tmp_path)
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < step < 400_000 and f"holds step {step}" in err
