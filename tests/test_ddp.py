@@ -160,6 +160,10 @@ def test_every_member_diverging_on_two_ranks_is_one_line_and_exit_1(tmp_path):
     assert proc.stderr.count("error: training diverged at step") == 1, proc.stderr[-3000:]
     assert "sync_dist" not in proc.stderr  # Lightning's advice does not apply: every rank holds every member
     assert "terminate called" not in proc.stderr
+    one = subprocess.run(cmd[:-4], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 1
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert said == [line for line in one.stderr.splitlines() if line.startswith("error: ")]  # the same step
 
 
 def test_the_predict_grid_is_served_in_the_same_batches_on_every_rank():
