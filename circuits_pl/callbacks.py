@@ -7,6 +7,7 @@ import csv
 import gc
 import os
 import sys
+import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -164,6 +165,12 @@ class LastCheckpoint(ModelCheckpoint):
         return None
 
 
+# The predict grid is served as an iterable of ready batches (circuits_pl.data.Batches: every DDP rank
+# predicts every point), which has no sampler for Lightning to read batch indices from; the writer
+# below does not use them.
+warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
+
+
 class PredictionWriter(BasePredictionWriter):
     """Write ``predict`` results to ``predictions.csv`` in the run directory (x1..xn, target, prediction).
 
@@ -177,15 +184,14 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Any,
                            batch_indices: Any) -> None:
-        if not predictions:
+        root = run_dir(trainer)  # a collective under DDP: every rank asks
+        if not predictions or not trainer.is_global_zero:  # under DDP every rank predicts every point
             return
         x = torch.cat([p["x"] for p in predictions]).cpu()
         target = torch.cat([p["target"] for p in predictions]).cpu().flatten()
         pred = torch.cat([p["prediction"] for p in predictions]).cpu().flatten()
-        rank = f".rank{trainer.global_rank}" if trainer.world_size > 1 else ""
-        root = run_dir(trainer)
         os.makedirs(root, exist_ok=True)
-        self.path = os.path.join(root, self.filename.replace(".csv", f"{rank}.csv"))
+        self.path = os.path.join(root, self.filename)
         with open(self.path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow([f"x{i + 1}" for i in range(x.shape[1])] + ["target", "prediction"])
@@ -200,17 +206,27 @@ class FrozenHeap(pl.Callback):
     The imports (torch, Lightning, jsonargparse) leave ~400k objects that Python's cyclic collector
     walks again at every full collection: 0.19 s each, measured. One fell inside a block of a
     K = 128 run on 2 DDP ranks and stalled both ranks. Frozen, they are out of the collector's
-    sight for the run; the run's own objects are collected as usual, and teardown unfreezes (an
-    in-process caller gets its collector back). The CLI adds it to every Trainer it builds.
+    sight for the run; the run's own objects are collected as usual, and the end of fit unfreezes
+    what it froze (an in-process caller gets its collector back; a caller's own freeze is left
+    alone). The CLI adds it to every Trainer it builds.
     """
 
+    def __init__(self) -> None:
+        self._froze = False
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
+        if stage == "fit" and gc.get_freeze_count() == 0:  # a caller's own gc.freeze() stays theirs
             gc.freeze()
+            self._froze = True
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
-            gc.unfreeze()
+            self._unfreeze()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        gc.unfreeze()  # Lightning skips the teardown hooks when fit raises
+        self._unfreeze()  # Lightning skips the teardown hooks when fit raises
+
+    def _unfreeze(self) -> None:
+        if self._froze:
+            gc.unfreeze()
+            self._froze = False

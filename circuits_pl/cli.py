@@ -380,6 +380,8 @@ DDP_NAMES = {"ddp": None, "ddp_spawn": "spawn", "ddp_fork": "fork", "ddp_noteboo
 def member_parallel(strategy: Any, devices: Any, num_nodes: int) -> Any:
     """``--trainer.strategy ddp`` (or ``auto`` on several devices or nodes) means member parallelism:
     circuits_pl.strategy.MemberParallelStrategy, with the start method the name asks for."""
+    if not isinstance(strategy, str):  # a class_path (config.yaml of a DDP run) or an instance: as given
+        return strategy
     several = str(devices) not in ("1", "auto", "None") or (num_nodes or 1) > 1
     if strategy in DDP_NAMES or (strategy == "auto" and several):
         method = DDP_NAMES.get(strategy)
@@ -426,7 +428,10 @@ def _run_guarded(fn) -> Any:
         return fn()
     except CircuitsError as err:
         _fail(str(err), 2)
-    except (TrainingDiverged, SaveFailed) as err:
+    except TrainingDiverged as err:
+        # under DDP every rank raises it at the same validation (the population is synced): one line
+        _fail(str(err), 1, say=rank_zero_only.rank == 0)
+    except SaveFailed as err:
         _fail(str(err), 1)
     except RunInterrupted as err:
         if err.announce:
@@ -505,7 +510,8 @@ def _one_line(message: str) -> str:
     return text[:400] if lines else "invalid arguments"
 
 
-def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
+def _fail(message: str, code: int, say: bool = True) -> None:
+    if say:
+        print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
 

@@ -45,6 +45,19 @@ class WholeSet(IterableDataset):
         yield self.tensors
 
 
+class Batches(IterableDataset):
+    """Fixed tensors served in consecutive batches of ``batch_size`` rows, in order. An iterable,
+    so Lightning gives it no DistributedSampler: under DDP every rank gets every batch (``predict``
+    then writes one predictions.csv of every point, as on one process)."""
+
+    def __init__(self, *tensors: torch.Tensor, batch_size: int):
+        self.tensors, self.batch_size = tensors, batch_size
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for start in range(0, len(self.tensors[0]), self.batch_size):
+            yield tuple(t[start : start + self.batch_size] for t in self.tensors)
+
+
 class CircuitDataModule(pl.LightningDataModule):
     """Training stream, validation/test sets and predict grid for one task.
 
@@ -166,4 +179,4 @@ class CircuitDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         x = self.predict_grid()
-        return DataLoader(TensorDataset(x, self.task(x)), batch_size=4096, shuffle=False)
+        return DataLoader(Batches(x, self.task(x), batch_size=4096), batch_size=None)

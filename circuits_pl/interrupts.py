@@ -25,7 +25,9 @@ import threading
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.distributed import ReduceOp
 
 SANITY, TRAINING, END = "sanity validation", "training", "end of fit"
 
@@ -119,7 +121,13 @@ class GracefulInterrupt(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
         requested = self.signum is not None
         if trainer.world_size > 1:  # every rank stops after the same block, or DDP would hang
-            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+            # one all_reduce, as reduce_boolean_decision, of the signal itself: a SIGTERM that reached
+            # rank 1 only is reported (and exits 143) as SIGTERM by rank 0
+            got = torch.tensor(int(self.signum or 0), device=trainer.strategy.root_device)
+            got = int(trainer.strategy.reduce(got, reduce_op=ReduceOp.MAX))
+            requested = got > 0
+            if requested and self.signum is None:
+                self.signum = got
         if requested and not trainer.should_stop:
             self.stopped = True
             self.signum = self.signum or signal.SIGINT

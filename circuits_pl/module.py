@@ -308,7 +308,7 @@ class CircuitModule(pl.LightningModule):
             print(f"warning: member(s) {newly} diverged (non-finite loss) at step {first} on rank "
                   f"{self.global_rank}; reset to their last finite weights and frozen", flush=True)
             return
-        self._raise_if_all_diverged(first)
+        self._raise_if_all_diverged(int(self.diverged_at.max()))  # the last to go, as under DDP
         self.print(
             f"warning: member(s) {newly} diverged (non-finite loss) at step {first}; reset to their last "
             f"finite weights and frozen; the other {int(self.alive.sum())} member(s) go on training"

@@ -48,6 +48,19 @@ def test_member_shares_cover_every_member_once():
             assert max(sizes) - min(sizes) <= 1
 
 
+def test_a_strategy_given_by_class_path_is_kept():
+    """config.yaml of a DDP run holds the strategy as a class_path: it passes through as it is."""
+    from jsonargparse import Namespace
+
+    from circuits_pl.cli import member_parallel
+
+    given = Namespace(class_path="circuits_pl.strategy.MemberParallelStrategy", init_args=Namespace())
+    for devices in ("2", "1", "auto"):
+        assert member_parallel(given, devices, 1) is given
+    assert member_parallel("ddp", "2", 1).class_path == "circuits_pl.strategy.MemberParallelStrategy"
+    assert member_parallel("auto", "1", 1) == "auto"
+
+
 def test_two_ranks_train_every_member_exactly_as_one_process(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
@@ -70,8 +83,16 @@ def test_a_run_saved_on_two_ranks_resumes_on_any_number(tmp_path, resume_devices
     (first,) = run_dirs(tmp_path / "parts")
     # each resume picks its own default block size (1000 steps under DDP, fewer on one process): the
     # weights, the rule's state, results and validation schedule are those of the run that never stopped
-    _fit(tmp_path / "parts", "--trainer.max_steps", 2000, *rule, "--ckpt_path", first / "checkpoints" / "last.ckpt",
-         devices=resume_devices)
+    # resumed the way an interrupt says to ("Resume with: ... fit --config RUN/config.yaml --ckpt_path ..."):
+    # config.yaml names the strategy by class_path (it once crashed the CLI: an unhashable Namespace)
+    # and holds the rule (momentum)
+    cmd = [sys.executable, "-m", "circuits_pl", "fit", "--config", first / "config.yaml", "--ckpt_path",
+           first / "checkpoints" / "last.ckpt", "--trainer.max_steps", 2000]
+    if resume_devices == 1:
+        cmd += ["--trainer.devices", 1]
+    proc = subprocess.run(list(map(str, cmd)), cwd=tmp_path / "parts", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Device: cpu{', 2 processes' if resume_devices == 2 else ''} (" in proc.stdout
     (whole,) = run_dirs(tmp_path / "whole")
     _same(whole, run_dirs(tmp_path / "parts")[1])
 
@@ -101,3 +122,110 @@ def test_two_nodes_of_one_process_each_train_like_one_process(tmp_path):
     (one,) = run_dirs(tmp_path / "one")
     (nodes,) = run_dirs(tmp_path / "nodes")  # node 1 shares node 0's directory here and writes nothing
     _same(one, nodes)
+
+
+def test_a_divergence_every_rank_raises_is_said_once(capsys, monkeypatch):
+    """Every rank raises TrainingDiverged at the same validation: only rank 0 prints the line."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from circuits_pl.cli import _run_guarded
+    from circuits_pl.errors import TrainingDiverged
+
+    def diverge():
+        raise TrainingDiverged("training diverged at step 3")
+
+    for rank, said in ((1, ""), (0, "error: training diverged at step 3\n")):
+        monkeypatch.setattr(rank_zero_only, "rank", rank)
+        with pytest.raises(SystemExit) as exit_:
+            _run_guarded(diverge)
+        assert exit_.value.code == 1
+        assert capsys.readouterr().err == said
+
+
+def test_fit_leaves_a_callers_gc_freeze_alone(run_cli):
+    import gc
+
+    args = ["fit", "--task", "add", "--model.members", "2", "--trainer.max_steps", "200",
+            "--trainer.val_check_interval", "100", "--trainer.enable_progress_bar", "false", "--figures", "false"]
+    run_cli(*args)
+    assert gc.get_freeze_count() == 0  # fit's own freeze is undone
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        run_cli(*args)
+        assert gc.get_freeze_count() > frozen // 2  # the caller's is not (a few frozen objects die)
+    finally:
+        gc.unfreeze()
+
+
+@pytest.mark.slow
+def test_every_member_diverging_on_two_ranks_is_one_line_and_exit_1(tmp_path):
+    cmd = [sys.executable, "-m", "circuits_pl", *FIT, "--model.members", "4", "--model.lr", "50",
+           "--trainer.max_steps", "2000", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("error: training diverged at step") == 1, proc.stderr[-3000:]
+    assert "sync_dist" not in proc.stderr  # Lightning's advice does not apply: every rank holds every member
+    assert "terminate called" not in proc.stderr
+    one = subprocess.run(cmd[:-4], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert one.returncode == 1
+    said = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert said == [line for line in one.stderr.splitlines() if line.startswith("error: ")]  # the same step
+
+
+def test_the_predict_grid_is_served_in_the_same_batches_on_every_rank():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from circuits_pl.data import Batches
+
+    x = torch.randn(10_000, 3)
+    y = x.sum(1, keepdim=True)
+    ours = list(DataLoader(Batches(x, y, batch_size=4096), batch_size=None))
+    torch_s = list(DataLoader(TensorDataset(x, y), batch_size=4096, shuffle=False))
+    assert len(ours) == len(torch_s) == 3
+    for (a, b), (c, d) in zip(ours, torch_s):
+        assert torch.equal(a, c) and torch.equal(b, d)
+
+
+@pytest.mark.slow
+def test_predict_on_two_ranks_writes_one_file_of_every_point(tmp_path):
+    _fit(tmp_path, "--trainer.max_steps", 1000)
+    (run,) = run_dirs(tmp_path)
+    files = []
+    for devices in (1, 2):
+        cmd = [sys.executable, "-m", "circuits_pl", "predict", "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+               "--trainer.accelerator", "cpu", "--trainer.devices", str(devices)]
+        if devices > 1:
+            cmd += ["--trainer.strategy", "ddp"]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("Predictions (1681 points") == 1, proc.stdout
+        (out,) = run_dirs(tmp_path)[-1].glob("predictions*.csv")
+        files.append(out.read_bytes())
+    assert files[0] == files[1]
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_1_alone_stops_both_and_is_reported_as_sigterm(tmp_path):
+    import os
+    import signal
+    from pathlib import Path
+
+    cmd = [sys.executable, "-m", "circuits_pl", *FIT, "--model.members", "64", "--trainer.max_steps", "400000",
+           "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in proc.stdout:
+            if line.startswith("step "):
+                break
+        (rank1,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        os.kill(int(rank1), signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM: interrupted during training; checkpoint" in err and "Traceback" not in err
+    (run,) = run_dirs(tmp_path)
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < step < 400_000 and f"holds step {step}" in err
