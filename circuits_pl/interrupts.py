@@ -70,8 +70,10 @@ class GracefulInterrupt(pl.Callback):
         self.signum = self.signum or signum
         name = signal.Signals(signum).name
         if first and self.phase == TRAINING:
-            print(f"\n{name} received: stopping after the current block of steps and saving a checkpoint "
-                  "(a second Ctrl-C stops at once, keeping the last complete checkpoint)", file=sys.stderr, flush=True)
+            if self._trainer is None or self._trainer.is_global_zero:  # said once, not by every DDP rank
+                print(f"\n{name} received: stopping after the current block of steps and saving a checkpoint "
+                      "(a second Ctrl-C stops at once, keeping the last complete checkpoint)", file=sys.stderr,
+                      flush=True)
             return
         if self._raised:
             return  # already stopping at once: further signals must not interrupt the clean-up
@@ -128,6 +130,9 @@ class GracefulInterrupt(pl.Callback):
             requested = got > 0
             if requested and self.signum is None:
                 self.signum = got
+                if trainer.is_global_zero:  # only another rank got it: say so here, once
+                    print(f"\n{signal.Signals(got).name} received by another process: stopping after this block "
+                          "and saving a checkpoint", file=sys.stderr, flush=True)
         if requested and not trainer.should_stop:
             self.stopped = True
             self.signum = self.signum or signal.SIGINT

@@ -226,6 +226,7 @@ def test_sigterm_to_rank_1_alone_stops_both_and_is_reported_as_sigterm(tmp_path)
         proc.kill()
     assert proc.returncode == 143, err[-3000:]
     assert "SIGTERM: interrupted during training; checkpoint" in err and "Traceback" not in err
+    assert err.count("SIGTERM received") == 1 and "SIGTERM received by another process" in err  # said once
     (run,) = run_dirs(tmp_path)
     step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 0 < step < 400_000 and f"holds step {step}" in err
