@@ -169,11 +169,28 @@ def member_gradients(weights: Sequence[torch.Tensor], biases: Sequence[torch.Ten
     It is its own forward, not :func:`layer_activations`, because that one uses ``matmul`` (whose
     blocking depends on K) and fresh tensors, while this one needs member k bit-identical whatever K
     (per-member ``bmm``) and works in place (``+=``, ``relu_``), each choice measured (the timings in
-    its comments; ``benchmarks/hotpath.py``).
+    :func:`step_gradients`' comments; ``benchmarks/hotpath.py``).
     """
-    members = weights[0].shape[0]
+    x = xt.expand(weights[0].shape[0], -1, -1)  # (K, in, B), a view: no copy
+    w_t = [w.transpose(1, 2) for w in weights]
+    return step_gradients(weights, w_t, biases, x, x.transpose(1, 2), yt)
+
+
+# threshold_backward's overload resolved once: torch.ops.aten.threshold_backward(...) resolves it at
+# every call (1.93 against 1.66 µs a call here, one thread).
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
+
+
+def step_gradients(weights: Sequence[torch.Tensor], weights_t: Sequence[torch.Tensor],
+                   biases: Sequence[torch.Tensor], x: torch.Tensor, x_t: torch.Tensor,
+                   yt: torch.Tensor) -> list[torch.Tensor]:
+    """:func:`member_gradients` with the views it would make at every step made by the caller, once
+    per block and member chunk (``circuits_pl.train_block``): ``weights_t[l]`` is
+    ``weights[l].transpose(1, 2)`` (a view, so it sees the in-place updates), ``x`` the step's inputs
+    expanded to ``(K, in, B)`` and ``x_t`` its ``(K, B, in)`` transpose. Each view costs ~0.8 µs to make
+    (one thread), a few µs of a 23 µs step at K = 1; the arithmetic is the same, op for op.
+    """
     last = len(weights) - 1
-    x = xt.expand(members, -1, -1)  # (K, in, B), a view: no copy
     acts = [x]
     a = x
     for layer, w in enumerate(weights):
@@ -183,20 +200,20 @@ def member_gradients(weights: Sequence[torch.Tensor], biases: Sequence[torch.Ten
         if layer < last:
             a.relu_()
             acts.append(a)
-    g = a.sub_(yt).mul_(2.0 / xt.shape[-1])  # (K, 1, B); in place: a is this step's own output
+    g = a.sub_(yt).mul_(2.0 / yt.shape[-1])  # (K, 1, B); in place: a is this step's own output
     grad_w: list[torch.Tensor] = [None] * len(weights)  # type: ignore[list-item]
     grad_b: list[torch.Tensor] = [None] * len(biases)  # type: ignore[list-item]
     for layer in range(last, -1, -1):
         prev = acts[layer]
-        grad_w[layer] = torch.bmm(g, prev.transpose(1, 2))  # (K, out, in)
+        grad_w[layer] = torch.bmm(g, x_t if layer == 0 else prev.transpose(1, 2))  # (K, out, in)
         if biases:
             grad_b[layer] = g.sum(-1, keepdim=True)
         if layer > 0:
-            w_t = weights[layer].transpose(1, 2)  # (K, in, out)
+            w_t = weights_t[layer]  # (K, in, out)
             # out = 1 (the output layer): W^T g is a broadcast product, the same single product per
             # element as bmm's, and 18 µs instead of 39 µs (K = 87, h = 3, B = 1000, one thread).
             g = w_t * g if w_t.shape[-1] == 1 else torch.bmm(w_t, g)
             # ReLU's backward, the op autograd itself runs: g where a > 0, else 0. Measured on
             # (87, 3, 1000), one thread: 36 µs; g.mul_(a.sign()) 75 µs, g * (a > 0) 190 µs, where() 1 ms.
-            g = torch.ops.aten.threshold_backward(g, prev, 0)
+            g = _THRESHOLD_BACKWARD(g, prev, 0)
     return grad_w + grad_b

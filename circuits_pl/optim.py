@@ -17,7 +17,7 @@ Left out: maximize, amsgrad, and fused/foreach/capturable (implementation switch
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -87,6 +87,25 @@ class MemberOptimizer(torch.optim.Optimizer):
                     momentum_update(p, g, st[0], step, lr, group["momentum"], group["dampening"], group["nesterov"])
                 else:
                     adam_update(p, g, st[0], st[1], step, lr, group["betas"], group["eps"])
+
+    def updater(self, params: Sequence[torch.Tensor],
+                states: Sequence[Sequence[torch.Tensor]]) -> Callable[[Sequence[torch.Tensor], int], None]:
+        """:meth:`update` bound to ``params`` and ``states`` for a block of steps: ``fn(grads, step)``.
+
+        For the hot loop, which runs under ``torch.no_grad()``: plain SGD without weight decay (the
+        default rule) is then one ``add_`` per parameter, the hyper-parameters read once per block,
+        instead of :meth:`update`'s lookups and grad-mode switch at every step (same op, same values).
+        """
+        group = self.param_groups[0]
+        if group["rule"] == "sgd" and group["weight_decay"] == 0:
+            alpha = -group["lr"]
+
+            def sgd(grads: Sequence[torch.Tensor], step: int) -> None:
+                for p, g in zip(params, grads):
+                    p.add_(g, alpha=alpha)
+
+            return sgd
+        return lambda grads, step: self.update(params, grads, states, step)
 
     def set_steps(self, steps: int) -> None:
         for p in self.params:

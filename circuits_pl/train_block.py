@@ -3,7 +3,7 @@ Plain PyTorch, no Lightning (called from ``CircuitModule.training_step``).
 
 Members are processed in chunks: a chunk runs all S steps of the block while its weights, rule
 state and activations stay in cache, then the next chunk. Every op is per member (see
-``network.member_gradients`` and ``optim``), so the result is bit-identical whatever the chunking.
+``network.step_gradients`` and ``optim``), so the result is bit-identical whatever the chunking.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from circuits_pl.network import member_gradients
+from circuits_pl.network import step_gradients
 from circuits_pl.optim import MemberOptimizer
 
 # Bytes of one chunk's per-step working set (activations, gradients, masks) aimed at. Measured
@@ -54,14 +54,19 @@ def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt
     chunk = end - first_member if chunk is None else chunk
     first = optimizer.steps_done + 1
     states = optimizer.state_tensors()
-    steps = list(zip(xt.unbind(0), yt.unbind(0)))  # one C++ call instead of two indexings per step
+    ys = yt.unbind(0)  # one C++ call instead of an indexing per step
     with torch.no_grad():
         for lo in range(first_member, end, chunk):
             hi = min(lo + chunk, end)
             ps = [p[lo:hi] for p in params]  # views: updated in place
             st = [[s[lo:hi] for s in ss] for ss in states]
             weights, biases = ps[:n_weights], ps[n_weights:]
-            for s, (x, y) in enumerate(steps):
-                grads = member_gradients(weights, biases, x, y)
-                optimizer.update(ps, grads, st, first + s)
+            # The views step_gradients would make at every step, made once per chunk (~0.8 µs each):
+            # each step's inputs expanded to the chunk (K, in, B) and transposed, the weights transposed.
+            xs = xt.unsqueeze(1).expand(-1, hi - lo, -1, -1)  # (S, K, in, B)
+            steps = list(zip(xs.unbind(0), xs.transpose(2, 3).unbind(0), ys))
+            weights_t = [w.transpose(1, 2) for w in weights]
+            update = optimizer.updater(ps, st)
+            for s, (x, x_t, y) in enumerate(steps):
+                update(step_gradients(weights, weights_t, biases, x, x_t, y), first + s)
     optimizer.set_steps(first - 1 + xt.shape[0])
