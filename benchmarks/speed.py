@@ -76,21 +76,20 @@ def notebook_loop(steps: int) -> float:
 
 
 def step_alone(members: int, steps: int) -> float:
-    """Seconds per network-step of the hand-derived step and SGD update, no Lightning."""
+    """Seconds per network-step of the hand-derived step and SGD update of all members at once (one
+    member chunk: ``train_block`` unchunked), on one fixed batch, no Lightning."""
     from circuits_pl.network import ReLUMLP
+    from circuits_pl.optim import MemberOptimizer
     from circuits_pl.stream import uniform_inputs
+    from circuits_pl.train_block import train_block
 
     net = ReLUMLP(LAYER_SIZES, members=members, seed=0)
-    params = list(net.parameters())
+    optimizer = MemberOptimizer(net.parameters(), lr=LR)
     xt = uniform_inputs(BATCH, 2, seed=1).T.contiguous()
-    yt = xt.sum(0, keepdim=True)
-    with torch.no_grad():
-        for p, g in zip(params, net.gradients(xt, yt)):  # warm-up: first-touch of the activations
-            p.add_(g, alpha=-LR)
-        start = time.perf_counter()
-        for _ in range(steps):
-            for p, g in zip(params, net.gradients(xt, yt)):
-                p.add_(g, alpha=-LR)
+    xs, ys = xt.expand(steps, -1, -1), xt.sum(0, keepdim=True).expand(steps, -1, -1)  # views: one batch
+    train_block(optimizer, len(net.weights), xs[:1], ys[:1], chunk=members)  # warm-up: first touch
+    start = time.perf_counter()
+    train_block(optimizer, len(net.weights), xs, ys, chunk=members)
     return (time.perf_counter() - start) / steps / members
 
 
