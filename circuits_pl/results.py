@@ -259,4 +259,8 @@ class RunSummary(pl.Callback):
         datamodule = trainer.datamodule
         if not isinstance(datamodule, CircuitDataModule):
             datamodule = CircuitDataModule(task=pl_module.task.name)
+        if self._start is None and trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps:
+            # Lightning skips the training loop (no on_train_start) for a checkpoint already at max_steps
+            pl_module.print(f"Nothing to train: the checkpoint is at step {trainer.global_step}, at or past "
+                            f"--trainer.max_steps {trainer.max_steps} (raise it to train on); testing its weights")
         self.results = finish_fit(trainer, pl_module, datamodule, self.figures, self._timing)

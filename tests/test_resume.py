@@ -48,6 +48,18 @@ def test_resume_from_half_way_is_bit_identical(run_cli, tmp_path, members):
     assert _val_rows(full) == {k: v for k, v in {**_val_rows(half), **_val_rows(resumed)}.items() if k % 1000 == 0}
 
 
+def test_resume_at_or_past_max_steps_says_nothing_is_trained(run_cli, tmp_path, capsys):
+    common = ["--task", "add", "--model.members", 2, "--stop.when", "never", "--data.batch_size", 200, *QUIET]
+    run_cli("fit", *common, "--trainer.max_steps", 1000)
+    (first,) = run_dirs(tmp_path)
+    capsys.readouterr()
+    run_cli("fit", *common, "--trainer.max_steps", 500, "--ckpt_path", first / "checkpoints" / "last.ckpt")
+    out = capsys.readouterr().out
+    assert "Nothing to train: the checkpoint is at step 1000, at or past --trainer.max_steps 500" in out
+    assert "Trained " not in out  # no training-speed line: nothing ran
+    assert results(run_dirs(tmp_path)[1])["steps"] == 1000
+
+
 def _val_rows(run: Path) -> dict[int, dict[str, str]]:
     import csv
 
