@@ -61,11 +61,12 @@ def test_a_strategy_given_by_class_path_is_kept():
     assert member_parallel("auto", "1", 1) == "auto"
 
 
-def test_two_ranks_train_every_member_exactly_as_one_process(tmp_path):
+@pytest.mark.parametrize("members", [7, pytest.param(8, marks=pytest.mark.slow)])  # uneven and even shares
+def test_two_ranks_train_every_member_exactly_as_one_process(tmp_path, members):
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    _fit(tmp_path / "one", "--trainer.max_steps", 2000)
-    two = _fit(tmp_path / "two", "--trainer.max_steps", 2000, devices=2)
+    _fit(tmp_path / "one", "--trainer.max_steps", 2000, "--model.members", members)
+    two = _fit(tmp_path / "two", "--trainer.max_steps", 2000, "--model.members", members, devices=2)
     assert two.stdout.count("Final weights") == 1  # printed once, by rank 0
     (one_run,) = run_dirs(tmp_path / "one")
     (two_run,) = run_dirs(tmp_path / "two")  # results.json, metrics.csv written once
