@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 # CLI and for a plain Trainer alike (importing circuits_pl's LightningModule brings this module in).
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # Under MemberParallelStrategy every rank holds every member's values when CircuitModule logs (synced
-# at each validation): Lightning's advice to log its keys with sync_dist=True (one line per key and
+# before it logs): Lightning's advice to log its keys with sync_dist=True (one line per key and
 # run, on every rank) does not apply, and following it would add a collective per key per validation.
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('((val|test|train)/\w+|step)', "
                                           r"\.\.\., sync_dist=True\)`")

@@ -351,8 +351,8 @@ class CircuitModule(pl.LightningModule):
         too: the checkpoint holds rank 0's optimizer state). A no-op on one process."""
         if self.trainer.world_size == 1 or self._synced_at == self.global_step:
             return
-        state = [t for ts in self._member_optimizer().state_tensors() for t in ts]
-        sync_members([*self.net.parameters(), *state, self.diverged_at], self.members, self.trainer.strategy)
+        tensors = self._trained_tensors(self._member_optimizer())
+        sync_members([*tensors, self.diverged_at], self.members, self.trainer.strategy)
         self._synced_at = self.global_step
         self._raise_if_all_diverged(int(self.diverged_at.max()))
 
@@ -459,7 +459,8 @@ class CircuitModule(pl.LightningModule):
         Summaries over members only, never K columns; ``*/median_mse`` only with several members.
         ``step`` makes metrics.csv count SGD steps (Lightning would write its batch count). Under
         MemberParallelStrategy every rank holds every member's values when it logs (synced before the
-        train loss and before each validation), so no ``sync_dist``: it would add one collective per key per validation.
+        train loss and before each validation), so no ``sync_dist``: it would add one collective per key
+        per validation.
         """
         if self.members == 1:
             metrics = {k: v for k, v in metrics.items() if not k.endswith("median_mse")}

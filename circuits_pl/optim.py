@@ -75,37 +75,32 @@ class MemberOptimizer(torch.optim.Optimizer):
         the ``step`` counters once the block is done (:meth:`set_steps`), so every chunk sees the
         same step numbers. Gradients may be overwritten (they are scratch).
         """
+        with torch.no_grad():
+            self.updater(params, states)(grads, step)
+
+    def updater(self, params: Sequence[torch.Tensor],
+                states: Sequence[Sequence[torch.Tensor]]) -> Callable[[Sequence[torch.Tensor], int], None]:
+        """:meth:`update` bound to ``params`` and ``states`` for a block of steps: ``fn(grads, step)``,
+        to be called under ``torch.no_grad()`` (the hot loop is). The hyper-parameters are read once
+        per block instead of at every step, as is the grad-mode switch :meth:`update` makes."""
         group = self.param_groups[0]
         rule, lr, wd = group["rule"], group["lr"], group["weight_decay"]
-        with torch.no_grad():
-            for p, g, st in zip(params, grads, states):
+        momentum, dampening, nesterov = group["momentum"], group["dampening"], group["nesterov"]
+        betas, eps = group["betas"], group["eps"]
+        pairs = list(zip(params, states))
+
+        def apply(grads: Sequence[torch.Tensor], step: int) -> None:
+            for (p, st), g in zip(pairs, grads):
                 if wd != 0:
                     g = g.add(p, alpha=wd)
                 if rule == "sgd":
                     p.add_(g, alpha=-lr)
                 elif rule == "momentum":
-                    momentum_update(p, g, st[0], step, lr, group["momentum"], group["dampening"], group["nesterov"])
+                    momentum_update(p, g, st[0], step, lr, momentum, dampening, nesterov)
                 else:
-                    adam_update(p, g, st[0], st[1], step, lr, group["betas"], group["eps"])
+                    adam_update(p, g, st[0], st[1], step, lr, betas, eps)
 
-    def updater(self, params: Sequence[torch.Tensor],
-                states: Sequence[Sequence[torch.Tensor]]) -> Callable[[Sequence[torch.Tensor], int], None]:
-        """:meth:`update` bound to ``params`` and ``states`` for a block of steps: ``fn(grads, step)``.
-
-        For the hot loop, which runs under ``torch.no_grad()``: plain SGD without weight decay (the
-        default rule) is then one ``add_`` per parameter, the hyper-parameters read once per block,
-        instead of :meth:`update`'s lookups and grad-mode switch at every step (same op, same values).
-        """
-        group = self.param_groups[0]
-        if group["rule"] == "sgd" and group["weight_decay"] == 0:
-            alpha = -group["lr"]
-
-            def sgd(grads: Sequence[torch.Tensor], step: int) -> None:
-                for p, g in zip(params, grads):
-                    p.add_(g, alpha=alpha)
-
-            return sgd
-        return lambda grads, step: self.update(params, grads, states, step)
+        return apply
 
     def set_steps(self, steps: int) -> None:
         for p in self.params:

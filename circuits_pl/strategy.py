@@ -100,4 +100,5 @@ def sync_members(tensors: list[torch.Tensor], members: int, strategy) -> None:
         if rank != strategy.global_rank:
             with torch.no_grad():  # parameters: written in place, not a step of autograd
                 for t, part in zip(tensors, buf.split([count * n for n in row])):
-                    t[share].copy_(part.view(t[share].shape))
+                    mine = t[share]  # a view: written in place
+                    mine.copy_(part.view(mine.shape))
