@@ -21,7 +21,7 @@ from circuits_pl.readout import Readout, describe_member, read_circuit
 
 def member_weights(module: CircuitModule, member: int) -> list[torch.Tensor]:
     """One member's weight matrices (``(out, in)``, input layer first), detached, on the CPU."""
-    return [w[member].detach().cpu() for w in module.net.weights]
+    return [w.detach().cpu() for w in module.net.weights_of(member)]
 
 
 def test_inputs(data: CircuitDataModule) -> torch.Tensor:

@@ -32,7 +32,8 @@ from circuits_pl.files import atomic_write_text
 from circuits_pl.interrupts import GracefulInterrupt
 from circuits_pl.logger import run_dir
 from circuits_pl.members import describe_members, heldout_mse, read_member, test_mse, write_figures
-from circuits_pl.module import HISTORY, CircuitModule, live_median
+from circuits_pl.module import CircuitModule
+from circuits_pl.population import HISTORY
 from circuits_pl.success import wilson_interval
 from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, found, verdict
 
@@ -41,12 +42,13 @@ UNLISTED = "an unlisted circuit"
 
 def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]]) -> list[str]:
     """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts)."""
-    hist = module.val_history.cpu().double()
-    solved = module.solved.cpu().tolist()
+    population = module.population
+    hist = population.val_history.cpu().double()
+    solved = population.solved.cpu().tolist()
     out = []
     for k in range(module.members):
         exact = bool(circuits[k]["matched"])  # the readout, whatever the loss: a converging member is found
-        out.append(verdict(bool(solved[k]), exact, hist[:, k].tolist(), diverged=int(module.diverged_at[k]) >= 0))
+        out.append(verdict(bool(solved[k]), exact, hist[:, k].tolist(), diverged=int(population.diverged_at[k]) >= 0))
     return out
 
 
@@ -60,12 +62,12 @@ def _floats(t: torch.Tensor | None) -> list[float | None] | None:
 def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
               stopped_when_solved: bool = False) -> dict[str, Any]:
     """Everything results.json holds, as plain Python values (test MSE must be set: see RunSummary)."""
-    k_total = module.members
-    solved = module.solved.cpu()
+    k_total, population = module.members, module.population
+    solved = population.solved.cpu()
     n_solved = int(solved.sum())
     lo, hi = wilson_interval(n_solved, k_total)
     # A member first seen solved at an off-schedule final validation is solved "at the last step".
-    solved_at = torch.where(solved & (module.solved_at < 0).cpu(), steps, module.solved_at.cpu())
+    solved_at = torch.where(solved & (population.solved_at < 0).cpu(), steps, population.solved_at.cpu())
     at = solved_at[solved_at >= 0].double()
     hp = module.hparams
     data = {k: v for k, v in datamodule.hparams.items() if k != "task" and not k.startswith("_")}
@@ -99,17 +101,17 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "success_rate": n_solved / k_total,
         "success_rate_ci95": [lo, hi],
         "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
-        "best_member": int(module.best_member),
+        "best_member": int(population.best_member),
         "circuits_of_found": dict(circuits_found.most_common()),
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
         "per_member": {
-            "val_mse": _floats(module.val_mse),
+            "val_mse": _floats(population.val_mse),
             "test_mse": _floats(module.test_mse),
             "heldout_mse": _floats(module.heldout_mse),
             "found": [found(v) for v in verdicts],
             "solved": solved.tolist(),
             "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
-            "diverged_at": [int(v) if v >= 0 else None for v in module.diverged_at.cpu().tolist()],
+            "diverged_at": [int(v) if v >= 0 else None for v in population.diverged_at.cpu().tolist()],
             "verdict": verdicts,
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
@@ -171,7 +173,7 @@ def test_members(trainer: pl.Trainer, module: CircuitModule, datamodule: Circuit
     k = module.selected_member
     metrics = {"test/mse": float(module.test_mse[k])}
     if module.members > 1:
-        metrics["test/median_mse"] = float(live_median(module.test_mse, module.alive))
+        metrics["test/median_mse"] = float(module.population.median(module.test_mse))
     if module.heldout_mse is not None:
         metrics["test/heldout_mse"] = float(module.heldout_mse[k])
     metrics["step"] = float(trainer.global_step)

@@ -157,7 +157,7 @@ def test_a_checkpoint_of_the_previous_layout_loads_and_resumes_exactly(run_cli, 
     for key, value in old.items():  # every value of the old file, wherever it lives now
         (match,) = [k for k in now if k == key or k.endswith("." + key)]
         assert torch.equal(now[match].nan_to_num(-7.0), value.nan_to_num(-7.0)), key
-    assert module.diverged_at.tolist() == [-1, -1, -1, 11, 14, -1]
+    assert module.population.diverged_at.tolist() == [-1, -1, -1, 11, 14, -1]
     run_cli("fit", *OLD_ARGS, "--ckpt_path", OLD_CHECKPOINT, "--trainer.max_steps", 2000)
     run_cli("fit", *OLD_ARGS, "--trainer.max_steps", 2000)
     resumed, never_stopped = run_dirs(tmp_path)
