@@ -1,27 +1,14 @@
 """The LightningModule: Lightning's hooks around K ReLU MLPs learning one task with SGD and MSE.
 
-The math and the bookkeeping live below it, in plain PyTorch: the networks (``network.ReLUMLP``),
-their update rule (``optim``: settings checked once, ``MemberOptimizer``), a block of steps and what
-happens to a member that diverges (``train_block.TrainedMembers``), and what the run knows of each
-member (``population.Population``). This module wires them to Lightning's steps, metrics, logging,
-checkpoints and DDP. Flow of one training batch (a block of S steps: ``circuits_pl.cadence``)::
-
-    x (S, B, in), y (S, B, 1)
-      -> for each chunk of members (cache-sized), for each step s:
-                           grads = step_gradients(chunk, x[s], y[s])   hand-derived, equal to autograd
-                           optimizer.update(chunk, grads)              sgd | momentum | adam
-      -> global_step += S                                              Lightning's own step counter
-      -> after the block:  frozen members are put back; members whose weights became non-finite are
-                           reset to their weights and rule state before that step and frozen
-                           ("diverged"); train/mse is logged.
-
-Why by hand: the notebook's autograd loop costs many times the hand-derived step (README "Speed",
-``benchmarks/speed.py``). Lightning's per-batch machinery is paid once per block of S steps;
-``LightningOptimizer.step()`` would add its closure, precision and strategy hooks to every step, so
-the MemberOptimizer that configure_optimizers returns is applied directly and only Lightning's step
-bookkeeping is called (``compat.count_optimizer_steps``), keeping ``global_step``, ``max_steps`` and
-checkpoint resume in SGD steps. Not run on this path: ``on_before_optimizer_step`` hooks, gradient
-clipping, mixed precision.
+What it wires lives below it, in plain PyTorch: the networks (``network.ReLUMLP``), their update
+rule (``optim``), a block of S steps and the reset of members that diverge
+(``train_block.TrainedMembers``), what the run knows of each member (``population.Population``) and
+SGD steps against Lightning batches (``cadence.Cadence``). One training batch is a block of S steps,
+run by hand-derived gradients and the MemberOptimizer that configure_optimizers returns, applied
+directly: ``LightningOptimizer.step()`` would add its closure, precision and strategy hooks to every
+step (README "Speed"). Only Lightning's step bookkeeping is called (``compat.count_optimizer_steps``),
+so ``global_step``, ``max_steps`` and checkpoint resume count SGD steps. Not run on this path:
+``on_before_optimizer_step`` hooks, gradient clipping, mixed precision.
 """
 
 from __future__ import annotations
@@ -31,7 +18,6 @@ import os
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import DDPStrategy
 from torchmetrics import MeanSquaredError
 
 from circuits_pl.cadence import Cadence
@@ -40,7 +26,7 @@ from circuits_pl.errors import CircuitsError
 from circuits_pl.network import ReLUMLP
 from circuits_pl.optim import MemberOptimizer, OptimizerSettings
 from circuits_pl.population import Population, upgrade_state_dict
-from circuits_pl.strategy import MemberParallelStrategy, member_share, sync_members
+from circuits_pl.strategy import check_strategy, member_share, sync_members
 from circuits_pl.success import success_threshold
 from circuits_pl.tasks import get_task
 from circuits_pl.train_block import TrainedMembers
@@ -79,10 +65,8 @@ class CircuitModule(pl.LightningModule):
         sizes = self.task.check_layer_sizes(self.task.layer_sizes if layer_sizes is None else layer_sizes)
         self.optim = OptimizerSettings(optimizer, lr, momentum, dampening, nesterov,
                                        OptimizerSettings.betas if betas is None else betas, eps, weight_decay)
-        if not isinstance(members, int) or isinstance(members, bool) or members <= 0:
-            raise CircuitsError(f"model.members must be a positive integer, got {members!r}")
-        if success_mse is not None and not success_mse > 0:
-            raise CircuitsError(f"model.success_mse must be a positive number, got {success_mse!r}")
+        threshold = success_threshold(self.task, sizes) if success_mse is None else success_mse
+        self.population = Population(members, threshold)  # per-member state, in checkpoints (checks both)
         if member is not None and not 0 <= member < members:
             raise CircuitsError(f"model.member must be in 0..{members - 1} ({members} members), got {member!r}")
         init_seed = int(torch.initial_seed() if init_seed is None else init_seed)  # seed_everything's
@@ -92,10 +76,9 @@ class CircuitModule(pl.LightningModule):
         self.automatic_optimization = False  # S SGD steps per Lightning batch: see the module docstring
 
         self.net = ReLUMLP(sizes, members, bias, init_seed)
-        self.success_mse = success_mse if success_mse is not None else success_threshold(self.task, sizes)
-        self.population = Population(members, self.success_mse)  # per-member state, in checkpoints
-        self._cadence = Cadence()  # the running Trainer's, from on_train_start
-        self._scheduled_validation = False  # set by training_step for the validation that follows
+        self.success_mse = threshold
+        self._cadence = Cadence()  # the Trainer's, read at on_train_start
+        self._scheduled_validation = False  # is the validation after this block a regular one
         self._synced_at = -1  # the global_step at which the ranks last exchanged their members
         # sync_on_compute off: under MemberParallelStrategy every rank evaluates every member itself
         self.val_metric = MeanSquaredError(num_outputs=members, sync_on_compute=False)
@@ -103,9 +86,6 @@ class CircuitModule(pl.LightningModule):
             [MeanSquaredError(num_outputs=members, sync_on_compute=False) for _ in range(2)])
         self.test_mse: torch.Tensor | None = None  # per member, after test
         self.heldout_mse: torch.Tensor | None = None
-        # What the loss curves show, whatever the logger (or none): column -> (steps, values).
-        # Kept in checkpoints (plain lists: they load with weights_only=True).
-        self.loss_history: dict[str, tuple[list[float], list[float]]] = {}
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
@@ -130,35 +110,17 @@ class CircuitModule(pl.LightningModule):
         """Outputs ``(N, 1)`` of the selected member for inputs ``(N, in)``."""
         return self.net(x, member=self.selected_member)
 
-    @property
-    def share(self) -> slice:
-        """The members this process trains: its share under MemberParallelStrategy, else all."""
-        try:
-            trainer = self.trainer
-        except RuntimeError:  # not attached to a Trainer
-            return slice(0, self.members)
-        if trainer is None or trainer.world_size == 1:
-            return slice(0, self.members)
-        return member_share(self.members, trainer.world_size, trainer.global_rank)
-
-    # ------------------------------------------------------------------------------------------
-    # Fit: setup, optimizer, the training step
-    # ------------------------------------------------------------------------------------------
+    # --- fit -----------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         check_precision(self.trainer.precision)
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy) and not isinstance(strategy, MemberParallelStrategy):
-            raise CircuitsError(
-                f"strategy {type(strategy).__name__} would average gradients of independent members; use "
-                "circuits_pl.strategy.MemberParallelStrategy() (the CLI's --trainer.strategy ddp does), which "
-                "gives each process its own members")
+        check_strategy(self.trainer.strategy)
 
     def on_fit_start(self) -> None:
         hp, k = self.hparams, self.members
-        members = f"{k} members (seeds {hp.init_seed}..{hp.init_seed + k - 1})" if k > 1 else f"seed {hp.init_seed}"
+        seeds = f"{k} members (seeds {hp.init_seed}..{hp.init_seed + k - 1})" if k > 1 else f"seed {hp.init_seed}"
         self.print(f"Task {self.task.name}: f = {self.task.formula}; network {'-'.join(map(str, hp.layer_sizes))}, "
-                   f"bias {'on' if hp.bias else 'off'}, {members}, {self.optim.rule} lr {self.optim.lr:g}; solved "
-                   f"when validation MSE < {self.success_mse:.3g}")
+                   f"bias {'on' if hp.bias else 'off'}, {seeds}, {self.optim.rule} lr {self.optim.lr:g}; solved when "
+                   f"validation MSE < {self.success_mse:.3g}")
         if self.member is not None:  # easily typed for --model.members: say what it does
             self.print(f"Reporting member {self.member} of {k} (--model.member; --model.members sets how many train)")
         if self.trainer.ckpt_path is None:
@@ -168,13 +130,11 @@ class CircuitModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.optim.apply_to(self._trained().optimizer)  # a restored optimizer takes --model.*'s values
-        datamodule = getattr(self.trainer, "datamodule", None)
-        self._cadence = Cadence.of_trainer(self.trainer, getattr(getattr(datamodule, "hparams", None),
-                                                                 "steps_per_batch", None))
+        data = getattr(getattr(self.trainer, "datamodule", None), "hparams", None)
+        self._cadence = Cadence.of_trainer(self.trainer, getattr(data, "steps_per_batch", None))
 
     def configure_optimizers(self) -> MemberOptimizer:
-        # The one optimizer the hot path drives (training_step): it holds the rule's state, so
-        # Lightning saves it in the checkpoint's optimizer_states and restores it on resume.
+        # The one optimizer the hot path drives: Lightning saves its state (the rule's) in checkpoints.
         return self.optim.build(self.net.parameters())
 
     def _trained(self) -> TrainedMembers:
@@ -188,30 +148,27 @@ class CircuitModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch  # (S, B, in), (S, B, 1)
-        start, cadence = self.global_step, self._cadence
+        start, cadence, population = self.global_step, self._cadence, self.population
         n = cadence.steps_in_block(start, x.shape[0])
-        diverged = self._trained().guarded_steps(x, y, n, start, ~self.population.alive, self.share)
+        share = member_share(self.members, self.trainer.world_size, self.global_rank)  # all, on one process
+        diverged = self._trained().guarded_steps(x, y, n, start, ~population.alive, share)
         count_optimizer_steps(self.optimizers(), n)  # global_step counts SGD steps
-        if newly := self.population.record_divergence(diverged):
-            self._say_diverged(newly, int(diverged[newly].min()))
+        if newly := population.record_divergence(diverged):
+            first = int(diverged[newly].min())
+            if self.trainer.world_size > 1:  # other ranks' members may live: decided at the next validation
+                print(population.divergence_warning(newly, first, rank=self.global_rank), flush=True)
+            else:
+                population.raise_if_all_diverged(self.optim.lr, self.task.name)
+                self.print(population.divergence_warning(newly, first))
         self._scheduled_validation = cadence.validates_on_schedule(batch_idx, self.global_step == start + x.shape[0])
         if cadence.reached_max_steps(self.global_step):
             self.trainer.should_stop = True  # Lightning then validates, so the last step is checkpointed
         if n > 0 and cadence.logs_after(batch_idx):
             self._sync_population()  # under DDP: other ranks' members, for their loss
             loss = self.net.mse(x[n - 1], y[n - 1])  # each member's loss on the block's last step
-            live = loss[self.population.alive & torch.isfinite(loss)]
+            live = loss[population.alive & torch.isfinite(loss)]
             self._log_metrics({"train/mse": live.min() if live.numel() else torch.tensor(math.nan),
-                               "train/median_mse": self.population.median(loss)})
-
-    def _say_diverged(self, newly: list[int], first: int) -> None:
-        if self.trainer.world_size > 1:  # other ranks' members may live: decided at the next validation
-            print(f"warning: member(s) {newly} diverged (non-finite loss) at step {first} on rank "
-                  f"{self.global_rank}; reset to their last finite weights and frozen", flush=True)
-            return
-        self.population.raise_if_all_diverged(self.optim.lr, self.task.name)
-        self.print(f"warning: member(s) {newly} diverged (non-finite loss) at step {first}; reset to their last "
-                   f"finite weights and frozen; the other {int(self.population.alive.sum())} member(s) go on training")
+                               "train/median_mse": population.median(loss)})
 
     def _sync_population(self) -> None:
         """Under MemberParallelStrategy, give every rank every member's weights, rule state and
@@ -224,12 +181,7 @@ class CircuitModule(pl.LightningModule):
         self._synced_at = self.global_step
         self.population.raise_if_all_diverged(self.optim.lr, self.task.name)
 
-    # ------------------------------------------------------------------------------------------
-    # Validation, test, predict
-    # ------------------------------------------------------------------------------------------
-    def _member_preds(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(-1).T  # (N, K): one "output" per member for torchmetrics
-
+    # --- validation, test, predict -------------------------------------------------------------------
     def _announce_member(self) -> None:
         """validate/test --ckpt_path: say which member the metrics are of (fit reports its own)."""
         if self.members > 1 and self.trainer.state.fn in ("validate", "test"):
@@ -245,9 +197,12 @@ class CircuitModule(pl.LightningModule):
         if self.trainer.ckpt_path is not None:
             self._announce_member()
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def _update(self, metric: MeanSquaredError, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         x, y = batch
-        self.val_metric.update(self._member_preds(x), y.expand(-1, self.members))
+        metric.update(self.net(x).squeeze(-1).T, y.expand(-1, self.members))  # (N, K): an "output" per member
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._update(self.val_metric, batch)
 
     def on_validation_epoch_end(self) -> None:
         mse = self.val_metric.compute().reshape(-1).detach()
@@ -257,19 +212,15 @@ class CircuitModule(pl.LightningModule):
             self.print(f"Starting validation MSE: {population.describe(mse)}")
             return
         population.record_validation(mse, self.global_step if fit else None, self._scheduled_validation)
-        self._log_metrics({
-            "val/mse": population.val_mse[self.selected_member],
-            "val/median_mse": population.median(population.val_mse),
-            "val/solved": population.solved.sum().float(),
-            "val/unsolved": (population.alive & ~population.solved).sum().float(),
-        })
+        self._log_metrics({"val/mse": population.val_mse[self.selected_member],
+                           "val/median_mse": population.median(population.val_mse),
+                           "val/solved": population.solved.sum().float(),
+                           "val/unsolved": (population.alive & ~population.solved).sum().float()})
         if fit:
-            self.print(f"step {self.global_step:>8}  val MSE {population.describe(population.val_mse)}  "
-                       f"solved {int(population.solved.sum())}/{self.members}")
+            self.print(population.validation_line(self.global_step))
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
-        self.test_metrics[dataloader_idx].update(self._member_preds(x), y.expand(-1, self.members))
+        self._update(self.test_metrics[dataloader_idx], batch)
 
     def on_test_epoch_end(self) -> None:
         self.test_mse = self.test_metrics[0].compute().reshape(-1).detach()
@@ -286,41 +237,25 @@ class CircuitModule(pl.LightningModule):
         x, y = batch
         return {"x": x, "target": y, "prediction": self(x)}
 
-    @torch.no_grad()
-    def members_mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Per-member MSE ``(K,)`` on inputs ``x (N, in)`` and targets ``y (N, 1)`` (torchmetrics)."""
-        metric = MeanSquaredError(num_outputs=self.members).to(self.device)
-        metric.update(self._member_preds(x.to(self.device)), y.to(self.device).expand(-1, self.members))
-        return metric.compute().reshape(-1).detach()
-
-    # ------------------------------------------------------------------------------------------
-    # Checkpoints, logging, printing
-    # ------------------------------------------------------------------------------------------
+    # --- checkpoints, logging, printing --------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["loss_history"] = {k: [list(s), list(v)] for k, (s, v) in self.loss_history.items()}
+        checkpoint["loss_history"] = self.population.losses_state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        upgrade_state_dict(checkpoint["state_dict"])  # checkpoints written before the population record
-        self.loss_history = {k: (list(s), list(v)) for k, (s, v) in checkpoint.get("loss_history", {}).items()}
+        upgrade_state_dict(checkpoint["state_dict"])  # a checkpoint written before the population record
+        self.population.load_losses(checkpoint.get("loss_history", {}))
 
     def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
-        """The one place that calls Lightning's logger (every ``self.log`` goes through its logger
-        connector: call it rarely), and that records the loss curves (``loss_history``).
+        """The one call of Lightning's logger (costly: call it rarely), and the loss curves' record.
 
         Summaries over members only, never K columns; ``*/median_mse`` only with several members.
-        ``step`` makes metrics.csv count SGD steps (Lightning would write its batch count). Under
-        MemberParallelStrategy every rank holds every member's values when it logs (synced before the
-        train loss and before each validation), so no ``sync_dist``: it would add one collective per key
-        per validation.
+        ``step`` makes metrics.csv count SGD steps, not batches. No ``sync_dist``: every rank holds
+        every member's values when it logs (synced before), and it would cost a collective per key.
         """
         if self.members == 1:
             metrics = {k: v for k, v in metrics.items() if not k.endswith("median_mse")}
         if self.trainer.state.fn == "fit" and not self.trainer.sanity_checking:
-            for key in ("train/mse", "train/median_mse", "val/mse", "val/median_mse"):
-                if key in metrics:
-                    steps, values = self.loss_history.setdefault(key, ([], []))
-                    steps.append(float(self.global_step))
-                    values.append(float(metrics[key]))
+            self.population.record_losses(metrics, self.global_step)
         if self.global_step > 0 or self.trainer.state.fn == "fit":
             metrics["step"] = float(self.global_step)
         shown = {k: v for k, v in metrics.items() if k in ("val/mse", "val/solved")}

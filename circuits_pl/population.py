@@ -11,6 +11,9 @@ module (device, checkpoint; tensors only: checkpoints load with ``weights_only=T
     diverged_at   (K,)            SGD step at which the weights became non-finite; -1: alive
     best_member   ()              lowest val_mse at the last validation
 
+and, beside them, the loss curves of the whole population (``loss_history``: train/val MSE of the
+best and the median member by SGD step), which the figures draw whatever the logger.
+
 Only regular validations (on the ``val_check_interval`` grid) enter the history and solved-at: the
 extra one Lightning runs where a run stops off-schedule does not, so a run resumed from there keeps
 exactly the record of a run that never stopped.
@@ -24,10 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from circuits_pl.errors import TrainingDiverged
+from circuits_pl.errors import CircuitsError, TrainingDiverged
 
 HISTORY = 8  # validations of per-member MSE kept, to tell a stuck member from a slow one
 BUFFERS = ("val_mse", "val_history", "solved_at", "diverged_at", "best_member")
+CURVES = ("train/mse", "train/median_mse", "val/mse", "val/median_mse")  # what the loss figure draws
 
 
 class Population(nn.Module):
@@ -40,6 +44,10 @@ class Population(nn.Module):
 
     def __init__(self, members: int, success_mse: float):
         super().__init__()
+        if not isinstance(members, int) or isinstance(members, bool) or members <= 0:
+            raise CircuitsError(f"model.members must be a positive integer, got {members!r}")
+        if not success_mse > 0:
+            raise CircuitsError(f"model.success_mse must be a positive number, got {success_mse!r}")
         self.members = members
         self.success_mse = success_mse
         self.register_buffer("val_mse", torch.full((members,), math.nan))
@@ -47,6 +55,8 @@ class Population(nn.Module):
         self.register_buffer("solved_at", torch.full((members,), -1, dtype=torch.long))
         self.register_buffer("diverged_at", torch.full((members,), -1, dtype=torch.long))
         self.register_buffer("best_member", torch.zeros((), dtype=torch.long))
+        # column -> (steps, values); in checkpoints as plain lists (they load with weights_only=True)
+        self.loss_history: dict[str, tuple[list[float], list[float]]] = {}
 
     @property
     def alive(self) -> torch.Tensor:
@@ -93,10 +103,39 @@ class Population(nn.Module):
             "finite weights."
         )
 
+    def record_losses(self, metrics: dict[str, Any], step: int) -> None:
+        """Append the loss columns among ``metrics`` (logged at SGD step ``step`` of fit) to ``loss_history``."""
+        for key in CURVES:
+            if key in metrics:
+                steps, values = self.loss_history.setdefault(key, ([], []))
+                steps.append(float(step))
+                values.append(float(metrics[key]))
+
+    def losses_state(self) -> dict[str, list[list[float]]]:
+        """``loss_history`` for a checkpoint (lists only)."""
+        return {k: [list(s), list(v)] for k, (s, v) in self.loss_history.items()}
+
+    def load_losses(self, state: dict[str, Any]) -> None:
+        self.loss_history = {k: (list(s), list(v)) for k, (s, v) in state.items()}
+
     # --- reading it --------------------------------------------------------------------------------
     def median(self, values: torch.Tensor) -> torch.Tensor:
         """The median of per-member ``values`` over live members (see :func:`live_median`)."""
         return live_median(values, self.alive)
+
+    def validation_line(self, step: int) -> str:
+        """The line fit prints at each validation."""
+        return (f"step {step:>8}  val MSE {self.describe(self.val_mse)}  "
+                f"solved {int(self.solved.sum())}/{self.members}")
+
+    def divergence_warning(self, newly: list[int], step: int, rank: int | None = None) -> str:
+        """What fit says when members diverge at ``step`` (on DDP rank ``rank``: the others are
+        decided at the next validation, when the ranks exchange their members)."""
+        text = f"warning: member(s) {newly} diverged (non-finite loss) at step {step}"
+        if rank is not None:
+            return f"{text} on rank {rank}; reset to their last finite weights and frozen"
+        return (f"{text}; reset to their last finite weights and frozen; the other {int(self.alive.sum())} "
+                "member(s) go on training")
 
     def describe(self, mse: torch.Tensor) -> str:
         """Per-member MSE in one phrase: ``best 1.3e-11 (member 23), median 7e-10`` (one member: its value)."""
