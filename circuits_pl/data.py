@@ -68,7 +68,7 @@ class CircuitDataModule(pl.LightningDataModule):
         steps_per_batch: SGD steps per Lightning batch. Default: chosen by the CLI, the largest divisor
             of trainer.val_check_interval up to trainer.log_every_n_steps and a block limit that
             shrinks as members and batch size grow: 500 with the defaults (64 members, batch 1000,
-            intervals 1000 and 500), 100 from 640 members, up to 1000 under DDP. From Python
+            intervals 1000 and 500), 100 from 513 members, up to 1000 under DDP. From Python
             (a plain ``Trainer``): 100, and the Trainer's options that count *batches*
             (``val_check_interval``, ``log_every_n_steps``) count blocks of this many steps
             (``circuits_pl.cadence``).
