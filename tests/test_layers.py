@@ -18,7 +18,7 @@ FLOORS = [
     {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "stream",
      "init", "memory", "population"},
     # 2. analysis without Lightning
-    {"success", "verdicts", "readout", "plots"},
+    {"success", "verdicts", "readout", "plots", "basins"},
     # 3. Lightning parts
     {"compat", "data", "module", "callbacks", "interrupts", "checkpoint_io", "checkpoints", "logger",
      "preflight", "strategy"},
