@@ -84,8 +84,6 @@ class CircuitModule(pl.LightningModule):
         self.val_metric = MeanSquaredError(num_outputs=members, sync_on_compute=False)
         self.test_metrics = torch.nn.ModuleList(
             [MeanSquaredError(num_outputs=members, sync_on_compute=False) for _ in range(2)])
-        self.test_mse: torch.Tensor | None = None  # per member, after test
-        self.heldout_mse: torch.Tensor | None = None
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
@@ -223,12 +221,12 @@ class CircuitModule(pl.LightningModule):
         self._update(self.test_metrics[dataloader_idx], batch)
 
     def on_test_epoch_end(self) -> None:
-        self.test_mse = self.test_metrics[0].compute().reshape(-1).detach()
-        k = self.selected_member
-        metrics = {"test/mse": self.test_mse[k], "test/median_mse": self.population.median(self.test_mse)}
+        population, k = self.population, self.selected_member
+        population.test_mse = self.test_metrics[0].compute().reshape(-1).detach()
+        metrics = {"test/mse": population.test_mse[k], "test/median_mse": population.median(population.test_mse)}
         if self.test_metrics[1].update_count > 0:
-            self.heldout_mse = self.test_metrics[1].compute().reshape(-1).detach()
-            metrics["test/heldout_mse"] = self.heldout_mse[k]
+            population.heldout_mse = self.test_metrics[1].compute().reshape(-1).detach()
+            metrics["test/heldout_mse"] = population.heldout_mse[k]
         self._log_metrics(metrics)
         for m in self.test_metrics:
             m.reset()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -43,7 +43,7 @@ class OptimizerSettings:
     momentum: float = 0.9  # for momentum (torch.optim.SGD's)
     dampening: float = 0.0
     nesterov: bool = False
-    betas: tuple[float, float] = field(default=(0.9, 0.999))  # for adam (torch.optim.Adam's)
+    betas: tuple[float, float] = (0.9, 0.999)  # for adam (torch.optim.Adam's)
     eps: float = 1e-8
     weight_decay: float = 0.0  # L2 added to the gradient, every rule (torch.optim's, not AdamW's)
 

@@ -12,7 +12,8 @@ module (device, checkpoint; tensors only: checkpoints load with ``weights_only=T
     best_member   ()              lowest val_mse at the last validation
 
 and, beside them, the loss curves of the whole population (``loss_history``: train/val MSE of the
-best and the median member by SGD step), which the figures draw whatever the logger.
+best and the median member by SGD step, in checkpoints), which the figures draw whatever the logger,
+and each member's test MSE once tested.
 
 Only regular validations (on the ``val_check_interval`` grid) enter the history and solved-at: the
 extra one Lightning runs where a run stops off-schedule does not, so a run resumed from there keeps
@@ -57,6 +58,8 @@ class Population(nn.Module):
         self.register_buffer("best_member", torch.zeros((), dtype=torch.long))
         # column -> (steps, values); in checkpoints as plain lists (they load with weights_only=True)
         self.loss_history: dict[str, tuple[list[float], list[float]]] = {}
+        self.test_mse: torch.Tensor | None = None  # (K,) on the test set, after test (not in checkpoints)
+        self.heldout_mse: torch.Tensor | None = None  # (K,) on the held-out directions of a cone run
 
     @property
     def alive(self) -> torch.Tensor:

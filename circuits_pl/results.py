@@ -109,8 +109,8 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "basins": basin_summary,
         "per_member": {
             "val_mse": _floats(population.val_mse),
-            "test_mse": _floats(module.test_mse),
-            "heldout_mse": _floats(module.heldout_mse),
+            "test_mse": _floats(population.test_mse),
+            "heldout_mse": _floats(population.heldout_mse),
             "found": [found(v) for v in verdicts],
             "solved": solved.tolist(),
             "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
@@ -187,14 +187,14 @@ def test_members(trainer: pl.Trainer, module: CircuitModule, datamodule: Circuit
     Computed here rather than through ``trainer.test``: this runs inside ``fit`` (a callback), where
     a nested trainer loop cannot run.
     """
-    module.test_mse = test_mse(module, datamodule)
-    module.heldout_mse = heldout_mse(module, datamodule)
-    k = module.selected_member
-    metrics = {"test/mse": float(module.test_mse[k])}
+    population, k = module.population, module.selected_member
+    population.test_mse = test_mse(module, datamodule)
+    population.heldout_mse = heldout_mse(module, datamodule)
+    metrics = {"test/mse": float(population.test_mse[k])}
     if module.members > 1:
-        metrics["test/median_mse"] = float(module.population.median(module.test_mse))
-    if module.heldout_mse is not None:
-        metrics["test/heldout_mse"] = float(module.heldout_mse[k])
+        metrics["test/median_mse"] = float(population.median(population.test_mse))
+    if population.heldout_mse is not None:
+        metrics["test/heldout_mse"] = float(population.heldout_mse[k])
     metrics["step"] = float(trainer.global_step)
     if trainer.is_global_zero:
         for logger in trainer.loggers:
