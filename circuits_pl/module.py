@@ -151,7 +151,7 @@ class CircuitModule(pl.LightningModule):
         share = member_share(self.members, self.trainer.world_size, self.global_rank)  # all, on one process
         diverged = self._trained().guarded_steps(x, y, n, start, ~population.alive, share)
         count_optimizer_steps(self.optimizers(), n)  # global_step counts SGD steps
-        if newly := population.record_divergence(diverged):
+        if diverged is not None and (newly := population.record_divergence(diverged)):
             first = int(diverged[newly].min())
             if self.trainer.world_size > 1:  # other ranks' members may live: decided at the next validation
                 print(population.divergence_warning(newly, first, rank=self.global_rank), flush=True)

@@ -106,11 +106,11 @@ class TrainedMembers:
 
     @torch.no_grad()
     def guarded_steps(self, x: torch.Tensor, y: torch.Tensor, n: int, start: int, frozen: torch.Tensor,
-                      share: slice | None = None) -> torch.Tensor:
+                      share: slice | None = None) -> torch.Tensor | None:
         """:meth:`steps` from SGD step ``start``, keeping ``frozen`` members ``(K,)`` where they were and
         resetting members whose weights became non-finite to their weights and rule state before
         the step where they diverged. Returns per member the step it diverged at in this block
-        (``-1``: it did not).
+        (``-1``: it did not), or None when no member diverged.
 
         Frozen members are stepped with the others (every op is per member, so they cannot touch
         another member's values) and put back to their snapshot. The block is replayed from its
@@ -123,10 +123,10 @@ class TrainedMembers:
         if bool(frozen.any()):
             for t, s in zip(tensors, snapshot):
                 t[frozen] = s[frozen]
-        step_of = torch.full(frozen.shape, -1, dtype=torch.long, device=frozen.device)
         bad = ~frozen & ~self.net.finite()
         if not bool(bad.any()):
-            return step_of
+            return None
+        step_of = torch.full(frozen.shape, -1, dtype=torch.long, device=frozen.device)
         result = [t.detach().clone() for t in tensors]  # healthy members keep exactly the real run's values
         for t, s in zip(tensors, snapshot):
             t.copy_(s)
