@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.sweep import Sweep
 from circuits_pl.tasks import Task, is_builtin
 
 
@@ -31,13 +32,26 @@ def load_checked_checkpoint(path: str | Path, task: str | Task | None = None, op
     hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hp, dict) or not {"task", "layer_sizes", "members"} <= hp.keys() or "state_dict" not in ckpt:
         raise CircuitsError(f"{path} is a checkpoint, but not of circuits_pl (no task/layer_sizes/members in it)")
-    sizes, members = list(hp["layer_sizes"]), int(hp["members"])
-    for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = ckpt["state_dict"].get(f"net.weights.{layer}")
-        if w is None or tuple(w.shape) != (members, n_out, n_in):
-            raise CircuitsError(f"{path} is damaged: layer {layer} weights do not match layer sizes {sizes}")
+    sweep = saved_sweep(path, hp)
+    state = ckpt["state_dict"]
+    for g, group in enumerate(sweep.groups()):
+        sizes = list(group.layer_sizes)
+        for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            # a checkpoint from before the networks came in groups holds group 0 as net.weights.l
+            w = state.get(f"net.groups.{g}.weights.{layer}", state.get(f"net.weights.{layer}") if g == 0 else None)
+            if w is None or tuple(w.shape) != (group.members, n_out, n_in):
+                raise CircuitsError(f"{path} is damaged: layer {layer} weights do not match layer sizes {sizes}")
     check_task(path, hp["task"], task, option)
     return ckpt
+
+
+def saved_sweep(path: str | Path, hp: dict[str, Any]) -> Sweep:
+    """The cells a checkpoint's hyper-parameters describe (a checkpoint from before sweeps: one cell)."""
+    try:
+        return Sweep.of_run(hp["layer_sizes"] or (), hp.get("lr", 0.1), hp.get("init_scale", 1.0), hp.get("cells"),
+                            int(hp["members"]))
+    except (CircuitsError, TypeError, ValueError, KeyError) as err:
+        raise CircuitsError(f"{path} is damaged: its cells or layer sizes are not valid ({err})") from None
 
 
 def check_task(path: str | Path, saved: str, given: str | Task | None, option: str = "--task") -> None:

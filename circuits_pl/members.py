@@ -39,7 +39,7 @@ def read_member(module: CircuitModule, data: CircuitDataModule, member: int | No
             return module.net(z.to(module.device, torch.float32), member=k).to("cpu", torch.float64)
 
     return read_circuit(member_weights(module, k), module.task, test_inputs(data), fn=net,
-                        success_mse=module.success_mse)
+                        success_mse=float(module.population.success_mse[k]))
 
 
 NO_CIRCUIT = {"formula": None, "rough_formula": None, "circuit": None, "matched": False, "family": None,

@@ -80,7 +80,7 @@ def workdir(tmp_path, trained, monkeypatch) -> Path:
     (tmp_path / "truncated.ckpt").write_bytes(ckpt[:2000])
     (tmp_path / "user.ckpt").write_bytes(trained["user"].read_bytes())
     state = torch.load(trained["good"], weights_only=True)
-    for w in (k for k in state["state_dict"] if k.startswith("net.weights.")):
+    for w in (k for k in state["state_dict"] if k.startswith("net.groups.0.weights.")):
         state["state_dict"][w][0].fill_(float("nan"))  # member 0: NaN weights, member 1 intact
     state["state_dict"]["population.best_member"] = torch.tensor(0)
     torch.save(state, tmp_path / "nan.ckpt")

@@ -1,0 +1,296 @@
+"""Members that differ (issue 22.1): a sweep's cells trained side by side in one run, each member
+bit-identical to its cell trained alone; results, metrics, checkpoints, resume and refusals."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import sys
+
+import pytest
+import torch
+from conftest import results, run_dirs
+
+from circuits_pl.cli import main
+from circuits_pl.network import GroupedMLPs, ReLUMLP
+from circuits_pl.optim import MemberOptimizer, OptimizerSettings
+from circuits_pl.success import wilson_interval
+from circuits_pl.sweep import Cell, Sweep
+from circuits_pl.train_block import TrainedMembers, train_block
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
+RULES = {"sgd": {}, "momentum": {"momentum": 0.9, "nesterov": True}, "adam": {"betas": (0.8, 0.99)}}
+
+# two architectures x two lr x two scales: groups of two cells (their seeds start again at each cell)
+SWEEP = Sweep.product([(2, 2, 1), (2, 3, 1)], [0.05, 0.2], [0.5, 1.0], members_per_cell=3)
+
+
+def _blocks(n_blocks=4, steps=25, batch=60):
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(n_blocks):
+        x = torch.rand(steps, batch, 2, generator=gen) * 2 - 1
+        yield x, x.amin(-1, keepdim=True)
+
+
+def _sweep_run(rule, share=None):
+    net = GroupedMLPs(SWEEP, seed=7)
+    opt = OptimizerSettings(rule, **RULES[rule]).build([list(n.parameters()) for n in net.groups],
+                                                       [g.lr for g in SWEEP.groups()])
+    trained = TrainedMembers(net, opt)
+    start = 0
+    for x, y in _blocks():
+        trained.guarded_steps(x, y, x.shape[0], start, torch.zeros(SWEEP.members, dtype=torch.bool), share)
+        start += x.shape[0]
+    return net, opt
+
+
+def _alone(cell: Cell, rule):
+    """The cell as a run of its own: its K members, seeds 7.., its scale, its lr, the rule's reference path."""
+    net = ReLUMLP(cell.layer_sizes, SWEEP.members_per_cell, seed=7, init_scale=cell.init_scale)
+    opt = MemberOptimizer(net.parameters(), rule=rule, lr=cell.lr, **RULES[rule])
+    for x, y in _blocks():
+        train_block(opt, len(net.weights), x.transpose(1, 2).contiguous(), y.transpose(1, 2))
+    return net, opt
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_every_member_equals_its_cell_trained_alone(rule):
+    net, opt = _sweep_run(rule)
+    for c, cell in enumerate(SWEEP.cells):
+        alone, alone_opt = _alone(cell, rule)
+        for m in SWEEP.members_of(c):
+            k = SWEEP.seed_offset(m)
+            for got, want in zip(net.parameters_of(m), alone.parameters_of(k), strict=True):
+                assert torch.equal(got, want), (cell.label, m)
+        g, first = SWEEP.group_of(SWEEP.members_of(c).start)
+        mine = [s[first:first + SWEEP.members_per_cell] for ss in opt.state_tensors(g) for s in ss]
+        for got, want in zip(mine, [s for ss in alone_opt.state_tensors() for s in ss], strict=True):
+            assert torch.equal(got, want), cell.label
+    assert opt.steps_done_of(3) == alone_opt.steps_done == 100
+    # the scales took: the initial bound of a 0.5 cell is half its unit cell's
+    assert net.groups[0].weights[0][:3].abs().max() <= 0.5 * ReLUMLP((2, 2, 1), 3, seed=7).weights[0].abs().max()
+
+
+def test_a_process_share_across_groups_trains_only_its_members():
+    """MemberParallelStrategy: a share [5, 17) cuts groups 0 and 2; its members end as in the whole run."""
+    whole, whole_opt = _sweep_run("adam")
+    part, part_opt = _sweep_run("adam", share=slice(5, 17))
+    fresh = GroupedMLPs(SWEEP, seed=7)
+    for m in range(SWEEP.members):
+        want = whole if 5 <= m < 17 else fresh
+        for got, w in zip(part.parameters_of(m), want.parameters_of(m)):
+            assert torch.equal(got, w), m
+    assert all(part_opt.steps_done_of(g) == 100 for g in range(4))  # every group counts the steps
+
+
+def test_init_scale_multiplies_nothing_at_one_and_scales_the_bound():
+    plain = ReLUMLP((2, 4, 1), 5, bias=True, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), ReLUMLP((2, 4, 1), 5, True, 3, 1.0).parameters()))
+    small = ReLUMLP((2, 4, 1), 5, bias=True, seed=3, init_scale=0.25)
+    for a, b in zip(small.parameters(), plain.parameters()):
+        assert torch.equal(a, b * 0.25)
+    by_member = ReLUMLP((2, 4, 1), 5, bias=True, seed=3).double()
+    by_member.reset_parameters(3, slice(2, 5), init_scale=0.25)  # float64: member by member, seeds from 3 again
+    for a, b in zip(by_member.parameters(), plain.parameters()):
+        torch.testing.assert_close(a[2:].float(), b[:3] * 0.25, rtol=0, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the CLI
+# ---------------------------------------------------------------------------------------------
+STUDY = ["--task", "abs", "--sweep.sizes", "1-2-1,1-3-1", "--sweep.lr", "0.05,0.2", "--sweep.init_scale", "0.5,1",
+         "--model.members", 3, "--data.batch_size", 100, "--trainer.val_check_interval", 200,
+         "--trainer.log_every_n_steps", 100, "--stop.when", "never", *QUIET]
+
+
+def _ckpt(run):
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def _member_tensors(ckpt, member):
+    """Member ``member``'s weights and optimizer state in a checkpoint, from its hyper-parameters' cells."""
+    hp = ckpt["hyper_parameters"]
+    sweep = Sweep.of_run(hp["layer_sizes"] or (), hp["lr"], hp["init_scale"], hp["cells"], hp["members"])
+    g, k = sweep.group_of(member)
+    state = ckpt["state_dict"]
+    weights = [state[key][k] for key in sorted(state) if key.startswith(f"net.groups.{g}.weights.")]
+    before = sum(len(sweep.groups()[i].layer_sizes) - 1 for i in range(g))  # parameters of earlier groups
+    n = len(sweep.groups()[g].layer_sizes) - 1
+    rule = ckpt["optimizer_states"][0]["state"]
+    return weights, [v[k] for p in range(before, before + n) for key, v in sorted(rule[p].items()) if key != "step"]
+
+
+def test_a_study_through_the_cli_equals_each_cell_run_alone(run_cli, tmp_path, capsys):
+    rule = ["--model.optimizer", "momentum", "--model.momentum", 0.9]
+    run_cli("fit", *STUDY, *rule, "--trainer.max_steps", 600)
+    out = capsys.readouterr().out
+    (study,) = run_dirs(tmp_path)
+    res = results(study)
+    assert [c["layer_sizes"] for c in res["cells"]] == [[1, 2, 1]] * 4 + [[1, 3, 1]] * 4
+    assert res["per_member"]["cell"] == [c for c in range(8) for _ in range(3)]
+    # cells 1 (the second cell of group 0: its seeds start again) and 6 (1-3-1 lr 0.2 x0.5), alone
+    for c, args in ((1, ["1-2-1", 0.05, 1.0]), (6, ["1-3-1", 0.2, 0.5])):
+        run_cli("fit", *STUDY[:2], *STUDY[8:], *rule, "--trainer.max_steps", 600, "--model.layer_sizes", args[0],
+                "--model.lr", args[1], "--model.init_scale", args[2])
+        alone = run_dirs(tmp_path)[-1]
+        for k in range(3):
+            got, want = _member_tensors(_ckpt(study), 3 * c + k), _member_tensors(_ckpt(alone), k)
+            for a, b in zip(got, want, strict=True):
+                assert torch.equal(a, b), (c, k)
+        single = results(alone)
+        for key in ("solved", "found", "verdict", "solved_at"):
+            assert res["per_member"][key][3 * c : 3 * c + 3] == single["per_member"][key], (c, key)
+        assert res["cells"][c]["found"] == single["found"] and res["cells"][c]["success_mse"] == single["success_mse"]
+    # the printed summary names every cell; the figure of the diagram is drawn only with --figures
+    assert out.count("found ") >= 8 and "Cells (3 seeds each" in out and "1-3-1 lr 0.2 init×0.5" in out
+
+
+def test_results_metrics_and_inspect_carry_each_members_cell(run_cli, tmp_path, capsys):
+    run_cli("fit", *STUDY[:-2], "--trainer.max_steps", 400, "--figures", "true")
+    out = capsys.readouterr().out
+    (run,) = run_dirs(tmp_path)
+    res = results(run)
+    assert res["layer_sizes"] is None and res["lr"] is None and res["members"] == 24 and res["members_per_cell"] == 3
+    per = res["per_member"]
+    for c, cell in enumerate(res["cells"]):
+        mine = range(3 * c, 3 * c + 3)
+        assert cell["first_member"] == 3 * c and cell["members"] == 3
+        assert cell["found"] == sum(per["found"][m] for m in mine)
+        assert cell["solved"] == sum(per["solved"][m] for m in mine)
+        assert cell["found_rate_ci95"] == pytest.approx(wilson_interval(cell["found"], 3))
+        assert cell["basins"]["table"] and sum(r["members"] for r in cell["basins"]["table"]) == 3
+    assert res["found"] == sum(c["found"] for c in res["cells"])
+    assert (run / "phase.png").stat().st_size > 0 and f"Figure: {run / 'phase.png'}" in out
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val/solved"]]
+    columns = [k for k in rows[0] if k.startswith("val/solved_cell")]
+    assert columns == [f"val/solved_cell{c}" for c in range(8)]
+    for r in rows:  # per cell, never per member; the cells add up to the run
+        assert sum(float(r[k]) for k in columns) == float(r["val/solved"])
+    assert [int(float(rows[-1][k])) for k in columns] == [c["solved"] for c in res["cells"]]
+    # inspect names the member's cell and seed
+    run_cli("inspect", run, "--member", 20, "--figures", "false")
+    assert "member 20 of 24" in (said := capsys.readouterr().out)
+    assert "cell 6: 1-3-1 lr 0.2 init×0.5, seed 2" in said
+
+
+def test_a_sweep_of_one_cell_is_a_plain_run(run_cli, tmp_path, capsys):
+    common = ["--task", "add", "--model.members", 3, "--trainer.max_steps", 300, "--trainer.val_check_interval", 100,
+              "--stop.when", "never", *QUIET]
+    run_cli("fit", *common, "--sweep.lr", 0.3, "--sweep.init_scale", 0.5)
+    swept = capsys.readouterr().out
+    run_cli("fit", *common, "--model.lr", 0.3, "--model.init_scale", 0.5)
+    plain = capsys.readouterr().out
+    a, b = run_dirs(tmp_path)
+    timing = re.compile(r"Trained .*\n|version_\d")
+    assert timing.sub("", swept) == timing.sub("", plain)
+    ra, rb = results(a), results(b)
+    for r in (ra, rb):
+        for key in ("train_seconds", "member_steps_per_second"):
+            r.pop(key)
+    assert ra == rb and ra["cells"][0]["init_scale"] == 0.5 and ra["lr"] == 0.3
+    assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
+    assert _ckpt(a)["hyper_parameters"] == _ckpt(b)["hyper_parameters"]
+
+
+def test_a_study_resumed_off_block_equals_one_that_never_stopped(run_cli, tmp_path):
+    common = [*STUDY, "--model.optimizer", "adam"]
+    run_cli("fit", *common, "--trainer.max_steps", 1000)
+    run_cli("fit", *common, "--trainer.max_steps", 550, "--data.steps_per_batch", 100)  # inside a block of 200
+    whole, half = run_dirs(tmp_path)
+    assert _ckpt(half)["global_step"] == 550
+    run_cli("fit", "--config", half / "config.yaml", "--ckpt_path", half / "checkpoints" / "last.ckpt",
+            "--trainer.max_steps", 1000, "--data.steps_per_batch", 200)
+    resumed = run_dirs(tmp_path)[-1]
+    ca, cb = _ckpt(whole), _ckpt(resumed)
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    for key in ca["state_dict"]:
+        assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), key
+    assert str(ca["optimizer_states"][0]) == str(cb["optimizer_states"][0])
+    assert [g["lr"] for g in cb["optimizer_states"][0]["param_groups"]] == [0.05, 0.2, 0.05, 0.2]
+    assert results(whole)["per_member"] == results(resumed)["per_member"]
+    assert results(whole)["cells"] == results(resumed)["cells"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals: one line, exit 2, nothing written
+# ---------------------------------------------------------------------------------------------
+def _call(argv, cwd) -> int:
+    old, old_argv = os.getcwd(), sys.argv
+    os.chdir(cwd)
+    sys.argv = ["circuits_pl"]
+    try:
+        main([str(a) for a in argv])
+        return 0
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        os.chdir(old)
+        sys.argv = old_argv
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A study of 2 cells and a plain run, 200 steps each."""
+    root = tmp_path_factory.mktemp("cells")
+    base = ["fit", "--task", "abs", "--model.members", 2, "--trainer.max_steps", 200, *QUIET]
+    assert _call([*base, "--sweep.lr", "0.1,0.3"], root) == 0
+    assert _call(base, root) == 0
+    study, plain = run_dirs(root)
+    return {"study": study / "checkpoints" / "last.ckpt", "plain": plain / "checkpoints" / "last.ckpt"}
+
+
+ABS = ["fit", "--task", "abs"]
+REFUSED = [
+    ([*ABS, "--sweep.lr", "0.1,0"], r"--sweep.lr '0.1,0' must be positive numbers"),
+    ([*ABS, "--sweep.lr", "0.1,-3"], r"--sweep.lr '0.1,-3' must be positive numbers"),
+    ([*ABS, "--sweep.sizes", "1-0-1,1-2-1"], r"--sweep.sizes item '1-0-1' needs input-hidden...-1 with positive"),
+    ([*ABS, "--sweep.sizes", "2-4-1"], r"--sweep.sizes item '2-4-1' starts with 2 inputs; the task has 1"),
+    ([*ABS, "--sweep.sizes", "1-4"], r"--sweep.sizes item '1-4' needs input-hidden...-1"),
+    ([*ABS, "--sweep.init_scale", "0,1"], r"--sweep.init_scale '0,1' must be positive numbers"),
+    ([*ABS, "--model.init_scale", "-1"], r"model.init_scale must be a positive number, got -1"),
+    ([*ABS, "--sweep.lr", "0.1,0.3", "--model.lr", "0.2"], r"--sweep.lr and --model.lr both give the lr: choose one"),
+    ([*ABS, "--sweep.sizes", "1-2-1,1-4-1", "--model.layer_sizes", "1-3-1"],
+     r"--sweep.sizes and --model.layer_sizes both give the layer sizes: choose one"),
+    ([*ABS, "--sweep.init_scale", "0.5", "--model.init_scale", "2"], r"--sweep.init_scale and --model.init_scale both"),
+    ([*ABS, "--sweep.lr", "0.1,0.3", "--model.cells", '[{"layer_sizes": [1, 2, 1], "lr": 0.1}]'],
+     r"--sweep.lr and model.cells both give the cells: choose one"),
+    ([*ABS, "--model.cells", '[{"layer_sizes": [1, 2, 1], "lr": 0.1}]', "--model.lr", "0.3"],
+     r"model.cells gives every cell's layer sizes, lr and init_scale: drop model.lr"),
+    ([*ABS, "--model.cells", '[{"layer_sizes": [1, 2, 1]}]'], r"a cell is a mapping with layer_sizes, lr"),
+    ([*ABS, "--model.cells", '[{"layer_sizes": [2, 2, 1], "lr": 0.1}]'], r"the first size must be 1"),
+    ([*ABS, "--sweep.lr", "0.1,0.3", "--model.members", "0"], r"model.members must be a positive integer, got 0"),
+    # resumed runs: the cells and architecture are the checkpoint's
+    (["fit", "--ckpt_path", "study.ckpt", "--sweep.lr", "0.1,0.2"], r"trains 2 cells .*, not 2 cells .*drop --sweep"),
+    (["fit", "--ckpt_path", "study.ckpt", "--sweep.lr", "0.1"], r"trains 2 cells .*, not a 1-2-1 network at lr 0.1"),
+    (["fit", "--ckpt_path", "plain.ckpt", "--sweep.lr", "0.1,0.3"], r"trains a 1-2-1 network at lr 0.1, not 2 cells"),
+    (["fit", "--ckpt_path", "plain.ckpt", "--sweep.init_scale", "0.5"], r"trains a 1-2-1 network at lr 0.1, not a "
+                                                                         r"1-2-1 network at lr 0.1, init scale 0.5"),
+    (["fit", "--ckpt_path", "plain.ckpt", "--model.init_scale", "0.5"], r"has model.init_scale 1.0, not 0.5"),
+    (["fit", "--ckpt_path", "study.ckpt", "--model.layer_sizes", "1-4-1"],
+     r"holds 2 cells .*, not a 1-4-1 network: drop --model.layer_sizes"),
+    (["fit", "--ckpt_path", "study.ckpt", "--model.lr", "0.5"], r"its cells fix each member's lr; drop --model.lr"),
+    (["validate", "--ckpt_path", "study.ckpt", "--model.member", "4"], r"model.member 4 is out of range: .* 4 member"),
+]
+
+
+@pytest.mark.parametrize("argv, message", REFUSED, ids=[" ".join(a)[:70] for a, _ in REFUSED])
+def test_bad_cells_are_one_line_exit_2_and_write_nothing(tmp_path, checkpoints, capsys, argv, message):
+    for name, path in checkpoints.items():
+        (tmp_path / f"{name}.ckpt").write_bytes(path.read_bytes())
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert _call(argv, tmp_path) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert re.search(message, err[0]), err[0]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+
+
+def test_a_study_checkpoint_resumes_with_its_cells_and_validates_a_member(tmp_path, checkpoints, capsys):
+    capsys.readouterr()
+    assert _call(["validate", "--ckpt_path", checkpoints["study"], "--model.member", 3, *QUIET], tmp_path) == 0
+    assert "validate: member 3 of 4 (--model.member)" in capsys.readouterr().out
+    assert _call(["fit", "--ckpt_path", checkpoints["study"], "--trainer.max_steps", 300, *QUIET], tmp_path) == 0
+    (run,) = run_dirs(tmp_path)
+    assert [c["lr"] for c in results(run)["cells"]] == [0.1, 0.3] and results(run)["steps"] == 300
