@@ -7,9 +7,10 @@ predicts the outcome (issue 23: 131/131 members found at 4k were solved by 40k);
 seed 0 as ``fit``/``report`` use, every member the whole budget), records every member's validation MSE and
 whether its readout names an exact circuit at every validation, and prints, per setting:
 
-- found at the early step (the rule of today), and of those: solved at the end, still found at the end;
-- the same for a trend rule over the recorded history (see ``trend_found``), to choose the rule the timeline
-  will implement.
+- found at the early step (the rule of today), and of those: solved by the end;
+- members whose MSE, projected along an exponential or a power law fitted over their last 3 validations,
+  reaches the threshold within 2x or 4x the steps trained (``projected_solved_at``), and of those: solved by
+  then. The trend rule the timeline will implement is chosen on these figures.
 
     python benchmarks/found_stability.py                      # every setting (a few minutes on 2 cores)
     python benchmarks/found_stability.py --only min-2-8-1     # one setting
@@ -38,8 +39,6 @@ SETTINGS = {
     "min-2-3-1": ("min", (2, 3, 1), 0.1, 256, 4000, 40000),
     "min-2-4-1": ("min", (2, 4, 1), 0.1, 64, 20000, 80000),
     "min-2-8-1": ("min", (2, 8, 1), 0.1, 64, 20000, 80000),
-    "min-2-16-1": ("min", (2, 16, 1), 0.1, 64, 20000, 80000),
-    "add-2-8-1": ("add", (2, 8, 1), 0.03, 64, 20000, 80000),
 }
 
 
@@ -87,51 +86,56 @@ def found_now(h: dict, v: int) -> list[bool]:
     return out
 
 
-def trend_found(h: dict, v: int, window: int = 5, horizon: float = 1.0) -> list[bool]:
-    """A trend rule: named exact at each of the last ``window`` validations, and the log-MSE line fitted over
-    them (least squares) reaches the threshold within ``horizon`` times the steps trained so far."""
-    out = []
-    step = h["steps"][v]
-    lo = max(0, v - window + 1)
-    for k in range(h["members"]):
-        mse = h["val_mse"][v][k]
-        if mse < h["success_mse"]:
-            out.append(bool(h["matched"][v][k]))
-            continue
-        if v - lo + 1 < window or not all(h["matched"][i][k] for i in range(lo, v + 1)):
-            out.append(False)
-            continue
-        xs = [float(h["steps"][i]) for i in range(lo, v + 1)]
-        ys = [math.log(max(h["val_mse"][i][k], 1e-300)) for i in range(lo, v + 1)]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
-        if not slope < 0:
-            out.append(False)
-            continue
-        to_go = (math.log(h["success_mse"]) - math.log(mse)) / slope  # steps until the line meets the threshold
-        out.append(to_go <= horizon * step)
-    return out
+def projected_solved_at(h: dict, v: int, k: int, window: int = 3, law: str = "power") -> float | None:
+    """The step at which member k's MSE would reach the threshold, projected from its last ``window``
+    validations up to index ``v`` (a least-squares line of log MSE against log step, ``power``, or against
+    the step, ``exp``); None unless its readout names an exact circuit at ``v``; inf if it is not falling."""
+    lo = v - window + 1
+    if lo < 0 or not h["matched"][v][k]:
+        return None
+    mse, threshold, step = h["val_mse"][v][k], h["success_mse"], h["steps"][v]
+    if mse < threshold:
+        return float(step)
+    xs = [float(h["steps"][i]) for i in range(lo, v + 1)]
+    if law == "power":
+        xs = [math.log(x) for x in xs]
+    ys = [math.log(max(h["val_mse"][i][k], 1e-300)) for i in range(lo, v + 1)]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+    if not slope < 0:
+        return math.inf
+    to_go = (math.log(threshold) - math.log(mse)) / slope  # along the fitted line, from the last point
+    return step * math.exp(to_go) if law == "power" else step + to_go
+
+
+def solved_by(h: dict, k: int, step: float) -> bool:
+    """Member k below the threshold at some validation up to ``step``."""
+    return any(s <= step and h["val_mse"][i][k] < h["success_mse"] for i, s in enumerate(h["steps"]))
 
 
 def analyse(name: str, h: dict, early: int) -> list[str]:
     v_early = h["steps"].index(early)
     v_end = len(h["steps"]) - 1
+    end = h["steps"][-1]
+    everyone = range(h["members"])
     solved_end = [m < h["success_mse"] for m in h["val_mse"][v_end]]
-    found_end = found_now(h, v_end)
-    lines = [f"{name}: {h['members']} members, lr {h['lr']:g}, trained {h['steps'][-1]} steps in "
-             f"{h['train_seconds']:.0f} s; at the end: {sum(solved_end)} solved, {sum(found_end)} found"]
-    rules = {"today's rule": found_now(h, v_early)}
-    for window, horizon in ((5, 1.0), (5, 3.0), (8, 1.0)):
-        rules[f"trend w={window} h={horizon:g}"] = trend_found(h, v_early, window, horizon)
-    for label, f_early in rules.items():
-        n = sum(f_early)
-        solved = sum(a and b for a, b in zip(f_early, solved_end))
-        still = sum(a and b for a, b in zip(f_early, found_end))
-        missed = sum(b and not a for a, b in zip(f_early, solved_end))
-        lines.append(f"  {label:<18} found at {early}: {n:>3}; of them solved at {h['steps'][-1]}: {solved:>3} "
-                     f"({solved / n:.0%})" if n else f"  {label:<18} found at {early}:   0")
-        if n:
-            lines[-1] += f", found there: {still:>3}; solved at the end but not found early: {missed}"
+    lines = [f"{name}: {h['members']} members, lr {h['lr']:g}, trained {end} steps in "
+             f"{h['train_seconds']:.0f} s; at the end: {sum(solved_end)} solved, {sum(found_now(h, v_end))} found"]
+    f_early = found_now(h, v_early)
+    solved = sum(a and solved_by(h, k, end) for k, a in enumerate(f_early))
+    lines.append(f"  today's rule (geometric at 2 validations) found at {early}: {sum(f_early)}; of them solved by "
+                 f"{end}: {solved}; solved by {end} in all: {sum(solved_by(h, k, end) for k in everyone)}")
+    for law in ("exp", "power"):
+        proj = [projected_solved_at(h, v_early, k, law=law) for k in everyone]
+        for factor in (2, 4):
+            horizon = factor * early
+            if horizon > end:
+                continue
+            yes = [k for k, p in enumerate(proj) if p is not None and p <= horizon]
+            hit = sum(solved_by(h, k, horizon) for k in yes)
+            lines.append(f"  {law}-law projection over 3 validations at {early}: solved by {horizon} (x{factor}) "
+                         f"projected for {len(yes)}, of them solved by then {hit}; solved by then in all "
+                         f"{sum(solved_by(h, k, horizon) for k in everyone)}")
     return lines
 
 
