@@ -81,15 +81,23 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
         return [dict(NO_CIRCUIT) for _ in range(module.members)]
     x = test_inputs(data)
     out = []
+    nets, formulas = [], []  # of the finite members: their distances to their formulas are measured at once
     for k in range(module.members):
         weights = member_weights(module, k)
         if not all(bool(torch.isfinite(w).all()) for w in weights):
             out.append(dict(NO_CIRCUIT, reason="non-finite weights"))
             continue
-        d = describe_member(weights, module.task, x).as_dict()
+        member = describe_member(weights, module.task, x, to_formula=False)
+        d = member.as_dict()
         out.append({"formula": d["formula"], "rough_formula": d["rough_formula"], "circuit": d["label"],
                     "matched": bool(d["exact"]), "family": d["family"], "sparsity_error": d["sparsity_error"],
-                    "reason": d["reason"], "formula_max_error": d["formula_max_error"]})
+                    "reason": d["reason"], "formula_max_error": k})
+        nets.append(weights)
+        formulas.append(member.formula_weights)
+    if nets:
+        distances = certify.between_each(nets, formulas).max_error.tolist()
+        for c, dist in zip((c for c in out if c["formula"] is not None), distances, strict=True):
+            c["formula_max_error"] = dist
     return out
 
 

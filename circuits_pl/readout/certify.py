@@ -307,6 +307,20 @@ def between(f: Sequence, g: Sequence) -> Distance:
     return sampled_distance(fs, lambda x: forward(mats, torch.as_tensor(x))[:, 0].numpy(), sizes_f[0], why)
 
 
+def between_each(nets: Sequence[Sequence], others: Sequence[Sequence]) -> Distance:
+    """:func:`between` for K pairs at once: member k's net ``nets[k]`` (all of one architecture) against
+    ``others[k]`` (of any widths, e.g. printed formulas: padded with zero units)."""
+    fs = stack(nets)
+    sizes = (fs[0].shape[2],) + tuple(w.shape[1] for w in fs)
+    gs = pad_units([[_np(w) for w in g] for g in others])
+    why = certifiable(sizes) or certifiable((gs[0].shape[2],) + tuple(w.shape[1] for w in gs))
+    if why is None:
+        return distance(fs, gs)
+    parts = [between(f, g) for f, g in zip(nets, others, strict=True)]
+    return Distance(np.array([p.max_error[0] for p in parts]), np.array([p.mse[0] for p in parts]),
+                    np.stack([p.argmax[0] for p in parts]), False, why)
+
+
 @dataclass(frozen=True)
 class Cone:
     """One linear piece of a net with 2 inputs: the open angular interval (lo, hi) of the input plane.

@@ -45,6 +45,7 @@ class MemberDescription:
     reason: str | None = None
     structure: Structure | None = None
     formula_max_error: float | None = None
+    formula_weights: list[torch.Tensor] | None = None  # the net the printed formula denotes (not in as_dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"formula": self.formula, "rough_formula": self.rough_formula, "label": self.label,
@@ -52,13 +53,15 @@ class MemberDescription:
                 "reason": self.reason, "formula_max_error": self.formula_max_error}
 
 
-def describe_member(weights: Sequence, task: Task, x: torch.Tensor | None = None) -> MemberDescription:
+def describe_member(weights: Sequence, task: Task, x: torch.Tensor | None = None,
+                    to_formula: bool = True) -> MemberDescription:
     """Canonical form, formula, structural form and label of one bias-free net (~2–4 ms).
 
     Args:
         weights: ``(out, in)`` matrices, input layer first, bias-free, one output.
         task: the task it was trained on.
         x: test inputs; a unit never active on them is dead (default: only all-zero units are).
+        to_formula: measure ``formula_max_error`` here (``describe_members`` does it for all members at once).
     """
     canonical = canonicalize(weights, x)
     structure = structure_of(canonical.weights)
@@ -69,6 +72,7 @@ def describe_member(weights: Sequence, task: Task, x: torch.Tensor | None = None
     else:
         label, reason = None, why_unnamed(structure, task)
         family = structure.form.text() if structure.form is not None else rough
-    to_formula = between(canonical.weights, formula_weights(canonical)).member(0).max_error
+    printed = formula_weights(canonical)
+    distance = between(canonical.weights, printed).member(0).max_error if to_formula else None
     return MemberDescription(formula(canonical), rough, label, match is not None, family,
-                             sparsity_error(canonical), reason, structure, to_formula)
+                             sparsity_error(canonical), reason, structure, distance, printed)
