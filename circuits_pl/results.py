@@ -26,6 +26,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from circuits_pl import basins
 from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.files import atomic_write_text
@@ -97,6 +98,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
                              if found(v) and c["formula"] is not None)
     sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
                 if ok and c["sparsity_error"] is not None]
+    basin_of, basin_summary = member_basins(module, [found(v) for v in verdicts])
     return {
         "task": module.task.name,
         "formula": module.task.formula,
@@ -123,6 +125,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "max_certified_error_of_exact": max(exact_errors) if exact_errors else None,
         "circuits_of_found": dict(circuits_found.most_common()),
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
+        "basins": basin_summary,
         "per_member": {
             "val_mse": _floats(module.val_mse),
             "test_mse": _floats(module.test_mse),
@@ -145,6 +148,10 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "max_error": _floats(None if bounds is None else torch.as_tensor(bounds.max_error)),
             "box_mse": _floats(torch.as_tensor(bounds.mse)) if certified else None,
             "formula_max_error": [c["formula_max_error"] for c in circuits],
+            # the initial weights' class (circuits_pl.basins): sectors of the target some unit faces,
+            # and faced by a unit whose output weight has the target's sign there
+            "sectors_covered": [b.covered for b in basin_of] if basin_of else None,
+            "sectors_agreeing": [b.agreeing for b in basin_of] if basin_of else None,
         },
         "verdict_rules": {
             "found": "the readout is an exact circuit of the task, and the member is solved (see decided_on) "
@@ -156,6 +163,18 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "too early": f"fewer than {MIN_VALIDATIONS} scheduled validations",
         },
     }
+
+
+def member_basins(module: CircuitModule, found_flags: list[bool]) -> tuple[list | None, dict | None]:
+    """Every member's basin (its initial weights, recomputed from its seed) and the run's table of
+    found rate per basin (``circuits_pl.basins``); (None, None) for nets with biases or more than two
+    inputs, where basins are not defined."""
+    hp = module.hparams
+    if hp.bias or module.task.arity > 2:
+        return None, None
+    weights = basins.initial_weights(hp.layer_sizes, module.members, int(hp.init_seed))
+    of = basins.classify(module.task, weights)
+    return of, basins.summary(module.task, hp.layer_sizes, of, found_flags)
 
 
 def summary_line(res: dict[str, Any]) -> str:
