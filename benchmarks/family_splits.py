@@ -55,11 +55,14 @@ def cell(run_dir: Path) -> dict:
     res = run_results(run.module, run.data, run.step)
     task = res["task"]
     per = res["per_member"]
-    families = Counter(family_key(task, f) for f, ok in zip(per["family"], per["found"]) if ok)
+    outcome = [family_key(task, f) if ok else None for f, ok in zip(per["family"], per["found"])]
+    families = Counter(f for f in outcome if f is not None)
     lo, hi = wilson_interval(res["found"], res["members"])
     return {"task": task, "width": res["layer_sizes"][1], "lr": res["lr"], "steps": res["steps"],
             "members": res["members"], "found": res["found"], "found_ci95": [round(lo, 2), round(hi, 2)],
-            "solved": res["solved"], "families": dict(families.most_common())}
+            "solved": res["solved"], "families": dict(families.most_common()),
+            # per member (member k is the same net whatever the number of members): family if found, solved
+            "member_family": outcome, "member_solved": per["solved"]}
 
 
 def cells(reports: list[Path]) -> list[dict]:
