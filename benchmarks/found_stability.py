@@ -54,7 +54,7 @@ class Recorder(pl.Callback):
         if trainer.sanity_checking or trainer.global_step == 0:
             return
         self.steps.append(int(trainer.global_step))
-        self.val_mse.append(module.val_mse.double().tolist())
+        self.val_mse.append(module.population.val_mse.double().tolist())
         self.weights.append([w.detach().clone() for w in module.net.weights])
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchmetrics import MeanSquaredError
 
 from circuits_pl import plots
 from circuits_pl.data import CircuitDataModule
@@ -22,7 +23,7 @@ from circuits_pl.verdicts import Decision, decide
 
 def member_weights(module: CircuitModule, member: int) -> list[torch.Tensor]:
     """One member's weight matrices (``(out, in)``, input layer first), detached, on the CPU."""
-    return [w[member].detach().cpu() for w in module.net.weights]
+    return [w.detach().cpu() for w in module.net.weights_of(member)]
 
 
 def test_inputs(data: CircuitDataModule) -> torch.Tensor:
@@ -41,7 +42,7 @@ def target_bounds(module: CircuitModule) -> certify.Distance | None:
 def member_decisions(module: CircuitModule, matched: list[bool], bounds: certify.Distance | None) -> list[Decision]:
     """Solved and exact for every member, by ``circuits_pl.verdicts.decide``: the certified MSE over the box
     where there is one, else the validation MSE. What results.json, the Circuit line and inspect all say."""
-    val = module.val_mse.cpu().double().tolist()
+    val = module.population.val_mse.cpu().double().tolist()
     out = []
     for k in range(module.members):
         box = float(bounds.mse[k]) if bounds is not None and bounds.certified else None
@@ -61,7 +62,7 @@ def read_member(module: CircuitModule, data: CircuitDataModule, member: int | No
             return module.net(z.to(module.device, torch.float32), member=k).to("cpu", torch.float64)
 
     return read_circuit(member_weights(module, k), module.task, test_inputs(data), fn=net,
-                        success_mse=module.success_mse, val_mse=float(module.val_mse[k]),
+                        success_mse=module.success_mse, val_mse=float(module.population.val_mse[k]),
                         target_bound=bounds.member(k))
 
 
@@ -101,10 +102,19 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
     return out
 
 
+@torch.no_grad()
+def members_mse(module: CircuitModule, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-member MSE ``(K,)`` on inputs ``x (N, in)`` and targets ``y (N, 1)`` (torchmetrics)."""
+    metric = MeanSquaredError(num_outputs=module.members).to(module.device)
+    preds = module.net(x.to(module.device)).squeeze(-1).T  # (N, K): one "output" per member
+    metric.update(preds, y.to(module.device).expand(-1, module.members))
+    return metric.compute().reshape(-1).detach()
+
+
 def test_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor:
     """Per-member MSE ``(K,)`` on the fixed test points."""
     x, y = data.fixed_set("test").tensors
-    return module.members_mse(x, y)
+    return members_mse(module, x, y)
 
 
 def heldout_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor | None:
@@ -112,7 +122,7 @@ def heldout_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor 
     if data.cone is None:
         return None
     x, y = data.fixed_set("test", heldout=True).tensors
-    return module.members_mse(x, y)
+    return members_mse(module, x, y)
 
 
 def write_figures(directory: str | Path, module: CircuitModule, member: int,
@@ -124,8 +134,8 @@ def write_figures(directory: str | Path, module: CircuitModule, member: int,
     """
     directory = Path(directory)
     written = []
-    if module.loss_history:
-        written.append(plots.plot_losses(module.loss_history, directory / "losses.png"))
+    if module.population.loss_history:
+        written.append(plots.plot_losses(module.population.loss_history, directory / "losses.png"))
     runs = None
     if module.hparams.bias:  # the weights alone do not describe a net with biases: draw it as it runs
         def runs(z: torch.Tensor) -> torch.Tensor:

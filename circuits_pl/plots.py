@@ -89,8 +89,9 @@ def plot_losses(history: Series | str | Path, out_png: str | Path) -> Path:
     """Train and validation MSE against SGD step, log scale; medians over members dashed if logged.
 
     Args:
-        history: the series to draw, column -> (steps, values) (a module's ``loss_history``, which
-            exists whatever the logger), or a CSVLogger ``metrics.csv`` to read them from.
+        history: the series to draw, column -> (steps, values) (a module's
+            ``population.loss_history``, which exists whatever the logger), or a CSVLogger
+            ``metrics.csv`` to read them from.
         out_png: where to write the figure.
 
     With several members ``train/mse`` is the best member's and ``*/median_mse`` the median

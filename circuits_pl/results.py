@@ -41,7 +41,8 @@ from circuits_pl.members import (
     test_mse,
     write_figures,
 )
-from circuits_pl.module import HISTORY, CircuitModule, live_median
+from circuits_pl.module import CircuitModule
+from circuits_pl.population import HISTORY
 from circuits_pl.readout.certify import box_text
 from circuits_pl.success import wilson_interval
 from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, Decision, found, verdict
@@ -51,12 +52,13 @@ UNLISTED = "an unlisted circuit"
 
 def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]], decisions: list[Decision]) -> list[str]:
     """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts)."""
-    hist = module.val_history.cpu().double()
+    population = module.population
+    hist = population.val_history.cpu().double()
     out = []
     for k in range(module.members):
         exact = bool(circuits[k]["matched"])  # the readout, whatever the loss: a converging member is found
         out.append(verdict(decisions[k].solved, exact, hist[:, k].tolist(),
-                           diverged=int(module.diverged_at[k]) >= 0))
+                           diverged=int(population.diverged_at[k]) >= 0))
     return out
 
 
@@ -70,7 +72,7 @@ def _floats(t: torch.Tensor | None) -> list[float | None] | None:
 def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
               stopped_when_solved: bool = False) -> dict[str, Any]:
     """Everything results.json holds, as plain Python values (test MSE must be set: see RunSummary)."""
-    k_total = module.members
+    k_total, population = module.members, module.population
     hp = module.hparams
     data = {k: v for k, v in datamodule.hparams.items() if k != "task" and not k.startswith("_")}
     circuits = describe_members(module, datamodule)
@@ -82,7 +84,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
     # solved_at: the first validation below the threshold; a member solved by the decision but never below
     # it at a scheduled validation (an off-schedule final one, or a certified MSE below it) is solved "at the
     # last step"; a member not solved has none
-    solved_at = torch.where(solved & (module.solved_at < 0).cpu(), steps, module.solved_at.cpu())
+    solved_at = torch.where(solved & (population.solved_at < 0).cpu(), steps, population.solved_at.cpu())
     solved_at = torch.where(solved, solved_at, -1)
     at = solved_at[solved_at >= 0].double()
     verdicts = member_verdicts(module, circuits, decisions)
@@ -118,7 +120,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "success_rate": n_solved / k_total,
         "success_rate_ci95": [lo, hi],
         "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
-        "best_member": int(module.best_member),
+        "best_member": int(population.best_member),
         "decided_on": f"exact MSE over {box}" if certified else "validation MSE",  # solved: this < success_mse
         "certified_over": box if certified else None,
         "why_not_certified": None if certified else (bounds.why_sampled if bounds is not None else "biases"),
@@ -127,13 +129,13 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
         "basins": basin_summary,
         "per_member": {
-            "val_mse": _floats(module.val_mse),
-            "test_mse": _floats(module.test_mse),
-            "heldout_mse": _floats(module.heldout_mse),
+            "val_mse": _floats(population.val_mse),
+            "test_mse": _floats(population.test_mse),
+            "heldout_mse": _floats(population.heldout_mse),
             "found": [found(v) for v in verdicts],
             "solved": solved.tolist(),
             "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
-            "diverged_at": [int(v) if v >= 0 else None for v in module.diverged_at.cpu().tolist()],
+            "diverged_at": [int(v) if v >= 0 else None for v in population.diverged_at.cpu().tolist()],
             "verdict": verdicts,
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
@@ -211,14 +213,14 @@ def test_members(trainer: pl.Trainer, module: CircuitModule, datamodule: Circuit
     Computed here rather than through ``trainer.test``: this runs inside ``fit`` (a callback), where
     a nested trainer loop cannot run.
     """
-    module.test_mse = test_mse(module, datamodule)
-    module.heldout_mse = heldout_mse(module, datamodule)
-    k = module.selected_member
-    metrics = {"test/mse": float(module.test_mse[k])}
+    population, k = module.population, module.selected_member
+    population.test_mse = test_mse(module, datamodule)
+    population.heldout_mse = heldout_mse(module, datamodule)
+    metrics = {"test/mse": float(population.test_mse[k])}
     if module.members > 1:
-        metrics["test/median_mse"] = float(live_median(module.test_mse, module.alive))
-    if module.heldout_mse is not None:
-        metrics["test/heldout_mse"] = float(module.heldout_mse[k])
+        metrics["test/median_mse"] = float(population.median(population.test_mse))
+    if population.heldout_mse is not None:
+        metrics["test/heldout_mse"] = float(population.heldout_mse[k])
     metrics["step"] = float(trainer.global_step)
     if trainer.is_global_zero:
         for logger in trainer.loggers:

@@ -107,7 +107,7 @@ def test_one_sided_share_matches_the_ceiling(hidden):
     assert covered.count(1) == one_sided
 
 
-def test_a_dark_half_line_is_never_found():
+def test_a_dark_half_line_is_never_found(tmp_path):
     # Real training (abs 1-2-1, 64 members, 2000 steps at lr 0.1): a member whose units all face one way
     # cannot compute |x| on the other half-line, so its MSE stays at or above 1/6 · (share of the
     # line it cannot reach)... in practice near 1/6: never below 0.1. Members covering both sides reach
@@ -116,8 +116,8 @@ def test_a_dark_half_line_is_never_found():
     module = CircuitModule(task="abs", members=64, init_seed=0)
     run = RunSummary(figures=False)
     trainer = pl.Trainer(max_steps=2000, val_check_interval=10, check_val_every_n_epoch=None, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[run])
+                         default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[run])
     trainer.fit(module, CircuitDataModule(task="abs", steps_per_batch=100))
     basins = classify(get_task("abs"), initial_weights([1, 2, 1], 64, 0))
     per = run.results["per_member"]  # results.json carries every member's class and the table
@@ -125,7 +125,7 @@ def test_a_dark_half_line_is_never_found():
     assert per["sectors_agreeing"] == [b.agreeing for b in basins]
     assert run.results["basins"]["found_when_not_covered"] == 0
     assert sum(r["found"] for r in run.results["basins"]["table"]) == sum(per["found"])
-    mse = module.val_mse.tolist()
+    mse = module.population.val_mse.tolist()
     dark = [m for b, m in zip(basins, mse) if b.covered == 1]
     lit = [m for b, m in zip(basins, mse) if b.covered == 2]
     assert dark and lit
