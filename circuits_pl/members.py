@@ -90,7 +90,8 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
         return [dict(NO_CIRCUIT) for _ in range(module.members)]
     x = test_inputs(data)
     out = []
-    nets, formulas = [], []  # of the finite members: their distances to their formulas are measured at once
+    # of the finite members, per architecture (a sweep's cells differ): distances to their formulas at once
+    nets: dict[tuple, list] = {}
     for k in range(module.members):
         weights = member_weights(module, k)
         if not all(bool(torch.isfinite(w).all()) for w in weights):
@@ -101,11 +102,10 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
         out.append({"formula": d["formula"], "rough_formula": d["rough_formula"], "circuit": d["label"],
                     "matched": bool(d["exact"]), "family": d["family"], "sparsity_error": d["sparsity_error"],
                     "reason": d["reason"], "formula_max_error": k})
-        nets.append(weights)
-        formulas.append(member.formula_weights)
-    if nets:
-        distances = certify.between_each(nets, formulas).max_error.tolist()
-        for c, dist in zip((c for c in out if c["formula"] is not None), distances, strict=True):
+        nets.setdefault(tuple(w.shape for w in weights), []).append((out[-1], weights, member.formula_weights))
+    for same in nets.values():
+        distances = certify.between_each([n for _, n, _ in same], [f for _, _, f in same]).max_error.tolist()
+        for (c, _, _), dist in zip(same, distances, strict=True):
             c["formula_max_error"] = dist
     return out
 

@@ -68,8 +68,10 @@ def test_every_member_equals_its_cell_trained_alone(rule):
         for got, want in zip(mine, [s for ss in alone_opt.state_tensors() for s in ss], strict=True):
             assert torch.equal(got, want), cell.label
     assert opt.steps_done_of(3) == alone_opt.steps_done == 100
-    # the scales took: the initial bound of a 0.5 cell is half its unit cell's
-    assert net.groups[0].weights[0][:3].abs().max() <= 0.5 * ReLUMLP((2, 2, 1), 3, seed=7).weights[0].abs().max()
+    # before training, a x0.5 cell is its x1 cell halved, seed for seed (cells 0 and 1 share group 0)
+    fresh = GroupedMLPs(SWEEP, seed=7)
+    for w in fresh.groups[0].weights:
+        assert torch.equal(w[:3], w[3:6] * 0.5)
 
 
 def test_a_process_share_across_groups_trains_only_its_members():
@@ -90,10 +92,13 @@ def test_init_scale_multiplies_nothing_at_one_and_scales_the_bound():
     small = ReLUMLP((2, 4, 1), 5, bias=True, seed=3, init_scale=0.25)
     for a, b in zip(small.parameters(), plain.parameters()):
         assert torch.equal(a, b * 0.25)
+    # other dtypes: member by member (nn.init's own calls); a range of members seeded from 3 again
+    reference = ReLUMLP((2, 4, 1), 5, bias=True, seed=3).double()
+    reference.reset_parameters(3)
     by_member = ReLUMLP((2, 4, 1), 5, bias=True, seed=3).double()
-    by_member.reset_parameters(3, slice(2, 5), init_scale=0.25)  # float64: member by member, seeds from 3 again
-    for a, b in zip(by_member.parameters(), plain.parameters()):
-        torch.testing.assert_close(a[2:].float(), b[:3] * 0.25, rtol=0, atol=1e-7)
+    by_member.reset_parameters(3, slice(2, 5), init_scale=0.25)
+    for a, b, p in zip(by_member.parameters(), reference.parameters(), plain.parameters()):
+        assert torch.equal(a[2:], b[:3] * 0.25) and torch.equal(a[:2].float(), p[:2])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +123,9 @@ def _member_tensors(ckpt, member):
     before = sum(len(sweep.groups()[i].layer_sizes) - 1 for i in range(g))  # parameters of earlier groups
     n = len(sweep.groups()[g].layer_sizes) - 1
     rule = ckpt["optimizer_states"][0]["state"]
-    return weights, [v[k] for p in range(before, before + n) for key, v in sorted(rule[p].items()) if key != "step"]
+    states = [v[k] for p in range(before, before + n) for key, v in sorted(rule[p].items()) if key != "step"]
+    assert len(weights) == n and len(states) == n  # momentum: one buffer per weight
+    return weights + states
 
 
 def test_a_study_through_the_cli_equals_each_cell_run_alone(run_cli, tmp_path, capsys):
@@ -161,7 +168,7 @@ def test_results_metrics_and_inspect_carry_each_members_cell(run_cli, tmp_path, 
         assert cell["found_rate_ci95"] == pytest.approx(wilson_interval(cell["found"], 3))
         assert cell["basins"]["table"] and sum(r["members"] for r in cell["basins"]["table"]) == 3
     assert res["found"] == sum(c["found"] for c in res["cells"])
-    assert (run / "phase.png").stat().st_size > 0 and f"Figure: {run / 'phase.png'}" in out
+    assert (run / "phase.png").stat().st_size > 0 and "Figure: lightning_logs/version_0/phase.png" in out
     rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val/solved"]]
     columns = [k for k in rows[0] if k.startswith("val/solved_cell")]
     assert columns == [f"val/solved_cell{c}" for c in range(8)]
@@ -204,8 +211,8 @@ def test_a_study_resumed_off_block_equals_one_that_never_stopped(run_cli, tmp_pa
     resumed = run_dirs(tmp_path)[-1]
     ca, cb = _ckpt(whole), _ckpt(resumed)
     assert ca["state_dict"].keys() == cb["state_dict"].keys()
-    for key in ca["state_dict"]:
-        assert torch.equal(ca["state_dict"][key], cb["state_dict"][key]), key
+    for key in ca["state_dict"]:  # NaN: history not yet filled
+        assert torch.equal(ca["state_dict"][key].nan_to_num(-7.0), cb["state_dict"][key].nan_to_num(-7.0)), key
     assert str(ca["optimizer_states"][0]) == str(cb["optimizer_states"][0])
     assert [g["lr"] for g in cb["optimizer_states"][0]["param_groups"]] == [0.05, 0.2, 0.05, 0.2]
     assert results(whole)["per_member"] == results(resumed)["per_member"]
@@ -292,5 +299,5 @@ def test_a_study_checkpoint_resumes_with_its_cells_and_validates_a_member(tmp_pa
     assert _call(["validate", "--ckpt_path", checkpoints["study"], "--model.member", 3, *QUIET], tmp_path) == 0
     assert "validate: member 3 of 4 (--model.member)" in capsys.readouterr().out
     assert _call(["fit", "--ckpt_path", checkpoints["study"], "--trainer.max_steps", 300, *QUIET], tmp_path) == 0
-    (run,) = run_dirs(tmp_path)
+    run = run_dirs(tmp_path)[-1]  # validate wrote its own version_N before
     assert [c["lr"] for c in results(run)["cells"]] == [0.1, 0.3] and results(run)["steps"] == 300
