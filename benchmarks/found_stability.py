@@ -72,7 +72,8 @@ def record(task: str, sizes: tuple[int, ...], lr: float, members: int, steps: in
     x = data.fixed_set("test").tensors[0].double()
     matched = [[describe_member([w[k] for w in ws], module.task, x).exact for k in range(members)]
                for ws in rec.weights]
-    return {"task": task, "sizes": list(sizes), "lr": lr, "members": members, "success_mse": float(module.population.success_mse[0]),
+    return {"task": task, "sizes": list(sizes), "lr": lr, "members": members,
+            "success_mse": float(module.population.success_mse[0]),
             "steps": rec.steps, "val_mse": rec.val_mse, "matched": matched, "train_seconds": seconds}
 
 

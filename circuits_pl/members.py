@@ -70,7 +70,8 @@ def read_member(module: CircuitModule, data: CircuitDataModule, member: int | No
             return module.net(z.to(module.device, torch.float32), member=k).to("cpu", torch.float64)
 
     return read_circuit(member_weights(module, k), module.task, test_inputs(data), fn=net,
-                        success_mse=float(module.population.success_mse[k]), val_mse=float(module.population.val_mse[k]),
+                        success_mse=float(module.population.success_mse[k]),
+                        val_mse=float(module.population.val_mse[k]),
                         target_bound=bounds.member(k))
 
 

@@ -80,7 +80,8 @@ class CircuitModule(pl.LightningModule):
         cell_of = torch.tensor(self.sweep.cell_index(), dtype=torch.long)
         thresholds = torch.tensor([success_threshold(self.task, c.layer_sizes) if success_mse is None else success_mse
                                    for c in self.sweep.cells], dtype=torch.float64)
-        self.population = Population(self.sweep.members, thresholds[cell_of], cell_of)  # per-member state, in checkpoints
+        # per-member state, in checkpoints
+        self.population = Population(self.sweep.members, thresholds[cell_of], cell_of)
         total = self.sweep.members
         if member is not None and not 0 <= member < total:
             raise CircuitsError(f"model.member must be in 0..{total - 1} ({total} members), got {member!r}")
@@ -147,7 +148,8 @@ class CircuitModule(pl.LightningModule):
         if sweep.is_single:
             cell = sweep.cells[0]
             scale = f", init scale {cell.init_scale:g}" if cell.init_scale != 1.0 else ""
-            self.print(f"Task {self.task.name}: f = {self.task.formula}; network {'-'.join(map(str, cell.layer_sizes))}, "
+            sizes = "-".join(map(str, cell.layer_sizes))
+            self.print(f"Task {self.task.name}: f = {self.task.formula}; network {sizes}, "
                        f"bias {'on' if hp.bias else 'off'}, {seeds}{scale}, {self.optim.rule} lr {cell.lr:g}; solved "
                        f"when validation MSE < {float(self.population.success_mse[0]):.3g}")
         else:
@@ -171,7 +173,8 @@ class CircuitModule(pl.LightningModule):
     def configure_optimizers(self) -> MemberOptimizer:
         # The one optimizer the hot path drives: Lightning saves its state (the rule's) in checkpoints.
         # One parameter group per group of cells, each with its scalar lr.
-        return self.optim.build([list(net.parameters()) for net in self.net.groups], [g.lr for g in self.sweep.groups()])
+        return self.optim.build([list(net.parameters()) for net in self.net.groups],
+                                [g.lr for g in self.sweep.groups()])
 
     def _trained(self) -> TrainedMembers:
         """The networks and the optimizer Lightning holds for them (checked: the hot path drives it)."""
@@ -328,7 +331,8 @@ def run_sweep(task: Task, layer_sizes: list[int] | None, lr: float, init_scale: 
     given = [f"model.{k}" for k, v, default in (("layer_sizes", layer_sizes, None), ("lr", lr, 0.1),
                                                 ("init_scale", init_scale, 1.0)) if v != default]
     if given:
-        raise CircuitsError(f"model.cells gives every cell's layer sizes, lr and init_scale: drop {' and '.join(given)}")
+        raise CircuitsError(f"model.cells gives every cell's layer sizes, lr and init_scale: "
+                            f"drop {' and '.join(given)}")
     if not isinstance(cells, (list, tuple)):
         raise CircuitsError(f"model.cells must be a list of cells, e.g. "
                             f'[{{"layer_sizes": [1, 4, 1], "lr": 0.1, "init_scale": 1}}], got {cells!r}')

@@ -153,8 +153,8 @@ def resolve_sweep(cfg: Namespace, task_name: str) -> Sweep | None:
     if not is_step_count(members):
         raise CircuitsError(f"model.members must be a positive integer, got {members!r}")
     task = get_task(task_name)
-    sizes = (parse_sizes_list(given["sizes"], task.arity) if "sizes" in given else
-             [tuple(task.check_layer_sizes(task.layer_sizes if model.get("layer_sizes") is None else model.layer_sizes))])
+    one = task.layer_sizes if model.get("layer_sizes") is None else model.layer_sizes
+    sizes = parse_sizes_list(given["sizes"], task.arity) if "sizes" in given else [tuple(task.check_layer_sizes(one))]
     for s in sizes:
         task.check_layer_sizes(list(s))
     lrs = parse_positive_list(given["lr"], "--sweep.lr") if "lr" in given else [model.get("lr")]

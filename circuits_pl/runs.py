@@ -56,7 +56,6 @@ def load_run(path: str | Path, member: int | None = None, task: str | None = Non
 
 def check_finite_member(run: Run, member: int) -> None:
     """A member with NaN/inf weights has no circuit to read: say so, and name members that have one."""
-    import torch
 
     finite = run.module.net.finite()
     if bool(finite[member]):

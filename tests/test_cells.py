@@ -301,3 +301,54 @@ def test_a_study_checkpoint_resumes_with_its_cells_and_validates_a_member(tmp_pa
     assert _call(["fit", "--ckpt_path", checkpoints["study"], "--trainer.max_steps", 300, *QUIET], tmp_path) == 0
     run = run_dirs(tmp_path)[-1]  # validate wrote its own version_N before
     assert [c["lr"] for c in results(run)["cells"]] == [0.1, 0.3] and results(run)["steps"] == 300
+
+
+# ---------------------------------------------------------------------------------------------
+# Member parallelism: a process's share cuts a group; nothing depends on the number of processes
+# ---------------------------------------------------------------------------------------------
+DDP_STUDY = ["fit", "--task", "add", "--sweep.sizes", "2-2-1,2-3-1,2-4-1", "--sweep.init_scale", "0.5,1",
+             "--model.members", 3, "--model.optimizer", "momentum", "--data.batch_size", 200, "--stop.when", "never",
+             "--trainer.accelerator", "cpu", *QUIET]  # 18 members in 3 groups [0, 6), [6, 12), [12, 18)
+
+
+def _ddp_fit(cwd, *args, devices=1):
+    import subprocess
+
+    cmd = [sys.executable, "-m", "circuits_pl", *map(str, args), "--trainer.devices", str(devices)]
+    if devices > 1:
+        cmd += ["--trainer.strategy", "ddp"]  # ranks' shares [0, 9) and [9, 18): group 1 cut in two
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _same_study(a, b):
+    ca, cb = _ckpt(a), _ckpt(b)
+    assert ca["global_step"] == cb["global_step"] and ca["state_dict"].keys() == cb["state_dict"].keys()
+    for key, value in ca["state_dict"].items():
+        assert torch.equal(value.nan_to_num(-7.0), cb["state_dict"][key].nan_to_num(-7.0)), key
+    assert str(ca["optimizer_states"][0]) == str(cb["optimizer_states"][0])
+    assert results(a)["per_member"] == results(b)["per_member"] and results(a)["cells"] == results(b)["cells"]
+
+
+def test_a_study_on_two_ranks_trains_every_member_as_one_process(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    _ddp_fit(tmp_path / "one", *DDP_STUDY, "--trainer.max_steps", 1000)
+    _ddp_fit(tmp_path / "two", *DDP_STUDY, "--trainer.max_steps", 1000, devices=2)
+    (one,) = run_dirs(tmp_path / "one")
+    (two,) = run_dirs(tmp_path / "two")
+    _same_study(one, two)
+
+
+@pytest.mark.slow
+def test_a_study_saved_on_two_ranks_resumes_on_one(tmp_path):
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "parts").mkdir()
+    _ddp_fit(tmp_path / "whole", *DDP_STUDY, "--trainer.max_steps", 2000)
+    _ddp_fit(tmp_path / "parts", *DDP_STUDY, "--trainer.max_steps", 1000, devices=2)
+    (first,) = run_dirs(tmp_path / "parts")
+    _ddp_fit(tmp_path / "parts", "fit", "--config", first / "config.yaml", "--ckpt_path",
+             first / "checkpoints" / "last.ckpt", "--trainer.max_steps", 2000)
+    (whole,) = run_dirs(tmp_path / "whole")
+    _same_study(whole, run_dirs(tmp_path / "parts")[1])
