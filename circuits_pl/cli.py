@@ -197,10 +197,10 @@ class CircuitsCLI(LightningCLI):
                                 f"{_cells_text(swept)}: drop --sweep.* or match it")
         wanted = cfg.model.get("layer_sizes")
         if wanted is not None and (hp["layer_sizes"] is None or list(wanted) != list(hp["layer_sizes"])):
-            raise CircuitsError(
-                f"checkpoint {cfg.ckpt_path} holds {_cells_text(saved_cells)}, not a {'-'.join(map(str, wanted))} "
-                "network: drop --model.layer_sizes or match it"
-            )
+            held = (f"a {'-'.join(map(str, hp['layer_sizes']))} network" if saved_cells.is_single
+                    else _cells_text(saved_cells))
+            raise CircuitsError(f"checkpoint {cfg.ckpt_path} holds {held}, not {'-'.join(map(str, wanted))}: "
+                                "drop --model.layer_sizes or match it")
         cfg.task = cfg.model.task = cfg.data.task = hp["task"]
         defaults = cli_parser(self, self.config.get("subcommand")).get_defaults()
         if not saved_cells.is_single and cfg.model.get("lr") != defaults.model.get("lr"):

@@ -258,8 +258,9 @@ class CircuitModule(pl.LightningModule):
                    "val/unsolved": (population.alive & ~population.solved).sum().float()}
         if population.cells > 1:  # per cell, not per member: a column per cell
             digits = len(str(population.cells - 1))  # cell01 ... cell17: the CSV's columns in cell order
-            metrics.update({f"val/solved_cell{c:0{digits}d}": n.float()
-                            for c, n in enumerate(population.solved_per_cell())})
+            per_cell = population.solved_per_cell()
+            metrics.update({f"val/solved_cell{c:0{digits}d}": n.float() for c, n in enumerate(per_cell)})
+            metrics["val/unsolved_cells"] = (per_cell == 0).sum().float()  # --stop.when best: until every cell
         self._log_metrics(metrics)
         if fit:
             self.print(population.validation_line(self.global_step))

@@ -200,6 +200,39 @@ def test_a_sweep_of_one_cell_is_a_plain_run(run_cli, tmp_path, capsys):
     assert _ckpt(a)["hyper_parameters"] == _ckpt(b)["hyper_parameters"]
 
 
+def test_a_study_stops_when_every_cell_has_a_solved_member(run_cli, tmp_path):
+    run_cli("fit", "--task", "abs", "--sweep.sizes", "1-2-1,1-4-1", "--sweep.lr", "0.01,0.1", "--model.members", 4,
+            "--data.batch_size", 200, "--trainer.val_check_interval", 100, "--trainer.max_steps", 5000, *QUIET)
+    (run,) = run_dirs(tmp_path)
+    res = results(run)
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val/solved"]]
+    unsolved = [float(r["val/unsolved_cells"]) for r in rows]
+    assert unsolved[-1] == 0 and all(u > 0 for u in unsolved[:-1])  # the first validation with none left
+    assert res["stopped_when_solved"] and res["steps"] == int(float(rows[-1]["step"])) == 2100  # lr 0.01: slow
+    for r in rows:
+        assert float(r["val/unsolved_cells"]) == sum(float(r[f"val/solved_cell{c}"]) == 0 for c in range(4))
+
+
+def test_a_config_file_holds_the_sweep_and_config_yaml_the_cells(run_cli, tmp_path):
+    (tmp_path / "study.yaml").write_text("task: abs\nsweep:\n  sizes: [[1, 2, 1], [1, 3, 1]]\n  lr: 0.05,0.2\n"
+                                         "model:\n  members: 2\ntrainer:\n  max_steps: 300\n"
+                                         "  val_check_interval: 100\nstop:\n  when: never\n")
+    run_cli("fit", "--config", tmp_path / "study.yaml", *QUIET)
+    (first,) = run_dirs(tmp_path)
+    import yaml
+
+    saved = yaml.safe_load((first / "config.yaml").read_text())
+    assert saved["sweep"] == {"sizes": None, "lr": None, "init_scale": None}  # resolved into the cells, once
+    assert [(c["layer_sizes"], c["lr"]) for c in saved["model"]["cells"]] == [
+        ([1, 2, 1], 0.05), ([1, 2, 1], 0.2), ([1, 3, 1], 0.05), ([1, 3, 1], 0.2)]
+    run_cli("fit", "--config", first / "config.yaml")  # the run again, from its own config
+    again = run_dirs(tmp_path)[-1]
+    ca, cb = _ckpt(first), _ckpt(again)
+    assert all(torch.equal(v, cb["state_dict"][k].nan_to_num(-7.0)) or torch.equal(v.nan_to_num(-7.0),
+               cb["state_dict"][k].nan_to_num(-7.0)) for k, v in ca["state_dict"].items())
+    assert results(first)["per_member"] == results(again)["per_member"]
+
+
 def test_a_study_resumed_off_block_equals_one_that_never_stopped(run_cli, tmp_path):
     common = [*STUDY, "--model.optimizer", "adam"]
     run_cli("fit", *common, "--trainer.max_steps", 1000)
@@ -275,7 +308,7 @@ REFUSED = [
                                                                          r"1-2-1 network at lr 0.1, init scale 0.5"),
     (["fit", "--ckpt_path", "plain.ckpt", "--model.init_scale", "0.5"], r"has model.init_scale 1.0, not 0.5"),
     (["fit", "--ckpt_path", "study.ckpt", "--model.layer_sizes", "1-4-1"],
-     r"holds 2 cells .*, not a 1-4-1 network: drop --model.layer_sizes"),
+     r"holds 2 cells .*, not 1-4-1: drop --model.layer_sizes"),
     (["fit", "--ckpt_path", "study.ckpt", "--model.lr", "0.5"], r"its cells fix each member's lr; drop --model.lr"),
     (["validate", "--ckpt_path", "study.ckpt", "--model.member", "4"], r"model.member 4 is out of range: .* 4 member"),
 ]

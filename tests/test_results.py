@@ -36,7 +36,7 @@ def test_run_summary_from_plain_trainer_fit_writes_results_and_figures(tmp_path)
     grid = torch.cartesian_prod(g, g)
     for k in range(6):
         out = grid
-        weights = module.net.weights_of(k)
+        weights = [w.detach() for w in module.net.weights_of(k)]
         for layer, w in enumerate(weights):
             out = out @ w.double().T
             out = out.relu() if layer < len(weights) - 1 else out
