@@ -24,7 +24,7 @@ from torchmetrics import MeanSquaredError
 from circuits_pl.cadence import Cadence
 from circuits_pl.compat import count_optimizer_steps, record_resolved
 from circuits_pl.errors import CircuitsError
-from circuits_pl.network import GroupedMLPs
+from circuits_pl.network import GroupedMLPs, upgrade_group_keys
 from circuits_pl.optim import MemberOptimizer, OptimizerSettings
 from circuits_pl.population import Population, upgrade_state_dict
 from circuits_pl.strategy import check_strategy, member_share, sync_members
@@ -289,7 +289,7 @@ class CircuitModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         upgrade_state_dict(checkpoint["state_dict"])  # a checkpoint written before the population record
-        upgrade_net_keys(checkpoint["state_dict"])  # ... or before the networks came in groups
+        upgrade_group_keys(checkpoint["state_dict"])  # ... or before the networks came in groups
         self.population.load_losses(checkpoint.get("loss_history", {}))
 
     def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
@@ -341,13 +341,6 @@ def run_sweep(task: Task, layer_sizes: list[int] | None, lr: float, init_scale: 
     for cell in sweep.cells:
         task.check_layer_sizes(list(cell.layer_sizes))
     return sweep
-
-
-def upgrade_net_keys(state_dict: dict) -> None:
-    """Checkpoints written before the networks came in groups hold ``net.weights.l`` (one network):
-    it is group 0, ``net.groups.0.weights.l``. In place."""
-    for key in [k for k in state_dict if k.startswith(("net.weights.", "net.biases."))]:
-        state_dict["net.groups.0." + key.removeprefix("net.")] = state_dict.pop(key)
 
 
 def check_precision(precision: object) -> None:

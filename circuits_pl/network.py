@@ -1,5 +1,4 @@
 """K independent ReLU MLPs in one module, with a hand-derived SGD step. Plain PyTorch, no Lightning.
-
 The notebook's ``Neural_Net(layer_sizes, bias=False)`` is ``nn.Sequential(Linear, ReLU, ..., Linear)``.
 Here the same network exists K times ("members"), stacked on a leading member dimension so that
 one forward and one backward serve all of them::
@@ -13,6 +12,9 @@ Activations are kept batch-last, ``(K, units, B)``: with B = 1000 contiguous alo
 every elementwise op runs over long rows rather than over rows of 2 or 3 units. Training
 (``member_gradients``) uses only per-member ops, so member k's trajectory is bit-identical whatever
 K and however members are chunked (``circuits_pl.train_block``).
+
+A run whose members differ in architecture (a sweep's cells, ``circuits_pl.sweep``) holds one such
+module per group of one architecture and lr: :class:`GroupedMLPs`.
 """
 
 from __future__ import annotations
@@ -210,6 +212,14 @@ class GroupedMLPs(nn.Module):
     def finite(self) -> torch.Tensor:
         """Per member: are all its weights (and biases) finite? ``(K,)`` bool."""
         return torch.cat([net.finite() for net in self.groups])
+
+
+def upgrade_group_keys(state_dict: dict, prefix: str = "net.") -> None:
+    """Checkpoints written before the networks came in groups hold one :class:`ReLUMLP` under
+    ``prefix`` (``net.weights.l``): it is group 0 of a :class:`GroupedMLPs` (``net.groups.0.weights.l``).
+    In place."""
+    for key in [k for k in state_dict if k.startswith((prefix + "weights.", prefix + "biases."))]:
+        state_dict[prefix + "groups.0." + key.removeprefix(prefix)] = state_dict.pop(key)
 
 
 def layer_activations(weights: Sequence[torch.Tensor], x: torch.Tensor,
