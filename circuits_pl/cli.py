@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 import warnings
@@ -35,7 +36,7 @@ from circuits_pl import preflight
 from circuits_pl.cadence import check_steps_per_batch, is_step_count, log_blocks
 from circuits_pl.callbacks import FrozenHeap, LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
-from circuits_pl.checkpoints import load_checked_checkpoint
+from circuits_pl.checkpoints import check_finite, check_state_dict, load_checked_checkpoint
 from circuits_pl.compat import cli_get, cli_instantiate_trainer, cli_parser
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, SaveFailed, TrainingDiverged
@@ -129,14 +130,29 @@ class CircuitsCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Lightning's, after :mod:`circuits_pl.preflight` checked the config files and rewrote
         ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``."""
+        self._typed: Namespace | None = None
         if args is None or isinstance(args, (list, tuple)):
             argv = preflight.normalise_argv(sys.argv[1:] if args is None else [str(a) for a in args])
             preflight.check_config_files(argv)
+            self._argv = argv
             if args is None:  # Lightning's would warn that args and sys.argv are both given
                 self.config = parser.parse_args(argv)
                 return
             args = argv
         super().parse_arguments(parser, args)
+
+    def _typed_model(self) -> Namespace:
+        """The --model.* options the user gave, on the command line or in a --config file (not the
+        defaults): jsonargparse parses the same arguments again without defaults (~0.01 s, 0.1 s with a
+        config). A resume takes every other model option from the checkpoint."""
+        argv = getattr(self, "_argv", None)
+        if argv is None:  # a dict or Namespace given in Python: everything in it was chosen
+            return self._active_config().get("model") or Namespace()
+        sub = self.config.get("subcommand")
+        seed = Namespace()
+        seed[f"{sub}.task" if sub else "task"] = None  # the task links need a source, given or not
+        typed = self.parser.parse_args(argv, namespace=seed, defaults=False)
+        return (typed.get(sub) if sub else typed).get("model") or Namespace()
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it.
@@ -181,21 +197,30 @@ class CircuitsCLI(LightningCLI):
                 f"not {'-'.join(map(str, wanted))}: drop --model.layer_sizes or match it"
             )
         cfg.task = cfg.model.task = cfg.data.task = hp["task"]
-        defaults = cli_parser(self, self.config.get("subcommand")).get_defaults()
+        typed = self._typed_model()
         for key, saved in hp.items():
             if key not in cfg.model or key in ("member", "task"):
                 continue
-            given, default = cfg.model[key], defaults.model.get(key)
-            if key in ARCHITECTURE and given not in (None, default) and given != saved:
+            given = cfg.model[key] if typed.get(key) is not None else None  # None: not chosen by the user
+            if key in ARCHITECTURE and given is not None and given != saved:
                 raise CircuitsError(
                     f"checkpoint {cfg.ckpt_path} has model.{key} {saved!r}, not {given!r}: "
                     f"drop --model.{key} or match it"
                 )
-            if key in ARCHITECTURE or given == default:
-                cfg.model[key] = saved  # the checkpoint's, unless the command line chose another lr etc.
+            if given is None:
+                cfg.model[key] = saved  # the checkpoint's, unless the user chose another lr etc.
         member = cfg.model.get("member")
         if member is not None and not 0 <= member < hp["members"]:
             raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {hp['members']} member(s)")
+        groups = [g for state in info.get("optimizer_states") or [] if isinstance(state, dict)
+                  for g in state.get("param_groups") or [] if isinstance(g, dict)]
+        rule = groups[0].get("rule") if groups else None
+        if self.config.get("subcommand") == "fit" and rule is not None and rule != cfg.model.optimizer:
+            # the module says the same at the start of training; here no run directory exists yet
+            raise CircuitsError(f"the checkpoint was trained with --model.optimizer {rule}, not {cfg.model.optimizer}: "
+                                "its optimizer state cannot continue another rule; drop --model.optimizer or start a "
+                                "new run without --ckpt_path")
+        self._checkpoint = info
 
     def _check_task(self) -> None:
         if self._active_config().task is None:
@@ -231,6 +256,7 @@ class CircuitsCLI(LightningCLI):
         try:
             self._resolve_cadence()
             super().instantiate_classes()
+            self._check_checkpoint_against_model()
         except CircuitsError:
             raise
         except (MisconfigurationException, ValueError) as err:
@@ -238,6 +264,20 @@ class CircuitsCLI(LightningCLI):
         finally:
             if held is not None:
                 held.release(replay=sys.exc_info()[0] is None)
+
+    def _check_checkpoint_against_model(self) -> None:
+        """Before any file is written: the checkpoint holds every buffer of the module built from its
+        hyper-parameters, with its shape, and finite weights for the member(s) the command uses."""
+        info = getattr(self, "_checkpoint", None)
+        if info is None or not isinstance(getattr(self, "model", None), CircuitModule):
+            return
+        path, sub = self._active_config().ckpt_path, self.config.get("subcommand")
+        check_state_dict(path, info["state_dict"], self.model.state_dict())
+        if sub == "fit":
+            check_finite(path, info["state_dict"], None, "train")
+        else:
+            member = self.model.member if self.model.member is not None else int(info["state_dict"]["best_member"])
+            check_finite(path, info["state_dict"], member, sub)
 
     def _resolve_cadence(self) -> None:
         """--trainer.val_check_interval and --trainer.log_every_n_steps count SGD steps: choose
@@ -313,12 +353,17 @@ class CircuitsCLI(LightningCLI):
             self.trainer.callbacks.append(RunSummary(figures=self._active_config().figures))
 
     def _announce_run_dir(self) -> None:
-        """validate / test write into a version_N of their own (metrics.csv): say which."""
-        if self.trainer.is_global_zero and self.trainer.logger is not None:
-            print(f"Run directory: {os.path.normpath(run_dir(self.trainer))}")
+        """validate / test / predict write into a version_N of their own (metrics.csv, predictions.csv):
+        say which."""
+        if self.trainer.logger is None:
+            return
+        directory = os.path.normpath(run_dir(self.trainer))  # a collective under DDP: every rank asks
+        if self.trainer.is_global_zero:
+            print(f"Run directory: {directory}")
 
     before_validate = _announce_run_dir
     before_test = _announce_run_dir
+    before_predict = _announce_run_dir
 
     def after_fit(self) -> None:
         # The end of fit (RunSummary: test, results.json, figures) ran inside trainer.fit, in
@@ -464,13 +509,19 @@ def interrupt_message(err: RunInterrupted) -> str:
     run = path.parent.parent
     step = _checkpoint_step(err.path)
     at = f"step {step}" if step is not None else "its last validation"
+    again = f"{prog} fit --config {shlex.quote(str(run / 'config.yaml'))} --ckpt_path {shlex.quote(str(path))}"
     if err.phase == END:
+        if err.results:
+            written = f"{err.results} was written, figures may be missing"
+            todo = "To write the figures too"
+        else:
+            written = "no results.json was written"
+            todo = "To write results.json and the figures"
         return (f"{name}: interrupted at the end of fit (test, readout, results.json, figures); training is "
-                f"complete: {path} holds {at}; no results.json was written. To write results.json and the "
-                f"figures (no more training; a new run directory): {prog} fit --config {run / 'config.yaml'} "
-                f"--ckpt_path {path}; the readout alone: {prog} inspect {run}")
+                f"complete: {path} holds {at}; {written}. {todo} (no more training; a new run directory): "
+                f"{again}; the readout alone: {prog} inspect {shlex.quote(str(run))}")
     return (f"{name}: interrupted during {err.phase}; checkpoint {path} holds {at}\n"
-            f"Resume with: {prog} fit --config {run / 'config.yaml'} --ckpt_path {path}")
+            f"Resume with: {again}")
 
 
 def _checkpoint_step(path: str) -> int | None:
@@ -497,16 +548,40 @@ def _argument_errors() -> tuple[type[BaseException], ...]:
     return (argparse.ArgumentError, ArgumentError)
 
 
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "list[int]": "a list of integers like [2, 3]", "list[float]": "a list of numbers like [1.0, -0.5]",
+               "NoneType": "null"}
+# What an option takes, where its type alone says too little.
+_OPTION_NAMES = {"model.layer_sizes": "a list of positive integers like [2, 3, 1] (or 2-3-1), or null for the task's",
+                 "seed_everything": "an integer from 0 to 4294967295",
+                 "data.cone": "a direction like [1.0, 1.0], or null",
+                 "model.betas": "two numbers like [0.9, 0.999], or null"}
 
 
 def _one_line(message: str) -> str:
+    """jsonargparse's message as one line in the user's terms: which option, what it takes, what was given."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     text = " ".join(lines)
-    # jsonargparse: 'Parser key "data.batch_size": Expected a <class 'int'>. Got value: 1000.0'
+    key = re.match(r'Parser key "([\w.]+)":', text)
+    given = re.search(r"Given value: (.*)$", text)
+    # 'Parser key "data.batch_size": Expected a <class 'int'>. Got value: 1000.0'
     m = re.fullmatch(r"""Parser key "([\w.]+)": Expected a <class '(\w+)'>\. Got value: (.*)""", text)
     if m and m[2] in _TYPE_NAMES:
-        return f"--{m[1]} must be {_TYPE_NAMES[m[2]]}, got {m[3]}"
+        return f"--{m[1]} must be {_OPTION_NAMES.get(m[1], _TYPE_NAMES[m[2]])}, got {m[3]}"
+    m = re.fullmatch(r"""Parser key "([\w.]+)": Expected a typing\.Literal\[(.*)\]\. Got value: (.*)""", text)
+    if m:
+        return f"--{m[1]} must be one of {m[2].replace(chr(39), '')}, got {m[3]}"
+    m = re.search(r"Problem with given class_path '([^']+)': (.*?)(?: - Expected a |$)", text)
+    if key and m:
+        return f"--{key[1]} {m[1]}: {m[2].rstrip('. ')}"
+    if key and "Expected a dot import path string" in text:
+        return f"--{key[1]}: {given[1] if given else 'the value'} is not a class to import (package.module.Class)"
+    if key and given and "Union subtypes" in text:
+        subtypes = re.search(r"Subtypes: \[(.*?)\] Errors:", text)
+        names = [_TYPE_NAMES.get(re.sub(r"<class '(\w+)'>", r"\1", t.strip()), t.strip())
+                 for t in (subtypes[1].split(", ") if subtypes else [])]
+        what = _OPTION_NAMES.get(key[1]) or " or ".join(names) or "another value"
+        return f"--{key[1]} must be {what}, got {given[1][:60]}"
     return text[:400] if lines else "invalid arguments"
 
 

@@ -42,10 +42,10 @@ class RunInterrupted(BaseException):
     """
 
     def __init__(self, signum: int, step: int, path: str | None, announce: bool = True,
-                 phase: str = TRAINING, resumed_from: str | None = None):
+                 phase: str = TRAINING, resumed_from: str | None = None, results: str | None = None):
         super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step} ({phase})")
         self.signum, self.step, self.path, self.announce = signum, step, path, announce
-        self.phase, self.resumed_from = phase, resumed_from
+        self.phase, self.resumed_from, self.results = phase, resumed_from, results
 
 
 class GracefulInterrupt(pl.Callback):
@@ -163,7 +163,8 @@ class GracefulInterrupt(pl.Callback):
         elif phase == TRAINING:
             phase = TRAINING + " (at once, by a second signal)"
         return RunInterrupted(signum or self.signum or signal.SIGINT, step, path, trainer.is_global_zero, phase,
-                              resumed_from=str(trainer.ckpt_path) if trainer.ckpt_path else None)
+                              resumed_from=str(trainer.ckpt_path) if trainer.ckpt_path else None,
+                              results=written_results(trainer) if phase == END else None)
 
 
 _INSTALLED: list[GracefulInterrupt] = []
@@ -173,6 +174,16 @@ def release_all() -> None:
     """Give SIGINT/SIGTERM back to the handlers they had before ``fit`` (the CLI's last act)."""
     for guard in reversed(list(_INSTALLED)):
         guard.release()
+
+
+def written_results(trainer: pl.Trainer) -> str | None:
+    """The results.json the end of this fit wrote, if it got that far (no collective: the logger's own
+    directory, not ``trainer.log_dir``, which broadcasts: a signal handler runs on one rank only)."""
+    import os
+
+    directory = getattr(trainer.logger, "log_dir", None) or trainer.default_root_dir
+    path = os.path.join(directory, "results.json") if directory else None
+    return os.path.normpath(path) if path and os.path.isfile(path) else None
 
 
 def latest_checkpoint(trainer: pl.Trainer) -> str | None:
