@@ -16,12 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shlex
 import signal
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,7 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from circuits_pl import preflight
+from circuits_pl import preflight, signals
 from circuits_pl.cadence import check_steps_per_batch, is_step_count, log_blocks
 from circuits_pl.callbacks import FrozenHeap, LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
@@ -41,7 +39,7 @@ from circuits_pl.compat import cli_get, cli_instantiate_trainer, cli_parser
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, SaveFailed, TrainingDiverged
 from circuits_pl.files import atomic_write_text
-from circuits_pl.interrupts import END, SANITY, GracefulInterrupt, RunInterrupted, release_all
+from circuits_pl.interrupts import GracefulInterrupt, RunInterrupted, interrupt_message, release_all
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.results import RunSummary
@@ -469,66 +467,48 @@ def _said_otherwise(record: logging.LogRecord) -> bool:
 
 def _run_guarded(fn) -> Any:
     interrupted = False
+    stop_with: int | None = None  # the signal the other DDP ranks get if they are still running
     try:
         return fn()
     except CircuitsError as err:
+        stop_with = signal.SIGTERM
         _fail(str(err), 2)
     except TrainingDiverged as err:
         # under DDP every rank raises it at the same validation (the population is synced): one line
+        stop_with = signal.SIGTERM
         _fail(str(err), 1, say=rank_zero_only.rank == 0)
     except SaveFailed as err:
+        stop_with = signal.SIGTERM
         _fail(str(err), 1)
     except RunInterrupted as err:
+        signals.set_ending()
         if err.announce:
             print(interrupt_message(err), file=sys.stderr)
-        interrupted = True
+        interrupted, stop_with = True, err.signum
         raise SystemExit(128 + err.signum) from None
     except KeyboardInterrupt:  # Ctrl-C outside fit (parsing, inspect, validate...): nothing half-written
+        stop_with = signal.SIGINT
         print("Interrupted (SIGINT)", file=sys.stderr)
         raise SystemExit(130) from None
     except _argument_errors() as err:
         _fail(_one_line(str(err)), 2)
+    except BaseException:
+        stop_with = signal.SIGTERM
+        if (failed := signals.failed_child()) is not None:  # DDP: another rank is gone; this error follows
+            code, line = failed
+            if line:
+                print(line, file=sys.stderr)
+            raise SystemExit(code) from None
+        raise
     finally:
+        signals.set_ending()
         release_all()
         if interrupted:  # the run is stopped and said so: a further Ctrl-C must not turn the exit into a crash
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals.STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
+        # DDP: the other ranks stop with this one (or finish, a moment behind it) before it goes
+        signals.stop_children(stop_with or signal.SIGTERM, patience=signals.GRACE if stop_with else 60.0)
         _end_distributed()
-
-
-def interrupt_message(err: RunInterrupted) -> str:
-    """What is on disk after an interrupt, and the command that continues from it."""
-    prog = program_name()
-    name = f"{__import__('signal').Signals(err.signum).name}"
-    if err.path is None:
-        where = f"resume from {err.resumed_from} again" if err.resumed_from else "run the command again"
-        nothing = ("nothing was trained yet" if err.phase == SANITY
-                   else "no checkpoint was written (checkpointing is off)")
-        return f"{name}: interrupted during {err.phase} at step {err.step}; {nothing}: {where}"
-    path = Path(err.path)  # prints without a leading ./
-    run = path.parent.parent
-    step = _checkpoint_step(err.path)
-    at = f"step {step}" if step is not None else "its last validation"
-    again = f"{prog} fit --config {shlex.quote(str(run / 'config.yaml'))} --ckpt_path {shlex.quote(str(path))}"
-    if err.phase == END:
-        if err.results:
-            written = f"{err.results} was written, figures may be missing"
-            todo = "To write the figures too"
-        else:
-            written = "no results.json was written"
-            todo = "To write results.json and the figures"
-        return (f"{name}: interrupted at the end of fit (test, readout, results.json, figures); training is "
-                f"complete: {path} holds {at}; {written}. {todo} (no more training; a new run directory): "
-                f"{again}; the readout alone: {prog} inspect {shlex.quote(str(run))}")
-    return (f"{name}: interrupted during {err.phase}; checkpoint {path} holds {at}\n"
-            f"Resume with: {again}")
-
-
-def _checkpoint_step(path: str) -> int | None:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except Exception:  # noqa: BLE001 - the message still names the file
-        return None
 
 
 def _end_distributed() -> None:
