@@ -36,7 +36,7 @@ from circuits_pl import signals
 from circuits_pl.compat import script_launcher, set_num_threads_if_needed
 from circuits_pl.usage import program_name
 
-SANITY, TRAINING, END = "sanity validation", "training", "end of fit"
+SANITY, TRAINING, END, DONE = "sanity validation", "training", "end of fit", "after the end of fit"
 
 
 class RunInterrupted(BaseException):
@@ -155,6 +155,10 @@ class GracefulInterrupt(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.phase = END
 
+    def done(self) -> None:
+        """The end of fit has written everything (results.json, figures): a signal now says so."""
+        self.phase = DONE
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit" and not self.keep_after_fit:
             self._restore()
@@ -178,7 +182,7 @@ class GracefulInterrupt(pl.Callback):
             phase = TRAINING + " (at once, by a second signal)"
         return RunInterrupted(signum or self.signum or signal.SIGINT, step, path, trainer.is_global_zero, phase,
                               resumed_from=str(trainer.ckpt_path) if trainer.ckpt_path else None,
-                              results=written_results(trainer) if phase == END else None)
+                              results=written_results(trainer) if phase in (END, DONE) else None)
 
 
 _INSTALLED: list[GracefulInterrupt] = []
@@ -222,6 +226,9 @@ def interrupt_message(err: RunInterrupted) -> str:
     step = _checkpoint_step(err.path)
     at = f"step {step}" if step is not None else "its last validation"
     again = f"{prog} fit --config {shlex.quote(str(run / 'config.yaml'))} --ckpt_path {shlex.quote(str(path))}"
+    if err.phase == DONE:
+        return (f"{name}: interrupted after the end of fit; the run is complete: {path} holds {at}"
+                + (f"; {err.results} is written" if err.results else ""))
     if err.phase == END:
         if err.results:
             written = f"{err.results} was written, figures may be missing"
