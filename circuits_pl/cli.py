@@ -216,8 +216,7 @@ class CircuitsCLI(LightningCLI):
         if self.config.get("subcommand") == "fit" and rule is not None and rule != cfg.model.optimizer:
             # the module says the same at the start of training; here no run directory exists yet
             raise CircuitsError(f"the checkpoint was trained with --model.optimizer {rule}, not {cfg.model.optimizer}: "
-                                "its optimizer state cannot continue another rule; drop --model.optimizer or start a "
-                                "new run without --ckpt_path")
+                                "its optimizer state cannot continue another rule")
         self._checkpoint = info
 
     def _check_task(self) -> None:
