@@ -88,6 +88,9 @@ def save_failed(path: str | os.PathLike, err: BaseException) -> SaveFailed:
     message = f"could not write {target}: {reason}; its previous version (if any) is intact: every write is atomic"
     if code in (errno.ENOSPC, errno.EDQUOT):
         message += f". Free space on that disk (df -h {target.parent}), then run again or resume from last.ckpt"
+    elif code == errno.EROFS:
+        message += ". The file system turned read-only (mount; dmesg): resume from the run's last.ckpt once it is " \
+                   "writable again, or from a copy of the run on a writable disk"
     return SaveFailed(message, code)
 
 

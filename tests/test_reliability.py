@@ -600,3 +600,31 @@ def test_ddp_a_rank_killed_during_training_stops_rank_zero_with_one_line_and_its
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 137 and "Traceback" not in err, err
     assert "SIGKILL (DDP process 1): interrupted during training; checkpoint" in err and "Resume with:" in err
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real tmpfs mounted at tmp_path/mnt (root only), unmounted afterwards."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(point)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_read_only_remount_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmpfs):
+    proc = _start(["fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 1_000_000, "--stop.when",
+                   "never", *QUIET], tmpfs)
+    for line in proc.stdout:
+        if line.startswith("step ") and line.split()[1] == "2000":
+            subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+            break
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert re.fullmatch(r"error: could not write lightning_logs/version_0/\S+: Read-only file system; its previous "
+                        r"version \(if any\) is intact: every write is atomic\. The file system turned read-only.*",
+                        lines[0]), lines
+    assert _ckpt(tmpfs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")["global_step"] >= 1000  # 2000 when its save came before the remount
