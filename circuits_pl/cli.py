@@ -242,6 +242,10 @@ class CircuitsCLI(LightningCLI):
                 init_args=Namespace(save_dir=trainer.default_root_dir or ".", name="lightning_logs"),
             )
         preflight.check_run(cfg, self.config.get("subcommand"))  # targets, values, memory, directories
+        fit = self.config.get("subcommand") == "fit"
+        if fit and trainer.get("log_every_n_steps") == 0 and rank_zero_only.rank == 0:
+            print("note: --trainer.log_every_n_steps 0: train/mse is not logged (metrics.csv and losses.png show "
+                  "validation only)", file=sys.stderr)
         # Lightning logs "Seed set to N" next, before the classes are built: hold it until they are,
         # so that a refusal from a class's own checks is still the only line on stderr.
         self._held_seed_line = preflight.HoldLog("lightning.fabric.utilities.seed")

@@ -434,3 +434,10 @@ def test_full_disk_is_refused_before_anything_is_written(tmp_path, capsys, monke
     finally:
         if os.path.ismount(full):
             subprocess.run(["umount", str(full)], check=True)
+
+
+def test_predict_says_its_run_directory_and_a_finite_member_can_be_chosen(workdir, capsys):
+    assert call(["predict", "--ckpt_path", "nan.ckpt", "--model.member", 1, *QUIET], workdir) == 0
+    out = capsys.readouterr().out
+    assert "Run directory: lightning_logs/version_0" in out
+    assert (workdir / "lightning_logs" / "version_0" / "predictions.csv").is_file()

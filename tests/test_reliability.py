@@ -627,4 +627,5 @@ def test_a_read_only_remount_mid_run_is_one_line_and_keeps_the_last_checkpoint(t
     assert re.fullmatch(r"error: could not write lightning_logs/version_0/\S+: Read-only file system; its previous "
                         r"version \(if any\) is intact: every write is atomic\. The file system turned read-only.*",
                         lines[0]), lines
-    assert _ckpt(tmpfs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")["global_step"] >= 1000  # 2000 when its save came before the remount
+    last = tmpfs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert _ckpt(last)["global_step"] >= 1000  # 2000 when its save came before the remount
