@@ -24,11 +24,11 @@ def damaged_record(f: IO[bytes]) -> str | None:
 
     ``torch.save`` writes a CRC-32 for every record, but torch's reader does not check them (its miniz
     is built without the check): a flipped bit inside a tensor loads silently (a weight of 0.85
-    became 2.9e38). The CRCs are checked here over a read-only memory map of the same open file that
-    is then loaded (no copy; the bytes checked are the bytes loaded). zlib's crc32 costs 0.2 ms on a
-    64-member checkpoint (a load takes 6 ms) and 0.15-0.19 s on a 205 MB one (its load: 0.35-0.4 s),
-    measured here. A record stored with CRC 0 (``torch.serialization.set_crc32_options(False)``) has
-    none to check.
+    became 2.9e38). The CRCs are checked here with zlib over a read-only memory map of the same open
+    file that is then loaded: no copy, one pass over bytes the load reads anyway, and the bytes
+    checked are the bytes loaded (``benchmarks/fault_injection.py --mode costs`` measures it against
+    the load). A record stored with CRC 0 (``torch.serialization.set_crc32_options(False)``) has none
+    to check.
     """
     with zipfile.ZipFile(f) as archive:
         records = archive.infolist()

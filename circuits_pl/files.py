@@ -43,8 +43,8 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[str]:
 
     ``durable=False`` skips the two fsyncs: the file is still complete after a kill, a signal or a full
     disk (the rename is atomic), but a power cut may lose the newest version. For files rewritten
-    often whose loss costs nothing (metrics.csv: its rows are also in the checkpoint's history); the
-    fsyncs took 13 of the 18 ms of a write here (benchmarks/fault_injection.py --write-cost)."""
+    often whose loss costs little (metrics.csv: its validation rows are also in the checkpoint's
+    history); the fsyncs are most of a small write's cost (``benchmarks/fault_injection.py --mode costs``)."""
     target = Path(path)
     directory = target.parent
     tmp = None
