@@ -215,9 +215,9 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
 
 
 def write_markdown(rows: list[dict[str, Any]], path: Path, command: str, interrupted: str | None = None,
-                   stopped: list[str] | None = None) -> None:
-    """report.md; ``interrupted``: what stopped the report (only the jobs that finished are in it), and
-    ``stopped``: lines on the jobs it stopped."""
+                   stopped: list[str] | None = None, extra: list[str] | None = None) -> None:
+    """report.md (written atomically, whole); ``interrupted``: what stopped the report (only the jobs that
+    finished are in it), ``stopped``: lines on the jobs it stopped, ``extra``: more sections (basins)."""
     lines = [
         "# circuits_pl report", "",
         f"`{command}`", "",
@@ -249,7 +249,49 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str, interru
     lines += [f"- {r['job']}: `{r['run_dir']}`" for r in rows]
     if stopped:
         lines += ["", *stopped]
+    lines += extra or []
     atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def basins_markdown(results: list[dict[str, Any]]) -> list[str]:
+    """report.md's Basins section: per job, the found rate per class of initial weights
+    (``circuits_pl.basins``) and, for 1-h-1 nets, the dark ceiling 1 − 2^(1−h) beside the measured rates."""
+    from circuits_pl.basins import summary_lines
+
+    lines = ["", "## Basins: the initial weights against the outcome", "",
+             "Sectors: arcs of input directions on which the target is linear and of one sign. A member's first-layer",
+             "units each face one sector; a unit agrees when its output weight has the target's sign there.", ""]
+    for res in results:
+        b = res.get("basins")
+        if not b:
+            continue
+        lines += [f"**{res.get('job', res['task'])}** ({'-'.join(map(str, res['layer_sizes']))}): sectors "
+                  + "; ".join(b["sectors"]), ""]
+        lines += [f"- {line}" for line in summary_lines(b)]
+        lines += ["", "| sectors covered | by an agreeing unit | members | found (95% CI) |", "|---|---|---|---|"]
+        for r in b["table"]:
+            agreeing = "–" if r["agreeing"] is None else r["agreeing"]
+            lines.append(f"| {r['covered']}/{r['sectors']} | {agreeing} | {r['members']} "
+                         f"| {r['found']} ({r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}) |")
+        lines.append("")
+    return lines if len(lines) > 6 else []
+
+
+def plot_basins_of(res: dict[str, Any], path: Path) -> Path | None:
+    """The job's initial units coloured by outcome (``plots.plot_basins``); None where basins are not defined."""
+    from circuits_pl import basins
+    from circuits_pl.plots import plot_basins
+
+    if not res.get("basins"):
+        return None
+    task = get_task(res["task"])
+    weights = basins.initial_weights(res["layer_sizes"], res["members"], res["init_seed"])
+    per = res["per_member"]
+    outcomes = basins.outcome_labels(per["found"], per["rough_formula"])
+    sectors = basins.target_sectors(task) or []
+    out = weights[-1][:, 0, :] if len(weights) == 2 else None
+    title = f"{res.get('job', res['task'])}: initial units, coloured by what their member became"
+    return plot_basins(weights[0], out, outcomes, [s.lo for s in sectors if task.arity == 2], title, path)
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -458,9 +500,14 @@ def main(argv: list[str]) -> None:
             pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
     rows = [report_row(results[job.name]) for job in jobs if job.name in results]  # in the order asked
+    ordered = [results[job.name] for job in jobs if job.name in results]
     if interrupted is not None:
-        _report_interrupted(interrupted, rows, jobs, stopped, out, command, time.perf_counter() - start)
-    write_markdown(rows, out / "report.md", command.strip())
+        _report_interrupted(interrupted, rows, jobs, stopped, out, command, time.perf_counter() - start,
+                            basins_markdown(ordered))
+    write_markdown(rows, out / "report.md", command.strip(), extra=basins_markdown(ordered))
+    for res in ordered:
+        if res.get("task") and get_task(res["task"]).arity <= 2:
+            plot_basins_of(res, out / f"basins_{res['job']}.png")
     write_csv(rows, out / "report.csv")
     plot_rates(rows, out / "report.png")
     print(f"Report ({len(jobs)} jobs, {time.perf_counter() - start:.0f} s): "
@@ -491,7 +538,7 @@ def _stop_on_signals() -> Iterator[None]:
 
 
 def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], jobs: list[Job], stopped: list[str],
-                        out: Path, command: str, seconds: float) -> None:
+                        out: Path, command: str, seconds: float, extra: list[str]) -> None:
     """Write the report of the jobs that finished, saying what stopped it; exit 128 + signal."""
     name = signal.Signals(err.signum).name
     note = (f"Interrupted by {name} after {seconds:.0f} s: {len(rows)} of {len(jobs)} jobs finished and are "
@@ -509,7 +556,8 @@ def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], jobs
         note += f"; stopped while running: {', '.join(stopped)} (below); the others never started"
     written = [out / "report.md"]
     write_markdown(rows, out / "report.md", command.strip(), interrupted=note,
-                   stopped=["Stopped jobs, each resumable from its last.ckpt (or run again):", "", *resume])
+                   stopped=["Stopped jobs, each resumable from its last.ckpt (or run again):", "", *resume],
+                   extra=extra)
     if rows:
         write_csv(rows, out / "report.csv")
         written += [out / "report.csv", plot_rates(rows, out / "report.png")]
