@@ -281,8 +281,8 @@ class CircuitsCLI(LightningCLI):
         if sub == "fit":
             check_finite(path, info["state_dict"], None, "train")
         else:
-            member = self.model.member if self.model.member is not None else int(info["state_dict"]["best_member"])
-            check_finite(path, info["state_dict"], member, sub)
+            best = next(v for k, v in info["state_dict"].items() if k.rsplit(".", 1)[-1] == "best_member")
+            check_finite(path, info["state_dict"], int(best) if self.model.member is None else self.model.member, sub)
 
     def _resolve_cadence(self, cfg: Namespace) -> None:
         """data.steps_per_batch, when not given: the cadence's choice, saved in config.yaml."""

@@ -136,9 +136,9 @@ DAMAGES = {  # name -> what a damaged (or edited) checkpoint has wrong
     "members_two": lambda s: s["hyper_parameters"].update(members="two"),
     "sizes_none": lambda s: s["hyper_parameters"].update(layer_sizes=None),
     "state_list": lambda s: s.update(state_dict=list(s["state_dict"].values())),
-    "missing_key": lambda s: s["state_dict"].pop("val_history"),
+    "missing_key": lambda s: s["state_dict"].pop("population.val_history"),
     "extra_key": lambda s: s["state_dict"].update(bogus=torch.zeros(2)),
-    "bad_shape": lambda s: s["state_dict"].update(val_history=torch.zeros(3, 2)),
+    "bad_shape": lambda s: s["state_dict"].update({"population.val_history": torch.zeros(3, 2)}),
     "all_nan": _nan_weights,
 }
 
@@ -290,12 +290,12 @@ CASES = [
     (["validate", "--ckpt_path", "sizes_none.ckpt"], 2, r"sizes_none.ckpt is damaged: its layer_sizes are None"),
     (["inspect", "state_list.ckpt"], 2, r"state_list.ckpt is damaged: its state_dict is not a mapping"),
     (["validate", "--ckpt_path", "missing_key.ckpt"], 2,
-     r"missing_key.ckpt is damaged: its state_dict lacks val_history"),
+     r"missing_key.ckpt is damaged: its state_dict lacks population.val_history"),
     (["test", "--ckpt_path", "extra_key.ckpt"], 2,
      r"extra_key.ckpt is damaged: its state_dict has unknown entries bogus"),
-    (["fit", "--ckpt_path", "bad_shape.ckpt"], 2, r"bad_shape.ckpt is damaged: val_history has shape \(3, 2\), not "
-                                                  r"\(8, 2\)"),
-    (["inspect", "bad_shape.ckpt"], 2, r"bad_shape.ckpt is damaged: val_history has shape \(3, 2\)"),
+    (["fit", "--ckpt_path", "bad_shape.ckpt"], 2,
+     r"bad_shape.ckpt is damaged: population.val_history has shape \(3, 2\), not \(8, 2\)"),
+    (["inspect", "bad_shape.ckpt"], 2, r"bad_shape.ckpt is damaged: population.val_history has shape \(3, 2\)"),
     (["validate", "--ckpt_path", "flipped.ckpt"], 2,
      r"checkpoint flipped.ckpt is damaged: its record archive/data/\d+ fails its CRC-32 check"),
     (["inspect", "flipped.ckpt"], 2, r"flipped.ckpt is damaged: its record .* fails its CRC-32 check"),
