@@ -15,6 +15,7 @@ from typing import IO, Any
 import torch
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.population import upgrade_state_dict
 from circuits_pl.tasks import Task, is_builtin
 
 
@@ -134,7 +135,10 @@ def _positive_int(value: Any) -> bool:
 def check_state_dict(path: str | Path, saved: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
     """Every buffer and weight a module built from the checkpoint's hyper-parameters has (``expected``),
     with its shape, and nothing else: one line naming the first difference (Lightning's own is a
-    multi-line traceback, raised after the run directory exists)."""
+    multi-line traceback, raised after the run directory exists). A checkpoint of the previous layout
+    is compared as the module will load it (``population.upgrade_state_dict``)."""
+    saved = dict(saved)
+    upgrade_state_dict(saved)
     missing = [k for k in expected if k not in saved]
     extra = [k for k in saved if k not in expected]
     if missing or extra:
