@@ -129,7 +129,7 @@ class CircuitsCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Lightning's, after :mod:`circuits_pl.preflight` checked the config files and rewrote
         ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``."""
-        self._typed: Namespace | None = None
+        self._typed_config: Namespace | None = None
         if args is None or isinstance(args, (list, tuple)):
             argv = preflight.normalise_argv(sys.argv[1:] if args is None else [str(a) for a in args])
             preflight.check_config_files(argv)
@@ -140,18 +140,20 @@ class CircuitsCLI(LightningCLI):
             args = argv
         super().parse_arguments(parser, args)
 
-    def _typed_model(self) -> Namespace:
-        """The --model.* options the user gave, on the command line or in a --config file (not the
-        defaults): jsonargparse parses the same arguments again without defaults (~0.01 s, 0.1 s with a
-        config). A resume takes every other model option from the checkpoint."""
+    def _typed(self, section: str) -> Namespace:
+        """The --model.* (or --data.*) options the user gave, on the command line or in a --config file,
+        not the defaults: jsonargparse parses the same arguments again without defaults. With
+        --ckpt_path every other one is taken from the checkpoint."""
         argv = getattr(self, "_argv", None)
         if argv is None:  # a dict or Namespace given in Python: everything in it was chosen
-            return self._active_config().get("model") or Namespace()
-        sub = self.config.get("subcommand")
-        seed = Namespace()
-        seed[f"{sub}.task" if sub else "task"] = None  # the task links need a source, given or not
-        typed = self.parser.parse_args(argv, namespace=seed, defaults=False)
-        return (typed.get(sub) if sub else typed).get("model") or Namespace()
+            return self._active_config().get(section) or Namespace()
+        if getattr(self, "_typed_config", None) is None:
+            sub = self.config.get("subcommand")
+            seed = Namespace()
+            seed[f"{sub}.task" if sub else "task"] = None  # the task links need a source, given or not
+            typed = self.parser.parse_args(argv, namespace=seed, defaults=False)
+            self._typed_config = typed.get(sub) if sub else typed
+        return self._typed_config.get(section) or Namespace()
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it.
@@ -196,7 +198,7 @@ class CircuitsCLI(LightningCLI):
                 f"not {'-'.join(map(str, wanted))}: drop --model.layer_sizes or match it"
             )
         cfg.task = cfg.model.task = cfg.data.task = hp["task"]
-        typed = self._typed_model()
+        typed = self._typed("model")
         for key, saved in hp.items():
             if key not in cfg.model or key in ("member", "task"):
                 continue
@@ -208,6 +210,11 @@ class CircuitsCLI(LightningCLI):
                 )
             if given is None:
                 cfg.model[key] = saved  # the checkpoint's, unless the user chose another lr etc.
+        # the run's data (batch size, stream and validation seeds, ...), unless given; the block size may change
+        typed_data = self._typed("data")
+        for key, saved in (info.get("datamodule_hyper_parameters") or {}).items():
+            if key in cfg.data and key not in ("task", "steps_per_batch") and typed_data.get(key) is None:
+                cfg.data[key] = saved
         member = cfg.model.get("member")
         if member is not None and not 0 <= member < hp["members"]:
             raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {hp['members']} member(s)")

@@ -366,6 +366,21 @@ def test_options_typed_on_resume_win_even_when_equal_to_the_default(run_cli, tmp
     assert not torch.equal(w[0], w[1]) and torch.equal(w[1], w[2])  # 0.1 really trained, the same both ways
 
 
+def test_a_resume_without_its_config_takes_the_runs_data_from_the_checkpoint(run_cli, tmp_path):
+    common = ["--model.members", 4, "--stop.when", "never", *QUIET]
+    run_cli("fit", "--task", "add", *common, "--data.batch_size", 200, "--seed_everything", 3,
+            "--trainer.max_steps", 1000)
+    first = run_dirs(tmp_path)[0]
+    last = first / "checkpoints" / "last.ckpt"
+    run_cli("fit", "--config", first / "config.yaml", "--ckpt_path", last, "--trainer.max_steps", 2000)
+    run_cli("fit", *common, "--ckpt_path", last, "--trainer.max_steps", 2000)  # batch size and stream seed: the run's
+    _, with_config, without = run_dirs(tmp_path)
+    assert results(without)["data"] == results(with_config)["data"] and results(without)["data"]["batch_size"] == 200
+    a, b = (_ckpt(r / "checkpoints" / "last.ckpt")["state_dict"] for r in (with_config, without))
+    for key in a:  # the same run (validation history: NaN before the first validations)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True)
+
+
 def _no_space_for(name: str, monkeypatch) -> None:
     """The disk is full for the temporary file of ``name`` (mkstemp fails, as on a full or read-only disk)."""
     import tempfile
