@@ -37,9 +37,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with atomic_open(path, "wb") as f:
                 self.write(checkpoint, f)
         except RuntimeError as err:  # torch.save reports a failed write of its zip stream this way
-            if "write" not in str(err).lower():
+            cause = _os_error(err)  # a full disk: ENOSPC inside, then "unexpected pos" from the zip's end
+            if cause is None and not any(s in str(err).lower() for s in ("write", "unexpected pos")):
                 raise
-            raise save_failed(path, err) from err
+            raise save_failed(path, cause or err) from err
 
     def write(self, checkpoint: dict[str, Any], f: Any) -> None:
         """Serialise into the open temporary file (a test subclass slows or breaks this)."""
@@ -56,3 +57,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
         with open(path, "rb") as f:
             return load_verified(f, path, map_location=map_location, weights_only=weights_only)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind an exception (its cause or context chain), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -38,7 +38,9 @@ def load_run(path: str | Path, member: int | None = None, task: str | None = Non
     if path.is_dir():
         ckpt = path / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
-            raise CircuitsError(f"{path} holds no checkpoints/last.ckpt; give a run directory or a .ckpt file")
+            runs = sorted(path.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+            example = f" such as {runs[-1].parent.parent}" if runs else ""
+            raise CircuitsError(f"{path} holds no checkpoints/last.ckpt; give a run directory{example} or a .ckpt file")
         directory = path
     else:
         ckpt = path
