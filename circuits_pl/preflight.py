@@ -221,6 +221,19 @@ def check_hand_derived_step(trainer: Namespace) -> None:
     if _is_number(clip) and clip != 0:
         raise CircuitsError(f"--trainer.gradient_clip_val {clip}: circuits_pl's hand-derived SGD step does not clip "
                             "gradients; drop it (a smaller --model.lr tames large steps)")
+    # Each would train silently on other inputs than the endless stream's (measured: other weights).
+    limit = trainer.get("limit_train_batches")
+    if _is_number(limit) and limit != 1.0:
+        raise CircuitsError(f"--trainer.limit_train_batches {limit}: the training stream is endless and every step "
+                            "draws fresh inputs, so there are no batches to leave out; to train fewer steps give "
+                            "--trainer.max_steps")
+    overfit = trainer.get("overfit_batches")
+    if _is_number(overfit) and overfit != 0:
+        raise CircuitsError(f"--trainer.overfit_batches {overfit}: circuits_pl trains on fresh inputs at every step "
+                            "(a fixed set would be a different experiment); drop it")
+    if trainer.get("barebones") is True:
+        raise CircuitsError("--trainer.barebones true turns off the logging and the checkpoints that circuits_pl's "
+                            "results come from (metrics, last.ckpt, results.json); drop it")
 
 
 def check_devices(devices: Any) -> None:

@@ -262,6 +262,9 @@ CASES = [
      r"accumulate_grad_batches 4: circuits_pl takes every SGD step itself.*--data.batch_size \(e.g. 4000\)"),
     ([*ADD, "--trainer.gradient_clip_val", "1.0"], 2,
      r"gradient_clip_val 1.0: circuits_pl's hand-derived SGD step does not clip gradients"),
+    ([*ADD, "--trainer.limit_train_batches", "10"], 2, r"limit_train_batches 10(\.0)?: the training stream is endless"),
+    ([*ADD, "--trainer.overfit_batches", "1"], 2, r"overfit_batches 1(\.0)?: circuits_pl trains on fresh inputs"),
+    ([*ADD, "--trainer.barebones", "true"], 2, r"barebones true turns off the logging and the checkpoints"),
     (["fit", "--task", "syntax_task:f"], 2,
      r"importing module 'syntax_task' of task 'syntax_task:f' raised SyntaxError: '\(' was never closed \(line 1 of "
      r".*syntax_task.py\)"),
