@@ -9,12 +9,15 @@ the sanity validation, and keeps it until the CLI has written results.json and t
   ``last.ckpt`` with every loop counter complete, so a resume continues exactly.
 - end of fit (test, readout, results.json, figures): stop at once; training is complete and
   ``last.ckpt`` holds it; results.json and figures are written atomically, so they are either
-  complete or absent.
+  complete or absent (the message says whether results.json was written).
+- after the end of fit (everything written): stop at once, saying the run is complete.
 
 A second signal stops at once in any phase. Saves are atomic (``circuits_pl.checkpoint_io``), so
 an abort in the middle of one keeps the previous checkpoint. The CLI turns :class:`RunInterrupted`
 into exit status 128 + signal (130 for SIGINT, 143 for SIGTERM) and a message saying what is on
-disk and how to resume.
+disk and how to resume (:func:`interrupt_message`). Before and after fit, and when a process is
+blocked in C, :mod:`circuits_pl.signals` takes over; under DDP, :class:`RankLauncher` watches the
+ranks rank 0 starts.
 """
 
 from __future__ import annotations

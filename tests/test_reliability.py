@@ -512,7 +512,7 @@ def test_a_signal_after_the_end_of_fit_exits_with_one_line_and_a_complete_run(tm
 def test_a_sigint_the_parent_ignores_stays_ignored(tmp_path):
     """``cmd &`` in a script starts cmd with SIGINT ignored: circuits_pl must not turn it back on."""
     path = os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
-    args = ["fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 3000, "--stop.when", "never", *QUIET]
+    args = ["fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 2000, "--stop.when", "never", *QUIET]
     proc = subprocess.Popen([sys.executable, "-m", "circuits_pl", *map(str, args)], cwd=tmp_path,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -525,7 +525,7 @@ def test_a_sigint_the_parent_ignores_stays_ignored(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     (run,) = run_dirs(tmp_path)
-    assert results(run)["steps"] == 3000
+    assert results(run)["steps"] == 2000
 
 
 def _job_processes(marker: str) -> list[str]:
