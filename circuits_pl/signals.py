@@ -15,10 +15,11 @@ A signal that the parent process ignores (``cmd &`` in a non-interactive shell i
 ignored, here and in fit (:func:`ignored_at_start`).
 
 A handler runs only when the main thread is between Python bytecodes; a process blocked in C (DDP's
-rendezvous or a collective waiting for a rank that is gone) would never run it. The C-level handler
-also writes the signal number to a wakeup file descriptor (``signal.set_wakeup_fd``): a watchdog
-thread reads it and, if no handler has acknowledged the signal after :data:`GRACE` seconds, stops the
-process itself (:func:`hard_exit`), taking the child DDP ranks with it (:func:`stop_children`).
+rendezvous waiting for a rank that is gone) would never run it. The C-level handler also writes the
+signal number to a wakeup file descriptor (``signal.set_wakeup_fd``): a watchdog thread reads it and,
+if no handler has acknowledged the signal after :data:`GRACE` seconds, stops the process itself
+(:func:`hard_exit`), taking the child DDP ranks with it (:func:`stop_children`). A rank waiting in a
+collective during training is left to it: the ranks stop together at the next block.
 
 Child DDP ranks (``LOCAL_RANK`` > 0) stay quiet: rank 0 speaks for the run.
 """
@@ -194,7 +195,7 @@ def _watch_signals(read: int) -> None:
             continue
         signum = next(s for s in data if s in STOP_SIGNALS)
         received = time.monotonic()
-        while _state["acks"] == seen and time.monotonic() - received < GRACE:
+        while _state["acks"] == seen and (time.monotonic() - received < GRACE or _in_collective()):
             time.sleep(0.05)
         if _state["acks"] == seen:  # the main thread is blocked in C code: stop here
             try:
@@ -204,6 +205,23 @@ def _watch_signals(read: int) -> None:
             hard_exit(128 + signum, line or f"{signal.Signals(signum).name}: interrupted (the process was blocked, "
                                              "waiting on the other DDP processes); every file on disk is complete")
         seen = _state["acks"]
+
+
+# torch.distributed's collectives: a rank waiting in one waits for the others, who decide (they stop
+# with it at the next block, or their loss is seen: circuits_pl.interrupts.RankLauncher, a gloo error).
+COLLECTIVES = {"all_reduce", "broadcast", "barrier", "all_gather", "all_gather_object", "broadcast_object_list",
+               "gather", "scatter", "reduce"}
+
+
+def _in_collective() -> bool:
+    """Is the main thread waiting in a torch.distributed collective (not the start-up rendezvous)?"""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name in COLLECTIVES and code.co_filename.endswith("distributed_c10d.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _watch_parent() -> None:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -650,3 +651,25 @@ def test_a_read_only_remount_mid_run_is_one_line_and_keeps_the_last_checkpoint(t
                         lines[0]), lines
     last = tmpfs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert _ckpt(last)["global_step"] >= 1000  # 2000 when its save came before the remount
+
+
+def test_the_watchdog_leaves_a_rank_waiting_in_a_collective_to_the_others(tmp_path, monkeypatch):
+    """A signal's handler cannot run while the main thread waits in C; the watchdog stops such a process,
+    except in a collective of torch.distributed (the ranks stop together at the next block)."""
+    from circuits_pl import signals
+
+    (tmp_path / "distributed_c10d.py").write_text("def all_reduce(event):\n    event.wait(5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import distributed_c10d
+
+    seen, event = [], threading.Event()
+
+    def look() -> None:
+        time.sleep(0.2)
+        seen.append(signals._in_collective())
+        event.set()
+
+    threading.Thread(target=look).start()
+    assert not signals._in_collective()
+    distributed_c10d.all_reduce(event)  # the main thread waits "in a collective" until the look is done
+    assert seen == [True]
