@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, Mod
 from tqdm import tqdm
 
 from circuits_pl.compat import last_save, set_last_save
-from circuits_pl.files import atomic_link
+from circuits_pl.files import atomic_link, atomic_open
 from circuits_pl.logger import run_dir
 
 
@@ -199,9 +199,8 @@ class PredictionWriter(BasePredictionWriter):
         x = torch.cat([p["x"] for p in predictions]).cpu()
         target = torch.cat([p["target"] for p in predictions]).cpu().flatten()
         pred = torch.cat([p["prediction"] for p in predictions]).cpu().flatten()
-        os.makedirs(root, exist_ok=True)
         self.path = os.path.join(root, self.filename)
-        with open(self.path, "w", newline="") as f:
+        with atomic_open(self.path, "w") as f:  # whole or absent, whatever stops the write
             writer = csv.writer(f)
             writer.writerow([f"x{i + 1}" for i in range(x.shape[1])] + ["target", "prediction"])
             for xi, ti, pi in zip(x.tolist(), target.tolist(), pred.tolist()):

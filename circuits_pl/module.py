@@ -87,7 +87,7 @@ class CircuitModule(pl.LightningModule):
             raise CircuitsError(f"model.member must be in 0..{total - 1} ({total} members), got {member!r}")
         init_seed = int(torch.initial_seed() if init_seed is None else init_seed)  # seed_everything's
         self.save_hyperparameters(ignore=["member"])
-        sizes = list(self.sweep.cells[0].layer_sizes) if self.sweep.is_single else None  # a sweep's differ
+        sizes = list(self.sweep.cells[0].layer_sizes) if cells is None else None  # given by the cells
         record_resolved(self, layer_sizes=sizes, init_seed=init_seed, betas=list(self.optim.betas))
         self.member = member
         self.automatic_optimization = False  # S SGD steps per Lightning batch: see the module docstring

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from circuits_pl.files import atomic_open
 from circuits_pl.readout import Canonical, canonicalize, formula, forward, input_names, unit_formula
 from circuits_pl.tasks import Task
 
@@ -34,10 +35,12 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig: Figure, out_png: str | Path) -> Path:
+def save_figure(fig: Figure, out_png: str | Path) -> Path:
+    """Write the figure atomically (circuits_pl.files): a signal or a full disk mid-write leaves the
+    previous figure (or none), never a truncated PNG; a failed write is one SaveFailed."""
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_open(out, "wb") as f:
+        fig.savefig(f, format=out.suffix.lstrip(".").lower() or "png", dpi=110)
     return out
 
 
@@ -123,7 +126,7 @@ def plot_losses(history: Series | str | Path, out_png: str | Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no train/val MSE columns in this file", ha="center", transform=ax.transAxes)
     ax.grid(True, which="major", alpha=0.3)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +158,7 @@ def plot_function(weights: Sequence, task: Task, out_png: str | Path, fn: Fn | N
         _plot_function_2d(fig, net, task)
     else:
         return None
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def _as_float64(fn: Fn) -> Fn:
@@ -244,7 +247,7 @@ def plot_circuit(canonical: Canonical, task: Task, out_png: str | Path, merged: 
     ax.set_ylim(-max(sizes) / 2 - 0.2, max(sizes) / 2 + 0.2)
     ax.axis("off")
     ax.set_title(f"Task {task.name}: {formula(canonical)}", fontsize="medium")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def _draw_edge(ax: Axes, start: tuple[float, float], end: tuple[float, float], w: float, biggest: float,
@@ -307,7 +310,7 @@ def plot_basins(first: torch.Tensor, out: torch.Tensor | None, outcomes: Sequenc
     ax.set_ylabel("initial output weight" if out is not None else "norm of the input weights")
     ax.set_title(title)
     ax.legend(fontsize=7, markerscale=2, loc="best")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +351,7 @@ def plot_phase_diagram(cells: Sequence[dict], title: str, out_png: str | Path,
     axes[0].set_ylabel("hidden width")
     fig.colorbar(shown, ax=list(axes), shrink=0.9, label=colour_label)
     fig.suptitle(title, fontsize="medium")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def _hidden(sizes: str | Sequence[int]) -> str:

@@ -68,7 +68,9 @@ def one_line(err: BaseException) -> str:
 # The command line, before jsonargparse
 # ---------------------------------------------------------------------------------------------
 def normalise_argv(argv: Sequence[str]) -> list[str]:
-    """Accept the README's notation ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``."""
+    """Accept the README's notation ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``, and give a logger
+    named alone (``--trainer.logger lightning.pytorch.loggers.TensorBoardLogger``) the run's root as
+    its save_dir, as Lightning's ``logger=True`` does (jsonargparse would refuse it: save_dir is required)."""
     out = list(argv)
     for i, arg in enumerate(out):
         if arg.startswith("--model.layer_sizes="):
@@ -77,7 +79,35 @@ def normalise_argv(argv: Sequence[str]) -> list[str]:
                 out[i] = f"{name}={_as_list(value)}"
         elif arg == "--model.layer_sizes" and i + 1 < len(out) and DASHED_SIZES.match(out[i + 1]):
             out[i + 1] = _as_list(out[i + 1])
-    return out
+    return _logger_save_dir(out)
+
+
+# Lightning's loggers whose save_dir has no default.
+SAVE_DIR_REQUIRED = ("TensorBoardLogger", "CSVLogger", "RunLogger")
+
+
+def _logger_save_dir(argv: list[str]) -> list[str]:
+    values = dict(_option_values(argv))
+    logger = values.get("--trainer.logger")
+    if not logger or logger.rsplit(".", 1)[-1] not in SAVE_DIR_REQUIRED:
+        return argv
+    if any(a.startswith(("--trainer.logger.save_dir", "--trainer.logger.init_args.save_dir")) for a in argv):
+        return argv
+    at = max(i for i, a in enumerate(argv) if a == "--trainer.logger" or a.startswith("--trainer.logger="))
+    at += 1 if "=" in argv[at] else 2
+    root = values.get("--trainer.default_root_dir") or "."
+    return argv[:at] + [f"--trainer.logger.save_dir={root}"] + argv[at:]
+
+
+def _option_values(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """(option, value) of each ``--option value`` or ``--option=value`` in ``argv``."""
+    pairs = []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--") and "=" in arg:
+            pairs.append(tuple(arg.split("=", 1)))
+        elif arg.startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            pairs.append((arg, argv[i + 1]))
+    return pairs
 
 
 def _as_list(dashed: str) -> str:
@@ -128,14 +158,15 @@ def check_config_files(argv: Sequence[str]) -> None:
 SWEEP_AXES = {"sizes": ("layer_sizes", None), "lr": ("lr", 0.1), "init_scale": ("init_scale", 1.0)}
 
 
-def resolve_sweep(cfg: Namespace, task_name: str) -> Sweep | None:
+def resolve_sweep(cfg: Namespace, task_name: str, typed: Namespace | None = None) -> Sweep | None:
     """``--sweep.sizes/lr/init_scale`` (a config's ``sweep:``) as the run's cells: every combination,
     an axis not swept taking the model's one value. Several cells go to ``model.cells``; one cell is
     a plain run (``model.layer_sizes``, ``model.lr``, ``model.init_scale``), exactly as if given so.
     The sweep section is emptied (config.yaml then holds the cells once). None when no sweep is given.
 
-    One-line CircuitsError for bad values and for an axis given twice (``--sweep.lr`` with a
-    ``--model.lr`` other than the default, ``--sweep.*`` with ``model.cells``).
+    One-line CircuitsError for bad values and for an axis given twice (``--sweep.lr`` with
+    ``--model.lr``, ``--sweep.*`` with ``model.cells``). ``typed``: the model options the user gave
+    (the CLI's, on the command line or in a config file); None: those that differ from the default.
     """
     section = cfg.get("sweep")
     given = {k: section.get(k) for k in SWEEP_AXES if section is not None and section.get(k) is not None}
@@ -146,7 +177,7 @@ def resolve_sweep(cfg: Namespace, task_name: str) -> Sweep | None:
         raise CircuitsError(f"--sweep.{' and --sweep.'.join(given)} and model.cells both give the cells: choose one")
     for axis in given:
         key, default = SWEEP_AXES[axis]
-        if model.get(key) != default:
+        if (typed.get(key) is not None) if typed is not None else model.get(key) != default:
             raise CircuitsError(f"--sweep.{axis} and --model.{key} both give the {key.replace('_', ' ')}: choose one "
                                 f"(--sweep.{axis} trains every value listed; --model.{key} one)")
     members = model.get("members")
@@ -184,7 +215,12 @@ def total_members(model: Namespace | dict) -> Any:
 
 def check_run(cfg: Namespace, subcommand: str | None, cadence: Cadence | None) -> None:
     """Every check of a parsed subcommand's options, cheapest first (``cadence``: :func:`run_cadence`'s)."""
+    check_seed(cfg.get("seed_everything"))
     check_trainer_values(cfg.trainer, subcommand)
+    check_hand_derived_step(cfg.trainer)
+    check_devices(cfg.trainer.get("devices"))
+    if subcommand == "fit":
+        check_run_ends(cfg.trainer, cfg.get("stop"))
     check_checkpoint_cadence(cfg.get("checkpoint"))
     check_accelerator(cfg.trainer.accelerator)
     check_logger_installed(cfg.trainer.logger)
@@ -195,21 +231,105 @@ def check_run(cfg: Namespace, subcommand: str | None, cadence: Cadence | None) -
     check_output_dirs(cfg, subcommand, size)
 
 
+SEED_RANGE = (0, 2**32 - 1)  # what Lightning's seed_everything (numpy's seed) accepts
+
+
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, int) and not isinstance(seed, bool) and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise CircuitsError(f"--seed_everything {seed} is out of range; give an integer from {SEED_RANGE[0]} to "
+                            f"{SEED_RANGE[1]}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_trainer_values(trainer: Namespace, subcommand: str | None) -> None:
     max_steps = trainer.get("max_steps")
     if isinstance(max_steps, int) and (max_steps < -1 or (max_steps == 0 and subcommand == "fit")):
         what = "trains nothing" if max_steps == 0 else "is not a step count"
         raise CircuitsError(f"--trainer.max_steps {max_steps} {what}; give a positive number of SGD steps "
-                            "(or -1 for no limit, with --stop.when solved)")
+                            "(or -1 for no limit, with --stop.when best or all)")
     interval = trainer.get("val_check_interval")
-    if isinstance(interval, (int, float)) and not isinstance(interval, bool):
+    if _is_number(interval):
         if interval <= 0:
             raise CircuitsError(f"--trainer.val_check_interval {interval} is not positive; give the number of "
                                 "SGD steps between validations, e.g. 1000")
+        if isinstance(interval, float) and interval > 1 and interval.is_integer():
+            raise CircuitsError(f"--trainer.val_check_interval {interval:g} is a float, which Lightning reads as a "
+                                "fraction of an epoch (and the training stream never ends one); give a whole number "
+                                f"of SGD steps between validations: {int(interval)}")
         if isinstance(interval, float):  # Lightning reads a float as a fraction of an epoch
             raise CircuitsError(f"--trainer.val_check_interval {interval} is a fraction of an epoch, and the "
                                 "training stream never ends one; give the number of SGD steps between validations, "
                                 "e.g. 1000")
+    log_every = trainer.get("log_every_n_steps")
+    if isinstance(log_every, int) and not isinstance(log_every, bool) and log_every < 0:
+        raise CircuitsError(f"--trainer.log_every_n_steps {log_every} is negative; give a number of SGD steps "
+                            "between train/mse rows, e.g. 500 (0: no train logging)")
+    for option, stage in (("limit_val_batches", "validation"), ("limit_test_batches", "test")):
+        limit = trainer.get(option)
+        if _is_number(limit) and not (limit == 1.0 or (isinstance(limit, int) and limit >= 1)):
+            raise CircuitsError(
+                f"--trainer.{option} {limit}: the {stage} set is one batch of --data.val_size points, and "
+                f"{'turning it off' if limit <= 0 else 'a part of it'} would leave {stage} MSE, solved members, "
+                "verdicts and checkpoints without their measure; drop it (a smaller --data.val_size makes "
+                f"{stage} cheaper)")
+
+
+def check_hand_derived_step(trainer: Namespace) -> None:
+    """Lightning options that act on an autograd step, which circuits_pl does not take (its SGD step is
+    hand-derived, many per Lightning batch): Lightning would refuse them after the run directory exists."""
+    accumulate = trainer.get("accumulate_grad_batches")
+    if _is_number(accumulate) and accumulate != 1:
+        raise CircuitsError(f"--trainer.accumulate_grad_batches {accumulate}: circuits_pl takes every SGD step itself, "
+                            "one per batch of --data.batch_size points; for a larger batch give --data.batch_size "
+                            f"(e.g. {1000 * accumulate if isinstance(accumulate, int) and accumulate > 0 else 4000})")
+    clip = trainer.get("gradient_clip_val")
+    if _is_number(clip) and clip != 0:
+        raise CircuitsError(f"--trainer.gradient_clip_val {clip}: circuits_pl's hand-derived SGD step does not clip "
+                            "gradients; drop it (a smaller --model.lr tames large steps)")
+    # Each would train silently on other inputs than the endless stream's (measured: other weights).
+    limit = trainer.get("limit_train_batches")
+    if _is_number(limit) and limit != 1.0:
+        raise CircuitsError(f"--trainer.limit_train_batches {limit}: the training stream is endless and every step "
+                            "draws fresh inputs, so there are no batches to leave out; to train fewer steps give "
+                            "--trainer.max_steps")
+    overfit = trainer.get("overfit_batches")
+    if _is_number(overfit) and overfit != 0:
+        raise CircuitsError(f"--trainer.overfit_batches {overfit}: circuits_pl trains on fresh inputs at every step "
+                            "(a fixed set would be a different experiment); drop it")
+    if trainer.get("barebones") is True:
+        raise CircuitsError("--trainer.barebones true turns off the logging and the checkpoints that circuits_pl's "
+                            "results come from (metrics, last.ckpt, results.json); drop it")
+
+
+def check_devices(devices: Any) -> None:
+    """``--trainer.devices``: auto, a positive count, -1 (all), or a list of device indices."""
+    if devices is None or devices == "auto" or devices == -1 or devices == "-1":
+        return
+    if isinstance(devices, str):
+        text = devices.strip()
+        items = [t.strip() for t in text.strip("[]").split(",") if t.strip()] if "," in text or "[" in text else None
+        if items is not None and items and all(t.isdigit() for t in items):
+            return
+        if text.isdigit() and int(text) > 0:
+            return
+    elif isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return
+    elif isinstance(devices, (list, tuple)) and devices and all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices):
+        return
+    raise CircuitsError(f"--trainer.devices {devices} is not a number of devices; give a positive integer (processes "
+                        "on this machine with --trainer.strategy ddp, or GPUs), -1 for all, or auto")
+
+
+def check_run_ends(trainer: Namespace, stop: Namespace | None) -> None:
+    """A fit with no step limit must have something else to end it."""
+    when = stop.get("when") if stop else None
+    if trainer.get("max_steps") == -1 and when == "never" and not trainer.get("max_time"):
+        raise CircuitsError("--trainer.max_steps -1 with --stop.when never would train forever; give a number of "
+                            "SGD steps, or --stop.when best or all, or a --trainer.max_time (e.g. 00:01:00:00)")
 
 
 def check_checkpoint_cadence(checkpoint: Namespace | None) -> None:

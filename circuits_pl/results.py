@@ -347,14 +347,21 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
         path = Path(log_dir) / "results.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(res, indent=2) + "\n")
+        written = write_figures(log_dir, module, best, readout) if figures else []
+        if figures and len(res["cells"]) > 1:
+            written.append(phase_diagram(res, Path(log_dir) / "phase.png"))
+        _mark_done(trainer)  # everything is on disk: a signal from now on says so
         say(f"Results: {path}")
-        if figures:
-            written = write_figures(log_dir, module, best, readout)
-            if len(res["cells"]) > 1:
-                written.append(phase_diagram(res, Path(log_dir) / "phase.png"))
-            for fig in written:
-                say(f"Figure: {fig}")
+        for fig in written:
+            say(f"Figure: {fig}")
+    _mark_done(trainer)
     return res
+
+
+def _mark_done(trainer: pl.Trainer) -> None:
+    for guard in trainer.callbacks:
+        if isinstance(guard, GracefulInterrupt):
+            guard.done()
 
 
 class RunSummary(pl.Callback):
