@@ -553,6 +553,7 @@ def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], jobs
                         out: Path, command: str, seconds: float, extra: list[str]) -> None:
     """Write the report of the jobs that finished, saying what stopped it; exit 128 + signal."""
     name = signal.Signals(err.signum).name
+    stopped = [job.name for job in jobs if job.name in set(stopped)]  # in the order asked, whichever started first
     note = (f"Interrupted by {name} after {seconds:.0f} s: {len(rows)} of {len(jobs)} jobs finished and are "
             "reported here")
     resume = []
