@@ -369,7 +369,8 @@ def test_options_typed_on_resume_win_even_when_equal_to_the_default(run_cli, tmp
     _, kept, typed, over_config = run_dirs(tmp_path)
     assert results(kept)["lr"] == 0.02 and results(typed)["lr"] == 0.1 == results(over_config)["lr"]
     assert _ckpt(typed / "checkpoints" / "last.ckpt")["hyper_parameters"]["lr"] == 0.1
-    w = [_ckpt(r / "checkpoints" / "last.ckpt")["state_dict"]["net.weights.0"] for r in (kept, typed, over_config)]
+    w = [_ckpt(r / "checkpoints" / "last.ckpt")["state_dict"]["net.groups.0.weights.0"]
+         for r in (kept, typed, over_config)]
     assert not torch.equal(w[0], w[1]) and torch.equal(w[1], w[2])  # 0.1 really trained, the same both ways
 
 
