@@ -219,7 +219,7 @@ class CircuitsCLI(LightningCLI):
             raise CircuitsError(f"checkpoint {cfg.ckpt_path} holds {held}, not {'-'.join(map(str, wanted))}: "
                                 "drop --model.layer_sizes or match it")
         cfg.task = cfg.model.task = cfg.data.task = hp["task"]
-        if not saved_cells.is_single and typed.get("lr") is not None:
+        if not saved_cells.is_single and typed.get("lr") is not None and cfg.model.lr != hp["lr"]:
             raise CircuitsError(f"checkpoint {cfg.ckpt_path} trains {_cells_text(saved_cells)}: its cells fix each "
                                 "member's lr; drop --model.lr")
         for key, saved in {**BEFORE_SWEEPS, **hp}.items():

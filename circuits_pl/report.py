@@ -596,6 +596,7 @@ def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], plan
                         runs: list[tuple[str, str]], rounds: list[str]) -> None:
     """Write the report of the fits that finished, saying what stopped it; exit 128 + signal."""
     name = signal.Signals(err.signum).name
+    stopped = [p.name for p in planned if p.name in set(stopped)]  # in the order asked, whichever started first
     note = (f"Interrupted by {name} after {seconds:.0f} s: {len(runs)} of {len(planned)} jobs finished and are "
             "reported here")
     resume = []
