@@ -45,7 +45,7 @@ from circuits_pl.files import atomic_write_text
 from circuits_pl.launch import LAUNCHERS, FitSpec, SlurmOptions, check_launcher, make_launcher
 from circuits_pl.logger import claim_version
 from circuits_pl.plots import save_figure
-from circuits_pl.study import Base, CellRecord, FitPlan, Study, cell_name
+from circuits_pl.study import Base, CellRecord, FitPlan, Study
 from circuits_pl.sweep import Cell, parse_positive_list, parse_sizes_list
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
 from circuits_pl.usage import program_name

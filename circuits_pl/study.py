@@ -36,6 +36,7 @@ from circuits_pl.success import wilson_interval
 from circuits_pl.sweep import Cell, cell_from_dict
 from circuits_pl.verdicts import VERDICTS
 
+CELL_KEYS = ("layer_sizes", "lr", "init_scale")  # a results.json cell's setting (beside its counts)
 UNLISTED = "an unlisted circuit"  # as results.json's circuits_of_found names a found member no listed form matches
 
 
@@ -181,7 +182,7 @@ class Study:
     def add(self, plan: FitPlan, res: dict[str, Any], run_dir: str) -> None:
         """Merge one finished fit's results.json into its cells."""
         per = res["per_member"]
-        fit_cells = [cell_from_dict(c) for c in res["cells"]]
+        fit_cells = [cell_from_dict({k: c[k] for k in CELL_KEYS if k in c}) for c in res["cells"]]
         offset0 = plan.first  # member first_member + k of a fit cell is seed offset plan.first + k
         task = res["task"]
         sectors = None
