@@ -97,26 +97,6 @@ def _wide(row: dict[str, str], width: float) -> bool:
     return high - low > width
 
 
-def test_ci_width_adds_seeds_only_to_wide_cells_and_each_equals_its_fit_alone(run_cli, tmp_path, capsys):
-    # 4 seeds: 0/4 or 4/4 found is 0.49 wide, 1-3 of 4 is 0.65-0.70: those cells get 4 more (max 8)
-    run_cli("report", "--tasks", "abs", "--sizes", "1-2-1,1-8-1", "--members", 4, "--max_members", 8,
-            "--ci_width", 0.6, "--max_steps", 1500, "--jobs", 1)
-    err = capsys.readouterr().err
-    rows = _rows(tmp_path / "reports" / "version_0")
-    counts = {r["layer_sizes"]: int(r["members"]) for r in rows}
-    assert sorted(counts.values()) == [4, 8], counts  # the narrow cell stopped at 4, the wide one took 8
-    for row in rows:
-        first = dict(row)
-        assert not _wide(row, 0.6) or int(row["members"]) == 8
-        assert int(row["members"]) == 4 or len(row["run_dir"].split()) == 2
-        alone = _alone(run_cli, tmp_path, row["layer_sizes"], row["layer_sizes"], "0.1", "1.0", int(row["members"]),
-                       1500)
-        _check_row_against(first, _members_of(row, tmp_path), alone)
-    assert "round 1: 1 of 2 cells still have a found-rate interval wider than 0.6: 4 more seeds each" in err
-    md = (tmp_path / "reports" / "version_0" / "report.md").read_text()
-    assert "wider than 0.6, up to 8 seeds per cell (2 rounds)" in md
-
-
 def _start(args: list, cwd: Path) -> subprocess.Popen:
     path = os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
     return subprocess.Popen([sys.executable, "-m", "circuits_pl", *map(str, args)], cwd=cwd,
@@ -124,9 +104,10 @@ def _start(args: list, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_resume_continues_an_interrupted_study_without_retraining_finished_rounds(run_cli, tmp_path):
+def test_ci_width_rounds_add_seeds_to_wide_cells_and_resume_continues_an_interrupted_study(run_cli, tmp_path):
+    # 4 seeds: 0/4 or 4/4 found is 0.49 wide, 1-3 of 4 is 0.65-0.70: those cells get 4 more (max 8)
     study = ["report", "--tasks", "abs", "--sizes", "1-2-1,1-8-1", "--members", 4, "--max_members", 8,
-             "--ci_width", 0.6, "--max_steps", 30_000, "--jobs", 1]
+             "--ci_width", 0.6, "--max_steps", 6000, "--jobs", 1]
     proc = _start(study, tmp_path)
     out = tmp_path / "reports" / "version_0"
     log = out / "runs" / "abs_seeds4-7.log"  # round 1's fit
@@ -136,16 +117,24 @@ def test_resume_continues_an_interrupted_study_without_retraining_finished_round
     proc.send_signal(signal.SIGTERM)  # round 1 is training
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
+    assert "round 1: 1 of 2 cells still have a found-rate interval wider than 0.6: 4 more seeds each" in err
+    assert "report --resume" in (out / "report.md").read_text()
     (first,) = run_dirs(out / "runs" / "abs_seeds0-3")
     finished = (first / "results.json").stat().st_mtime_ns
     assert (out / "runs" / "abs_seeds4-7" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
     run_cli("report", "--resume", out)
     assert run_dirs(out / "runs" / "abs_seeds0-3") == [first]  # round 0 was not trained again
     assert (first / "results.json").stat().st_mtime_ns == finished
     resumed = run_dirs(out / "runs" / "abs_seeds4-7")
-    assert len(resumed) == 2 and results(resumed[-1])["steps"] == 30_000  # continued from its last.ckpt
-    run_cli(*study, "--out", "whole")  # the same study, never interrupted
-    skip = ("job", "run_dir")
-    strip = [{k: v for k, v in r.items() if k not in skip} for r in _rows(out)]
-    assert strip == [{k: v for k, v in r.items() if k not in skip} for r in _rows(tmp_path / "whole" / "version_0")]
-    assert sorted(int(r["members"]) for r in _rows(out)) == [4, 8]
+    assert len(resumed) == 2 and results(resumed[-1])["steps"] == 6000  # continued from its last.ckpt
+    rows = _rows(out)
+    assert sorted(int(r["members"]) for r in rows) == [4, 8]  # the narrow cell stopped at 4, the wide one took 8
+    for row in rows:
+        assert not _wide(row, 0.6) or int(row["members"]) == 8
+        assert len(row["run_dir"].split()) == (1 if row["members"] == "4" else 2)
+        alone = _alone(run_cli, tmp_path, row["layer_sizes"], row["layer_sizes"], "0.1", "1.0", int(row["members"]),
+                       6000)
+        _check_row_against(row, _members_of(row, tmp_path), alone)
+    md = (out / "report.md").read_text()
+    assert "wider than 0.6, up to 8 seeds per cell (2 rounds)" in md and "Interrupted" not in md
