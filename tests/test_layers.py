@@ -18,12 +18,12 @@ FLOORS = [
     {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "stream", "sweep",
      "init", "memory", "population", "signals"},
     # 2. analysis without Lightning
-    {"success", "verdicts", "readout", "plots", "basins"},
+    {"success", "verdicts", "readout", "plots", "basins", "study"},
     # 3. Lightning parts
     {"compat", "data", "module", "callbacks", "interrupts", "checkpoint_io", "checkpoints", "logger",
      "preflight", "strategy"},
     # 4. the end of a run, and runs on disk
-    {"members", "results", "runs"},
+    {"members", "results", "runs", "launch"},
     # 5. commands
     {"cli", "inspection", "report", "__main__", "__init__"},
 ]
