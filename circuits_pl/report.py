@@ -104,8 +104,13 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
     return SlurmOptions(**values)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line (exit 2), as every other usage error, not usage + error
+        raise CircuitsError(f"{message} (see {self.prog} --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=f"{program_name()} report",
         description="Train every task with many seeds (no early stop) and report success rates with "
                     "Wilson 95% CIs, solved-at steps, verdicts and the circuits found.",
