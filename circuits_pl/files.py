@@ -203,3 +203,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def claim_version(root: str, start: int = 0) -> int:
+    """Create ``root/version_N`` for the first N >= start that does not exist yet, atomically."""
+    version = start
+    while True:
+        try:
+            os.makedirs(os.path.join(root, f"version_{version}"))
+            return version
+        except FileExistsError:
+            version += 1

@@ -41,10 +41,8 @@ from typing import Any
 
 from circuits_pl import signals
 from circuits_pl.errors import CircuitsError
-from circuits_pl.files import atomic_write_text
+from circuits_pl.files import atomic_write_text, claim_version
 from circuits_pl.launch import LAUNCHERS, FitSpec, SlurmOptions, check_launcher, make_launcher
-from circuits_pl.logger import claim_version
-from circuits_pl.plots import save_figure
 from circuits_pl.study import Base, CellRecord, FitPlan, Study
 from circuits_pl.sweep import Cell, parse_positive_list, parse_sizes_list
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
@@ -384,6 +382,8 @@ def _seeds_text(rows: list[dict[str, Any]]) -> str:
 def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
     """Bars with Wilson CIs, one per cell; with a sweep, a heat map per task (and init scale) instead."""
     from matplotlib.figure import Figure
+
+    from circuits_pl.plots import save_figure  # here: the fits start without waiting for torch's import
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     swept = any(len({(r["layer_sizes"], r["lr"], r.get("init_scale", 1.0)) for r in rows if r["task"] == t}) > 1

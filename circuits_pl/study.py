@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 from circuits_pl.errors import CircuitsError
-from circuits_pl.success import wilson_interval
 from circuits_pl.sweep import Cell, cell_from_dict
 from circuits_pl.verdicts import VERDICTS
 
@@ -131,6 +130,8 @@ class CellRecord:
         return len(self.members)
 
     def found_interval(self) -> tuple[float, float]:
+        from circuits_pl.success import wilson_interval  # here: torch and scipy load after the fits started
+
         found = sum(bool(m["found"]) for m in self.members.values())
         return wilson_interval(found, self.count)
 
@@ -269,6 +270,8 @@ def cell_name(base: Base, cell: Cell, alone: bool) -> str:
 
 def cell_row(record: CellRecord, name: str | None = None) -> dict[str, Any]:
     """One row of report.csv from a cell's members (in seed order: the same row however they were trained)."""
+    from circuits_pl.success import wilson_interval  # here: torch and scipy load after the fits started
+
     members = record.ordered()
     n = len(members)
     found = sum(bool(m["found"]) for m in members)
