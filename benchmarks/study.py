@@ -3,7 +3,7 @@ pays for the other cells (µs per network-step of each width alone and inside a 
 
     python benchmarks/study.py            # the README's phase diagram (36 cells x 64 seeds) both ways, then
                                           # 1-2-1 ... 1-16-1, 64 members per cell, 9 interleaved rounds
-    python benchmarks/study.py --quick    # a smaller diagram (8 cells x 16 seeds, 2000 steps), 5 shorter rounds
+    python benchmarks/study.py --quick    # a smaller diagram (18 cells x 16 seeds, 2000 steps), 5 shorter rounds
 
 **Phase diagram.** ``report --tasks add,abs,min --sizes 2-2-1,2-4-1,2-8-1,2-16-1 --lrs 0.03,0.1,0.3
 --members 64`` run as it runs now (one fit per task holding the task's whole diagram, ``--jobs`` = CPU
@@ -89,7 +89,7 @@ def block(run: TrainedMembers, sweep: Sweep, x: torch.Tensor, y: torch.Tensor, t
 
 
 PHASE = ["--tasks", "add,abs,min", "--sizes", "2-2-1,2-4-1,2-8-1,2-16-1", "--lrs", "0.03,0.1,0.3", "--members", "64"]
-PHASE_QUICK = ["--tasks", "abs,add", "--sizes", "2-2-1,2-4-1", "--lrs", "0.1,0.3", "--members", "16",
+PHASE_QUICK = ["--tasks", "abs,add", "--sizes", "2-2-1,2-4-1,2-8-1", "--lrs", "0.03,0.1,0.3", "--members", "16",
                "--max_steps", "2000"]
 
 
