@@ -164,6 +164,8 @@ class LocalLauncher:
             return proc
 
     def _run_one(self, spec: FitSpec) -> tuple[dict, Path] | None:
+        if self.stopped:  # a queued fit picked up while the others stop: leaves no trace
+            return None
         Path(spec.root).mkdir(parents=True, exist_ok=True)
         if finished_run(spec.root) is not None:  # resumed study: this fit is done
             return read_results(spec)
