@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import results, run_dirs
+from conftest import assert_drawn, results, run_dirs
 
 from circuits_pl.cli import main
 from circuits_pl.network import GroupedMLPs, ReLUMLP
@@ -168,7 +168,8 @@ def test_results_metrics_and_inspect_carry_each_members_cell(run_cli, tmp_path, 
         assert cell["found_rate_ci95"] == pytest.approx(wilson_interval(cell["found"], 3))
         assert cell["basins"]["table"] and sum(r["members"] for r in cell["basins"]["table"]) == 3
     assert res["found"] == sum(c["found"] for c in res["cells"])
-    assert (run / "phase.png").stat().st_size > 0 and "Figure: lightning_logs/version_0/phase.png" in out
+    assert "Figure: lightning_logs/version_0/phase.png" in out
+    assert_drawn(run / "phase.png")
     rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val/solved"]]
     columns = [k for k in rows[0] if k.startswith("val/solved_cell")]
     assert columns == [f"val/solved_cell{c}" for c in range(8)]
