@@ -33,6 +33,12 @@ def _blocks(n_blocks=4, steps=25, batch=60):
         yield x, x.amin(-1, keepdim=True)
 
 
+def _group_of(sweep: Sweep, member: int) -> tuple[int, int]:
+    """The group holding ``member`` and its index there, from the groups' member ranges."""
+    (g,) = [g for g, group in enumerate(sweep.groups()) if group.start <= member < group.stop]
+    return g, member - sweep.groups()[g].start
+
+
 def _sweep_run(rule, share=None):
     net = GroupedMLPs(SWEEP, seed=7)
     opt = OptimizerSettings(rule, **RULES[rule]).build([list(n.parameters()) for n in net.groups],
@@ -63,7 +69,7 @@ def test_every_member_equals_its_cell_trained_alone(rule):
             k = SWEEP.seed_offset(m)
             for got, want in zip(net.parameters_of(m), alone.parameters_of(k), strict=True):
                 assert torch.equal(got, want), (cell.label, m)
-        g, first = SWEEP.group_of(SWEEP.members_of(c).start)
+        g, first = _group_of(SWEEP, SWEEP.members_of(c).start)
         mine = [s[first:first + SWEEP.members_per_cell] for ss in opt.state_tensors(g) for s in ss]
         for got, want in zip(mine, [s for ss in alone_opt.state_tensors() for s in ss], strict=True):
             assert torch.equal(got, want), cell.label
@@ -117,7 +123,7 @@ def _member_tensors(ckpt, member):
     """Member ``member``'s weights and optimizer state in a checkpoint, from its hyper-parameters' cells."""
     hp = ckpt["hyper_parameters"]
     sweep = Sweep.of_run(hp["layer_sizes"] or (), hp["lr"], hp["init_scale"], hp["cells"], hp["members"])
-    g, k = sweep.group_of(member)
+    g, k = _group_of(sweep, member)
     state = ckpt["state_dict"]
     weights = [state[key][k] for key in sorted(state) if key.startswith(f"net.groups.{g}.weights.")]
     before = sum(len(sweep.groups()[i].layer_sizes) - 1 for i in range(g))  # parameters of earlier groups
