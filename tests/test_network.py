@@ -75,12 +75,6 @@ def test_forward_is_bit_identical_to_the_explicit_loop(sizes, bias):
             assert torch.equal(net(x, member=k), one)
 
 
-def test_forward_one_member_matches_all_members():
-    net = ReLUMLP((2, 3, 1), members=4, seed=3)
-    x = torch.rand(10, 2)
-    torch.testing.assert_close(net(x, member=2), net(x)[2])
-
-
 def _train(members, seed, chunk, steps, rule="sgd", sizes=(2, 3, 1), **hp):
     """Plain-torch block loop (no Lightning): ``steps`` steps on a fixed stream."""
     from circuits_pl.optim import MemberOptimizer
