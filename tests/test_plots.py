@@ -133,19 +133,16 @@ def test_plot_function_skips_more_than_two_inputs(tmp_path):
     assert not (tmp_path / "f.png").exists()
 
 
-@pytest.mark.parametrize("merged", [False, True])
-def test_plot_circuit_draws_every_unit_and_labels_every_nonzero_weight(tmp_path, figures, merged):
+def test_plot_circuit_draws_every_unit_and_labels_every_nonzero_weight(tmp_path, figures):
     task = BUILTIN_TASKS["min"]
     weights = embed_circuit(task.circuits[0].weights, (2, 4, 2, 1))  # a zero (dead) unit in layer 1
-    out = plot_circuit(canonicalize(weights), task, tmp_path / "circuit.png", merged=merged)
+    out = plot_circuit(canonicalize(weights), task, tmp_path / "circuit.png")
     (ax,) = figures[0].axes
     # min in 2-4-2-1: r(a) − r(−a) − r(a − b) carried through (r(m), r(−m)), then m = r(m) − r(−m)
-    sizes = [2, 3, 2, 1] if merged else [2, 4, 2, 1]
     nodes = [t.get_text() for t in ax.texts if t.get_text() in ("a", "b", "r", "y")]
-    assert nodes == ["a", "b"] + ["r"] * (sum(sizes) - 3) + ["y"]
+    assert nodes == ["a", "b"] + ["r"] * 6 + ["y"]
     faces = [tuple(c.get_facecolor()[0]) for c in ax.collections]
-    grey = sum(f[:3] == (0.75, 0.75, 0.75) for f in faces)
-    assert len(faces) == sum(sizes) and grey == (0 if merged else 1)  # the dead unit, when every unit is drawn
+    assert len(faces) == 9 and sum(f[:3] == (0.75, 0.75, 0.75) for f in faces) == 1  # the dead unit is grey
     labels = sorted(t.get_text() for t in ax.texts if t.get_text() not in ("a", "b", "r", "y"))
     # the circuit's non-zero weights, each drawn once: in, r(a): 1, r(−a): −1, r(a − b): 1, −1; then
     # m = r(a) − r(−a) − r(a − b) carried as r(m), r(−m): 1, −1, −1 and −1, 1, 1; out r(m) − r(−m): 1, −1
