@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import results, run_dirs
+from conftest import assert_drawn, results, run_dirs
 
 from circuits_pl.cadence import default_steps_per_batch, trainer_cadence
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
@@ -508,7 +508,9 @@ def test_a_signal_after_the_end_of_fit_exits_with_one_line_and_a_complete_run(tm
     (run,) = run_dirs(tmp_path)
     assert results(run)["steps"] == 1000
     pngs = sorted(run.glob("*.png"))
-    assert len(pngs) == 3 and all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+    assert len(pngs) == 3
+    for png in pngs:
+        assert_drawn(png)
 
 
 def test_a_sigint_the_parent_ignores_stays_ignored(tmp_path):

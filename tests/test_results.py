@@ -5,6 +5,7 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import assert_drawn
 
 from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
@@ -50,14 +51,14 @@ def test_run_summary_from_plain_trainer_fit_writes_results_and_figures(tmp_path)
         torch.testing.assert_close(per["test_mse"][k], mse, rtol=1e-4, atol=1e-12)
     assert "_instantiator" not in res["data"]
     for name in ("losses.png", f"function_member{res['best_member']}.png", f"circuit_member{res['best_member']}.png"):
-        assert (run / name).stat().st_size > 1000, name
+        assert_drawn(run / name)
     assert "test/mse" in (run / "metrics.csv").read_text().splitlines()[0]
 
 
 def test_figures_do_not_depend_on_the_logger(tmp_path):
     module, _, summary = _fit(tmp_path, False)  # no logger: no metrics.csv, still loss curves
     assert not list(tmp_path.rglob("metrics.csv"))
-    assert (tmp_path / "losses.png").stat().st_size > 1000
+    assert_drawn(tmp_path / "losses.png", (6.4 * 110, 4.0 * 110))
     steps, values = module.population.loss_history["val/mse"]
     assert steps == [1000.0, 2000.0] and len(values) == 2
 
