@@ -488,10 +488,23 @@ def _one_line_exit(proc: subprocess.Popen, err: str, code: int, pattern: str) ->
     assert "Traceback" not in err and "Exception ignored" not in err
 
 
+def _wait_for_circuits_pl_handlers(proc) -> None:
+    """Until the process catches SIGTERM (the kernel's SigCgt mask): only circuits_pl.signals.install() sets
+    a SIGTERM handler, on the first line of main. A signal before it meets Python's own start-up (a fixed sleep
+    was too short on a loaded machine: exit -2)."""
+    status = Path(f"/proc/{proc.pid}/status")
+    for _ in range(6000):
+        caught = next(int(line.split()[1], 16) for line in status.read_text().splitlines() if line.startswith("SigCgt"))
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.005)
+    raise AssertionError("circuits_pl never installed its signal handlers")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_starting_exits_at_once_with_one_line(tmp_path, sig):
     proc = _start(["fit", "--task", "add", "--model.members", 2, *QUIET], tmp_path)
-    time.sleep(0.3)  # importing torch and Lightning
+    _wait_for_circuits_pl_handlers(proc)  # then it imports torch and Lightning for seconds
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     name = signal.Signals(sig).name
