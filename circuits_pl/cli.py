@@ -31,10 +31,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from circuits_pl import preflight, signals
+from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
 from circuits_pl.cadence import Cadence
 from circuits_pl.callbacks import FrozenHeap, LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
-from circuits_pl.checkpoint_io import AtomicCheckpointIO
-from circuits_pl.checkpoints import check_finite, check_state_dict, load_checked_checkpoint
+from circuits_pl.checkpoint_checks import check_finite, check_state_dict, load_checked_checkpoint
 from circuits_pl.compat import cli_get, cli_instantiate_trainer, cli_parser
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, SaveFailed, TrainingDiverged
@@ -42,7 +42,7 @@ from circuits_pl.files import atomic_write_text
 from circuits_pl.interrupts import GracefulInterrupt, RunInterrupted, interrupt_message, release_all
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
-from circuits_pl.results import RunSummary
+from circuits_pl.run_summary import RunSummary
 from circuits_pl.tasks import task_names
 from circuits_pl.usage import front_door, program_name
 

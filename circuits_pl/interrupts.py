@@ -12,7 +12,7 @@ the sanity validation, and keeps it until the CLI has written results.json and t
   complete or absent (the message says whether results.json was written).
 - after the end of fit (everything written): stop at once, saying the run is complete.
 
-A second signal stops at once in any phase. Saves are atomic (``circuits_pl.checkpoint_io``), so
+A second signal stops at once in any phase. Saves are atomic (``circuits_pl.atomic_checkpoint_io``), so
 an abort in the middle of one keeps the previous checkpoint. The CLI turns :class:`RunInterrupted`
 into exit status 128 + signal (130 for SIGINT, 143 for SIGTERM) and a message saying what is on
 disk and how to resume (:func:`interrupt_message`). Before and after fit, and when a process is

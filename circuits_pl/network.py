@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from circuits_pl.errors import CircuitsError
-from circuits_pl.init import init_linear_members
+from circuits_pl.init_weights import init_linear_members
 
 
 class ReLUMLP(nn.Module):
@@ -58,7 +58,7 @@ class ReLUMLP(nn.Module):
     def reset_parameters(self, seed: int) -> None:
         """nn.Linear's initialisation, each member from its own seed ``seed + k``.
 
-        float32: all members at once (``circuits_pl.init``, torch's generator reproduced bit for bit;
+        float32: all members at once (``circuits_pl.init_weights``, torch's generator reproduced bit for bit;
         K = 1e5 2-3-1: 0.13 s instead of 1.4 s, benchmarks/init_speed.py); other dtypes member by member.
         """
         if all(p.dtype == torch.float32 for p in self.parameters()):

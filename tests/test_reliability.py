@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import results, run_dirs
 
+from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
 from circuits_pl.cadence import default_steps_per_batch, trainer_cadence
-from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.errors import CircuitsError, SaveFailed
 from circuits_pl.files import atomic_write_text, is_temp_file, remove_stray_temps
 
@@ -179,7 +179,7 @@ SLOW_SAVE_SCRIPT = textwrap.dedent('''
     import sys, time
     import lightning.pytorch as pl
     from circuits_pl.callbacks import LastCheckpoint, StopWhenSolved
-    from circuits_pl.checkpoint_io import AtomicCheckpointIO
+    from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
     from circuits_pl.data import CircuitDataModule
     from circuits_pl.module import CircuitModule
 

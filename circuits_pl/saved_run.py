@@ -2,7 +2,7 @@
 
 ``load_run`` accepts a checkpoint or a run directory (``lightning_logs/version_N``, whose
 ``checkpoints/last.ckpt`` is read). The checkpoint is read with ``weights_only=True`` and checked
-(see :mod:`circuits_pl.checkpoints`) before anything is built from it.
+(see :mod:`circuits_pl.checkpoint_checks`) before anything is built from it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuits_pl.checkpoints import check_state_dict, load_checked_checkpoint
+from circuits_pl.checkpoint_checks import check_state_dict, load_checked_checkpoint
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError
 from circuits_pl.module import CircuitModule
