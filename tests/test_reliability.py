@@ -389,17 +389,15 @@ def test_a_resume_without_its_config_takes_the_runs_data_from_the_checkpoint(run
 
 
 def _no_space_for(name: str, monkeypatch) -> None:
-    """The disk is full for the temporary file of ``name`` (mkstemp fails, as on a full or read-only disk)."""
-    import tempfile
+    """The disk is full for the temporary file of ``name`` (its creation fails, as on a full or read-only disk)."""
+    real = os.open
 
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, prefix="", **kwargs):
-        if prefix.startswith(f".{name}.tmp-"):
+    def create(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and os.path.basename(path).startswith(f".{name}.tmp-"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*args, prefix=prefix, **kwargs)
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "open", create)
 
 
 @pytest.mark.parametrize("name", ["metrics.csv", "losses.png", "function_member1.png", "hparams.yaml"])
