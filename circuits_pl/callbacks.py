@@ -23,7 +23,8 @@ class StopWhenSolved(EarlyStopping):
     """Lightning's EarlyStopping on the number of solved members.
 
     Args:
-        when: ``best`` stops once any member is solved (the answer "can it be done?", the default);
+        when: ``best`` stops once any member is solved (the answer "can it be done?", the default;
+            in a run of several cells, ``circuits_pl.sweep``: once every cell has a solved member);
             ``all`` once every live member is solved; ``never`` trains every member for the whole
             ``max_steps`` (a study: success rates and solved-at steps over a fixed budget).
     """
@@ -38,6 +39,14 @@ class StopWhenSolved(EarlyStopping):
         monitor, mode = ("val/unsolved", "min") if when == "all" else ("val/solved", "max")
         super().__init__(monitor=monitor, mode=mode, stopping_threshold=0.5, patience=2**31 - 1,
                          check_finite=False, verbose=False)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        population = getattr(pl_module, "population", None)
+        if self.when == "best" and getattr(population, "cells", 1) > 1:
+            # "can it be done?" asked of every cell: stop once no cell is left without a solved member
+            self.monitor, self.mode = "val/unsolved_cells", "min"
+            self.best_score = torch.tensor(torch.inf)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.when != "never":

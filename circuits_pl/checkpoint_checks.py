@@ -15,7 +15,9 @@ from typing import IO, Any
 import torch
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.network import upgrade_group_keys
 from circuits_pl.population import upgrade_state_dict
+from circuits_pl.sweep import Sweep
 from circuits_pl.tasks import Task, is_builtin
 
 
@@ -114,18 +116,31 @@ def load_checked_checkpoint(path: str | Path, task: str | Task | None = None, op
     sizes, members, state = hp["layer_sizes"], hp["members"], ckpt["state_dict"]
     if not isinstance(hp["task"], str):
         raise CircuitsError(f"{path} is damaged: its task is {hp['task']!r}, not a task name")
-    if not (isinstance(sizes, (list, tuple)) and len(sizes) >= 2 and all(_positive_int(s) for s in sizes)):
+    sized = isinstance(sizes, (list, tuple)) and len(sizes) >= 2 and all(_positive_int(s) for s in sizes)
+    if not sized and not (sizes is None and hp.get("cells")):  # a study's cells differ in sizes: None
         raise CircuitsError(f"{path} is damaged: its layer_sizes are {sizes!r}, not a list of positive integers")
     if not _positive_int(members):
         raise CircuitsError(f"{path} is damaged: its members is {members!r}, not a positive integer")
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CircuitsError(f"{path} is damaged: its state_dict is not a mapping of names to tensors")
-    for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        w = state.get(f"net.weights.{layer}")
-        if w is None or tuple(w.shape) != (members, n_out, n_in):
-            raise CircuitsError(f"{path} is damaged: layer {layer} weights do not match layer sizes {list(sizes)}")
+    for g, group in enumerate(saved_sweep(path, hp).groups()):
+        sizes = list(group.layer_sizes)
+        for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            # a checkpoint from before the networks came in groups holds group 0 as net.weights.l
+            w = state.get(f"net.groups.{g}.weights.{layer}", state.get(f"net.weights.{layer}") if g == 0 else None)
+            if w is None or tuple(w.shape) != (group.members, n_out, n_in):
+                raise CircuitsError(f"{path} is damaged: layer {layer} weights do not match layer sizes {sizes}")
     check_task(path, hp["task"], task, option)
     return ckpt
+
+
+def saved_sweep(path: str | Path, hp: dict[str, Any]) -> Sweep:
+    """The cells a checkpoint's hyper-parameters describe (a checkpoint from before sweeps: one cell)."""
+    try:
+        return Sweep.of_run(hp["layer_sizes"] or (), hp.get("lr", 0.1), hp.get("init_scale", 1.0), hp.get("cells"),
+                            int(hp["members"]))
+    except (CircuitsError, TypeError, ValueError, KeyError) as err:
+        raise CircuitsError(f"{path} is damaged: its cells or layer sizes are not valid ({err})") from None
 
 
 def _positive_int(value: Any) -> bool:
@@ -136,9 +151,10 @@ def check_state_dict(path: str | Path, saved: Mapping[str, torch.Tensor], expect
     """Every buffer and weight a module built from the checkpoint's hyper-parameters has (``expected``),
     with its shape, and nothing else: one line naming the first difference (Lightning's own is a
     multi-line traceback, raised after the run directory exists). A checkpoint of the previous layout
-    is compared as the module will load it (``population.upgrade_state_dict``)."""
+    is compared as the module will load it (``population.upgrade_state_dict``, ``network.upgrade_group_keys``)."""
     saved = dict(saved)
     upgrade_state_dict(saved)
+    upgrade_group_keys(saved)
     missing = [k for k in expected if k not in saved]
     extra = [k for k in saved if k not in expected]
     if missing or extra:
@@ -152,10 +168,17 @@ def check_state_dict(path: str | Path, saved: Mapping[str, torch.Tensor], expect
 
 
 def non_finite_members(state: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Per member, True where any weight (or bias) is NaN or infinite: ``(K,)``."""
-    tensors = [state[k] for k in state if k.startswith(("net.weights.", "net.biases."))]
-    finite = torch.stack([torch.isfinite(t).flatten(1).all(1) for t in tensors]).all(0)
-    return ~finite
+    """Per member, True where any weight (or bias) is NaN or infinite: ``(K,)`` (groups of a study's cells
+    in order, each its own members)."""
+    state = dict(state)
+    upgrade_group_keys(state)
+    groups: dict[int, list[torch.Tensor]] = {}
+    for key, t in state.items():
+        parts = key.split(".")  # net.groups.G.weights.L
+        if key.startswith("net.groups.") and parts[3] in ("weights", "biases"):
+            groups.setdefault(int(parts[2]), []).append(t)
+    finite = [torch.stack([torch.isfinite(t).flatten(1).all(1) for t in groups[g]]).all(0) for g in sorted(groups)]
+    return ~torch.cat(finite)
 
 
 def check_finite(path: str | Path, state: Mapping[str, torch.Tensor], member: int | None, command: str) -> None:

@@ -34,7 +34,7 @@ from circuits_pl import preflight, signals
 from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
 from circuits_pl.cadence import Cadence
 from circuits_pl.callbacks import FrozenHeap, LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
-from circuits_pl.checkpoint_checks import check_finite, check_state_dict, load_checked_checkpoint
+from circuits_pl.checkpoint_checks import check_finite, check_state_dict, load_checked_checkpoint, saved_sweep
 from circuits_pl.compat import (
     HookedLightningCLI,
     cli_get,
@@ -50,6 +50,7 @@ from circuits_pl.interrupts import GracefulInterrupt, RunInterrupted, interrupt_
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.run_summary import RunSummary
+from circuits_pl.sweep import Sweep
 from circuits_pl.tasks import task_names
 from circuits_pl.usage import front_door, program_name
 
@@ -73,8 +74,10 @@ DESCRIPTION = (
 )
 
 
-# Hyper-parameters that define the weights in a checkpoint: they must match it.
-ARCHITECTURE = ("layer_sizes", "bias", "members", "init_seed")
+# Hyper-parameters that define the weights in a checkpoint: they must match it (init_scale and
+# cells: as a checkpoint from before sweeps has them when it lacks them).
+ARCHITECTURE = ("layer_sizes", "bias", "members", "init_seed", "init_scale", "cells")
+BEFORE_SWEEPS = {"init_scale": 1.0, "cells": None}
 # --ckpt_path UNTRAINED: validate/test/predict the random initial weights, on purpose.
 UNTRAINED = "untrained"
 
@@ -110,6 +113,17 @@ class CircuitsCLI(HookedLightningCLI):
                             help="fit: write losses.png and the best member's function and circuit PNGs")
         parser.link_arguments("task", "model.task")
         parser.link_arguments("task", "data.task")
+        # Members that differ (circuits_pl.sweep): every combination is a cell, trained with
+        # --model.members seeds; resolved into model.cells before anything is built (preflight.resolve_sweep).
+        parser.add_argument("--sweep.sizes", type=str | list[list[int]] | None, default=None,
+                            help="fit: train every one of these layer sizes side by side, e.g. 1-2-1,1-4-1,1-8-1 "
+                                 "(with --sweep.lr and --sweep.init_scale: every combination is a cell, "
+                                 "--model.members seeds each; model.cells lists cells one by one)")
+        parser.add_argument("--sweep.lr", type=str | float | list[float] | None, default=None,
+                            help="fit: learning rates to train side by side, e.g. 0.03,0.1,0.3")
+        parser.add_argument("--sweep.init_scale", type=str | float | list[float] | None, default=None,
+                            help="fit: initial-weight scales to train side by side (a factor on nn.Linear's "
+                                 "init bound), e.g. 0.1,1")
         parser.add_lightning_class_args(StopWhenSolved, "stop")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
@@ -183,6 +197,7 @@ class CircuitsCLI(HookedLightningCLI):
             )
         if not cfg.get("ckpt_path"):
             self._check_task()
+            self._resolve_sweep(cfg, cfg.task)
         else:
             self._take_from_checkpoint(cfg)
         # Here, not in before_instantiate_classes: Lightning's "Seed set to 0" line comes in between,
@@ -198,18 +213,29 @@ class CircuitsCLI(HookedLightningCLI):
                 "training (no optimizer or loop state); resume from the run's last.ckpt, or use this one "
                 "with validate, test, predict or inspect"
             )
-        wanted = cfg.model.get("layer_sizes")
-        if wanted is not None and list(wanted) != list(hp["layer_sizes"]):
-            raise CircuitsError(
-                f"checkpoint {cfg.ckpt_path} holds a {'-'.join(map(str, hp['layer_sizes']))} network, "
-                f"not {'-'.join(map(str, wanted))}: drop --model.layer_sizes or match it"
-            )
-        cfg.task = cfg.model.task = cfg.data.task = hp["task"]
+        saved_cells = saved_sweep(cfg.ckpt_path, hp)
         typed = self._typed("model")
-        for key, saved in hp.items():
+        swept = self._resolve_sweep(cfg, hp["task"] if cfg.task is None else cfg.task)
+        if swept is not None and swept.cells != saved_cells.cells:
+            raise CircuitsError(f"checkpoint {cfg.ckpt_path} trains {_cells_text(saved_cells)}, not "
+                                f"{_cells_text(swept)}: drop --sweep.* or match it")
+        wanted = cfg.model.get("layer_sizes")
+        if wanted is not None and (hp["layer_sizes"] is None or list(wanted) != list(hp["layer_sizes"])):
+            held = (f"a {'-'.join(map(str, saved_cells.cells[0].layer_sizes))} network" if saved_cells.is_single
+                    else _cells_text(saved_cells))
+            raise CircuitsError(f"checkpoint {cfg.ckpt_path} holds {held}, not {'-'.join(map(str, wanted))}: "
+                                "drop --model.layer_sizes or match it")
+        cfg.task = cfg.model.task = cfg.data.task = hp["task"]
+        if not saved_cells.is_single and typed.get("lr") is not None and cfg.model.lr != hp["lr"]:
+            raise CircuitsError(f"checkpoint {cfg.ckpt_path} trains {_cells_text(saved_cells)}: its cells fix each "
+                                "member's lr; drop --model.lr")
+        for key, saved in {**BEFORE_SWEEPS, **hp}.items():
             if key not in cfg.model or key in ("member", "task"):
                 continue
             given = cfg.model[key] if typed.get(key) is not None else None  # None: not chosen by the user
+            if key == "cells" and given is not None:  # compared as cells, whatever their spelling
+                given = [c.as_dict() for c in Sweep.of_run((), 0.1, 1.0, given, saved_cells.members_per_cell).cells]
+                saved = [c.as_dict() for c in saved_cells.cells] if saved is not None else None
             if key in ARCHITECTURE and given is not None and given != saved:
                 raise CircuitsError(
                     f"checkpoint {cfg.ckpt_path} has model.{key} {saved!r}, not {given!r}: "
@@ -222,9 +248,9 @@ class CircuitsCLI(HookedLightningCLI):
         for key, saved in (info.get("datamodule_hyper_parameters") or {}).items():
             if key in cfg.data and key not in ("task", "steps_per_batch") and typed_data.get(key) is None:
                 cfg.data[key] = saved
-        member = cfg.model.get("member")
-        if member is not None and not 0 <= member < hp["members"]:
-            raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {hp['members']} member(s)")
+        member, total = cfg.model.get("member"), saved_cells.members
+        if member is not None and not 0 <= member < total:
+            raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {total} member(s)")
         groups = [g for state in info.get("optimizer_states") or [] if isinstance(state, dict)
                   for g in state.get("param_groups") or [] if isinstance(g, dict)]
         rule = groups[0].get("rule") if groups else None
@@ -233,6 +259,13 @@ class CircuitsCLI(HookedLightningCLI):
             raise CircuitsError(f"the checkpoint was trained with --model.optimizer {rule}, not {cfg.model.optimizer}: "
                                 "its optimizer state cannot continue another rule")
         self._checkpoint = info
+
+    def _resolve_sweep(self, cfg: Namespace, task: str) -> Sweep | None:
+        """``--sweep.*`` as the run's cells (``preflight.resolve_sweep``); None without a sweep."""
+        section = cfg.get("sweep")
+        if section is None or all(section.get(axis) is None for axis in preflight.SWEEP_AXES):
+            return None
+        return preflight.resolve_sweep(cfg, task, self._typed("model"))
 
     def _check_task(self) -> None:
         if self._active_config().task is None:
@@ -403,6 +436,15 @@ _STEP_HELP = {
     "trainer.log_every_n_steps": "Log train/mse every this many SGD steps, rounded to whole blocks of "
                                  "data.steps_per_batch (0: no train logging).",
 }
+
+
+def _cells_text(sweep: Sweep) -> str:
+    """``a 1-4-1 network at lr 0.1`` or ``6 cells (2 sizes (1-2-1, 1-4-1) × ...)``, for messages."""
+    if sweep.is_single:
+        cell = sweep.cells[0]
+        scale = f", init scale {cell.init_scale:g}" if cell.init_scale != 1.0 else ""
+        return f"a {'-'.join(map(str, cell.layer_sizes))} network at lr {cell.lr:g}{scale}"
+    return f"{len(sweep.cells)} cells ({sweep.describe()})"
 
 
 def device_line(trainer, accelerator: Any, members: int) -> str:

@@ -311,3 +311,50 @@ def plot_basins(first: torch.Tensor, out: torch.Tensor | None, outcomes: Sequenc
     ax.set_title(title)
     ax.legend(fontsize=7, markerscale=2, loc="best")
     return save_figure(fig, out_png)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase diagram: found rate per (hidden sizes, lr), a panel per task or init scale
+# ---------------------------------------------------------------------------------------------
+
+def plot_phase_diagram(cells: Sequence[dict], title: str, out_png: str | Path,
+                       colour_label: str = "found rate (Wilson 95% CI)") -> Path:
+    """Heat maps of a rate per (hidden sizes, lr) cell, written with its Wilson 95% interval; one panel
+    per distinct ``panel`` (a task of ``report``, an init scale of a ``fit`` sweep).
+
+    Args:
+        cells: one mapping per cell: ``panel`` (its panel's title), ``layer_sizes`` (e.g. ``2-4-1`` or a
+            list), ``lr``, ``rate``, ``low``, ``high``.
+        title: the figure's title.
+        out_png: where to write it.
+    """
+    panels = list(dict.fromkeys(c["panel"] for c in cells))
+    widths = list(dict.fromkeys(_hidden(c["layer_sizes"]) for c in cells))
+    lrs = sorted({c["lr"] for c in cells})
+    fig = _figure(3.2 * len(panels) + 1.2, 0.55 * len(widths) + 2.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    shown = None
+    for ax, panel in zip(axes, panels):
+        grid = [[float("nan")] * len(lrs) for _ in widths]
+        for c in cells:
+            if c["panel"] != panel:
+                continue
+            i, j = widths.index(_hidden(c["layer_sizes"])), lrs.index(c["lr"])
+            grid[i][j] = c["rate"]
+            ax.text(j, i, f"{c['rate']:.2f}\n({c['low']:.2f}–{c['high']:.2f})", ha="center", va="center",
+                    fontsize="x-small")
+        shown = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(widths)), widths)
+        ax.set_xlabel("learning rate")
+        ax.set_title(panel)
+    axes[0].set_ylabel("hidden width")
+    fig.colorbar(shown, ax=list(axes), shrink=0.9, label=colour_label)
+    fig.suptitle(title, fontsize="medium")
+    return save_figure(fig, out_png)
+
+
+def _hidden(sizes: str | Sequence[int]) -> str:
+    """``2-4-1`` (or ``[2, 4, 1]``) -> ``4``: the hidden widths, the same for every task of a sweep."""
+    parts = sizes.split("-") if isinstance(sizes, str) else [str(n) for n in sizes]
+    return "-".join(parts[1:-1])

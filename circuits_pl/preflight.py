@@ -20,8 +20,17 @@ from jsonargparse import Namespace
 
 from circuits_pl.cadence import Cadence, is_step_count
 from circuits_pl.errors import CircuitsError
-from circuits_pl.memory import RunSize, available_bytes, checkpoint_bytes, estimate, gib, largest_fitting
+from circuits_pl.memory import (
+    RunSize,
+    available_bytes,
+    checkpoint_bytes,
+    estimate,
+    gib,
+    largest_fitting,
+    parameters_per_member,
+)
 from circuits_pl.strategy import is_member_parallel
+from circuits_pl.sweep import Cell, Sweep, parse_positive_list, parse_sizes_list
 from circuits_pl.tasks import get_task
 from circuits_pl.writable import check_writable_dir
 
@@ -146,6 +155,64 @@ def check_config_files(argv: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 # The parsed configuration, before instantiation
 # ---------------------------------------------------------------------------------------------
+SWEEP_AXES = {"sizes": ("layer_sizes", None), "lr": ("lr", 0.1), "init_scale": ("init_scale", 1.0)}
+
+
+def resolve_sweep(cfg: Namespace, task_name: str, typed: Namespace | None = None) -> Sweep | None:
+    """``--sweep.sizes/lr/init_scale`` (a config's ``sweep:``) as the run's cells: every combination,
+    an axis not swept taking the model's one value. Several cells go to ``model.cells``; one cell is
+    a plain run (``model.layer_sizes``, ``model.lr``, ``model.init_scale``), exactly as if given so.
+    The sweep section is emptied (config.yaml then holds the cells once). None when no sweep is given.
+
+    One-line CircuitsError for bad values and for an axis given twice (``--sweep.lr`` with
+    ``--model.lr``, ``--sweep.*`` with ``model.cells``). ``typed``: the model options the user gave
+    (the CLI's, on the command line or in a config file); None: those that differ from the default.
+    """
+    section = cfg.get("sweep")
+    given = {k: section.get(k) for k in SWEEP_AXES if section is not None and section.get(k) is not None}
+    if not given:
+        return None
+    model = cfg.model
+    if model.get("cells") is not None:
+        raise CircuitsError(f"--sweep.{' and --sweep.'.join(given)} and model.cells both give the cells: choose one")
+    for axis in given:
+        key, default = SWEEP_AXES[axis]
+        if (typed.get(key) is not None) if typed is not None else model.get(key) != default:
+            raise CircuitsError(f"--sweep.{axis} and --model.{key} both give the {key.replace('_', ' ')}: choose one "
+                                f"(--sweep.{axis} trains every value listed; --model.{key} one)")
+    members = model.get("members")
+    if not is_step_count(members):
+        raise CircuitsError(f"model.members must be a positive integer, got {members!r}")
+    task = get_task(task_name)
+    one = task.layer_sizes if model.get("layer_sizes") is None else model.layer_sizes
+    sizes = parse_sizes_list(given["sizes"], task.arity) if "sizes" in given else [tuple(task.check_layer_sizes(one))]
+    for s in sizes:
+        task.check_layer_sizes(list(s))
+    lrs = parse_positive_list(given["lr"], "--sweep.lr") if "lr" in given else [model.get("lr")]
+    scales = (parse_positive_list(given["init_scale"], "--sweep.init_scale") if "init_scale" in given
+              else [model.get("init_scale")])
+    sweep = Sweep.product(sizes, lrs, scales, members)
+    if sweep.is_single:
+        (cell,) = sweep.cells
+        if "sizes" in given:
+            model.layer_sizes = list(cell.layer_sizes)
+        model.lr, model.init_scale = cell.lr, cell.init_scale
+    else:
+        model.cells = [c.as_dict() for c in sweep.cells]
+    for axis in SWEEP_AXES:
+        section[axis] = None
+    return sweep
+
+
+def total_members(model: Namespace | dict) -> Any:
+    """All members of a run: ``model.members`` per cell times its cells (the value as given when it
+    is not a positive integer: the module's own check then says so)."""
+    members, cells = model.get("members"), model.get("cells")
+    if is_step_count(members) and isinstance(cells, (list, tuple)) and cells:
+        return members * len(cells)
+    return members
+
+
 def check_run(cfg: Namespace, subcommand: str | None, cadence: Cadence | None) -> None:
     """Every check of a parsed subcommand's options, cheapest first (``cadence``: :func:`run_cadence`'s)."""
     check_seed(cfg.get("seed_everything"))
@@ -159,7 +226,8 @@ def check_run(cfg: Namespace, subcommand: str | None, cadence: Cadence | None) -
     check_logger_installed(cfg.trainer.logger)
     follow_default_root_dir(cfg.trainer)
     size = run_size(cfg, cadence)  # imports and calls a user task: its targets are checked here
-    check_memory(size)
+    cells = cfg.model.get("cells") if "model" in cfg else None
+    check_memory(size, cells=len(cells) if isinstance(cells, (list, tuple)) and cells else 1)
     check_output_dirs(cfg, subcommand, size)
 
 
@@ -345,7 +413,7 @@ def run_cadence(cfg: Namespace) -> Cadence | None:
         return None
     val_every, log_every, max_steps = (trainer.get(k) for k in ("val_check_interval", "log_every_n_steps", "max_steps"))
     log_every = log_every if isinstance(log_every, int) and not isinstance(log_every, bool) else None  # 0: off
-    return Cadence.choose(val_every if is_step_count(val_every) else None, log_every, model.get("members"),
+    return Cadence.choose(val_every if is_step_count(val_every) else None, log_every, total_members(model),
                           data.get("batch_size"), is_member_parallel(trainer.get("strategy")), given,
                           max_steps if isinstance(max_steps, int) else -1, option="trainer.val_check_interval")
 
@@ -360,8 +428,14 @@ def run_size(cfg: Namespace, cadence: Cadence | None) -> RunSize | None:
     model, data = cfg.model, cfg.data
     sizes = model.get("layer_sizes")
     sizes = task.check_layer_sizes(task.layer_sizes if sizes is None else sizes)
+    if model.get("cells"):  # a sweep: counted as if every member had the largest cell's sizes
+        try:
+            sizes = max((Cell(tuple(c["layer_sizes"]), c["lr"]).layer_sizes for c in model.cells),
+                        key=parameters_per_member)
+        except (CircuitsError, KeyError, TypeError):
+            return None  # the module's own check says what is wrong with the cells
     steps = cadence.steps_per_batch if cadence is not None else None
-    values = [model.get("members"), data.get("batch_size"), steps, data.get("val_size"),
+    values = [total_members(model), data.get("batch_size"), steps, data.get("val_size"),
               data.get("predict_points")]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
         return None
@@ -371,9 +445,11 @@ def run_size(cfg: Namespace, cadence: Cadence | None) -> RunSize | None:
 FIT_OPTIONS = {"members": "--model.members", "batch_size": "--data.batch_size"}
 
 
-def check_memory(size: RunSize | None, available: int | None = None, options: dict[str, str] = FIT_OPTIONS) -> None:
+def check_memory(size: RunSize | None, available: int | None = None, options: dict[str, str] = FIT_OPTIONS,
+                 cells: int = 1) -> None:
     """Refuse a run whose estimated memory exceeds what is available, naming the largest value that fits
-    (``options``: the command's option for each size it lets the user set)."""
+    (``options``: the command's option for each size it lets the user set; members are per cell of
+    a sweep of ``cells`` cells)."""
     if size is None:
         return
     available = available_bytes() if available is None else available
@@ -385,7 +461,7 @@ def check_memory(size: RunSize | None, available: int | None = None, options: di
         return
     hints = []
     for field, option in options.items():
-        best = largest_fitting(size, field, budget)
+        best = largest_fitting(size, field, budget) // (cells if field == "members" else 1)
         if best >= 1:
             hints.append(f"{option} {best:,}")
     if len(size.layer_sizes) > 2:

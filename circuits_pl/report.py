@@ -337,38 +337,14 @@ def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def _hidden(sizes: str) -> str:
-    """``2-4-1`` -> ``4``: the hidden widths, the same for every task of a sweep."""
-    return "-".join(sizes.split("-")[1:-1])
-
-
 def _plot_phase_diagram(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path:
-    """One heat map per task: success rate per (hidden sizes, lr) cell, with its Wilson 95% CI."""
-    from matplotlib.figure import Figure
+    """One heat map per task: found rate per (hidden sizes, lr) cell, with its Wilson 95% CI."""
+    from circuits_pl.plots import plot_phase_diagram
 
-    widths = list(dict.fromkeys(_hidden(r["layer_sizes"]) for r in rows))
-    lrs = sorted({r["lr"] for r in rows})
-    fig = Figure(figsize=(3.2 * len(tasks) + 1.2, 0.55 * len(widths) + 2.2), layout="constrained")
-    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
-    shown = None
-    for ax, task in zip(axes, tasks):
-        grid = [[float("nan")] * len(lrs) for _ in widths]
-        for r in rows:
-            if r["task"] != task:
-                continue
-            i, j = widths.index(_hidden(r["layer_sizes"])), lrs.index(r["lr"])
-            grid[i][j] = r["found_rate"]
-            ax.text(j, i, f"{r['found_rate']:.2f}\n({r['found_ci95_low']:.2f}–{r['found_ci95_high']:.2f})",
-                    ha="center", va="center", fontsize="x-small")
-        shown = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
-        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
-        ax.set_yticks(range(len(widths)), widths)
-        ax.set_xlabel("learning rate")
-        ax.set_title(task)
-    axes[0].set_ylabel("hidden width")
-    fig.colorbar(shown, ax=list(axes), shrink=0.9, label="success rate (Wilson 95% CI)")
-    fig.suptitle(f"Found the exact circuit, {rows[0]['members']} seeds per cell", fontsize="medium")
-    return save_figure(fig, path)
+    cells = [{"panel": r["task"], "layer_sizes": r["layer_sizes"], "lr": r["lr"], "rate": r["found_rate"],
+              "low": r["found_ci95_low"], "high": r["found_ci95_high"]} for r in rows if r["task"] in tasks]
+    return plot_phase_diagram(cells, f"Found the exact circuit, {rows[0]['members']} seeds per cell", path,
+                              colour_label="success rate (Wilson 95% CI)")
 
 
 def parse_sizes(text: str) -> list[list[int]]:
@@ -553,6 +529,7 @@ def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], jobs
                         out: Path, command: str, seconds: float, extra: list[str]) -> None:
     """Write the report of the jobs that finished, saying what stopped it; exit 128 + signal."""
     name = signal.Signals(err.signum).name
+    stopped = [job.name for job in jobs if job.name in set(stopped)]  # in the order asked, whichever started first
     note = (f"Interrupted by {name} after {seconds:.0f} s: {len(rows)} of {len(jobs)} jobs finished and are "
             "reported here")
     resume = []

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuits_pl.checkpoint_checks import check_state_dict, load_checked_checkpoint
+from circuits_pl.checkpoint_checks import check_state_dict, load_checked_checkpoint, saved_sweep
 from circuits_pl.compat import module_from_checkpoint
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError
@@ -47,7 +47,7 @@ def load_run(path: str | Path, member: int | None = None, task: str | None = Non
         ckpt = path
         directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     info = load_checked_checkpoint(ckpt, task=task)
-    members = int(info["hyper_parameters"]["members"])
+    members = saved_sweep(ckpt, info["hyper_parameters"]).members
     if member is not None and not 0 <= member < members:
         raise CircuitsError(
             f"--member {member} is out of range: the checkpoint has {members} member(s), 0..{members - 1}")
@@ -62,9 +62,7 @@ def load_run(path: str | Path, member: int | None = None, task: str | None = Non
 
 def check_finite_member(run: Run, member: int) -> None:
     """A member with NaN/inf weights has no circuit to read: say so, and name members that have one."""
-    import torch
-
-    finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in run.module.net.weights]).all(0)
+    finite = run.module.net.finite()
     if bool(finite[member]):
         return
     good = finite.nonzero().flatten().tolist()

@@ -89,7 +89,7 @@ def workdir(tmp_path, trained, monkeypatch) -> Path:
     (tmp_path / "truncated.ckpt").write_bytes(ckpt[:2000])
     (tmp_path / "user.ckpt").write_bytes(trained["user"].read_bytes())
     state = torch.load(trained["good"], weights_only=True)
-    for w in (k for k in state["state_dict"] if k.startswith("net.weights.")):
+    for w in (k for k in state["state_dict"] if k.startswith("net.groups.0.weights.")):
         state["state_dict"][w][0].fill_(float("nan"))  # member 0: NaN weights, member 1 intact
     state["state_dict"]["population.best_member"] = torch.tensor(0)
     torch.save(state, tmp_path / "nan.ckpt")
@@ -106,7 +106,7 @@ def workdir(tmp_path, trained, monkeypatch) -> Path:
         state = torch.load(trained["good"], weights_only=True)
         damage(state)
         torch.save(state, tmp_path / f"{name}.ckpt")
-    (tmp_path / "flipped.ckpt").write_bytes(flip_a_bit(ckpt, "net.weights.0"))
+    (tmp_path / "flipped.ckpt").write_bytes(flip_a_bit(ckpt, "net.groups.0.weights.0"))
     (tmp_path / "pickle.ckpt").write_bytes(pickle.dumps(_Exploit()))  # a plain pickle that runs code
     torch.save({"state_dict": {}, "x": _Exploit()}, tmp_path / "pickle_zip.ckpt")  # the same, in torch's zip
     monkeypatch.syspath_prepend(str(trained["broken"]))
@@ -128,7 +128,7 @@ class _Exploit:
 
 
 def _nan_weights(state: dict) -> None:
-    for key in [k for k in state["state_dict"] if k.startswith("net.weights.")]:
+    for key in [k for k in state["state_dict"] if k.startswith("net.groups.0.weights.")]:
         state["state_dict"][key].fill_(float("nan"))
 
 
