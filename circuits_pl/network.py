@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from circuits_pl.errors import CircuitsError
-from circuits_pl.init import init_linear_members
+from circuits_pl.init_weights import init_linear_members
 from circuits_pl.sweep import Sweep
 
 
@@ -66,7 +66,7 @@ class ReLUMLP(nn.Module):
         """nn.Linear's initialisation, each member from its own seed: member ``start + k`` of the range
         ``members`` (default all) from ``seed + k``, then times ``init_scale`` (nothing at 1).
 
-        float32: all members at once (``circuits_pl.init``, torch's generator reproduced bit for bit;
+        float32: all members at once (``circuits_pl.init_weights``, torch's generator reproduced bit for bit;
         K = 1e5 2-3-1: 0.13 s instead of 1.4 s, benchmarks/init_speed.py); other dtypes member by member.
         """
         members = members or slice(0, self.members)

@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import assert_drawn, results, run_dirs
 
+from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
 from circuits_pl.cadence import default_steps_per_batch, trainer_cadence
-from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.errors import CircuitsError, SaveFailed
 from circuits_pl.files import atomic_write_text, is_temp_file, remove_stray_temps
 
@@ -179,7 +179,7 @@ SLOW_SAVE_SCRIPT = textwrap.dedent('''
     import sys, time
     import lightning.pytorch as pl
     from circuits_pl.callbacks import LastCheckpoint, StopWhenSolved
-    from circuits_pl.checkpoint_io import AtomicCheckpointIO
+    from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
     from circuits_pl.data import CircuitDataModule
     from circuits_pl.module import CircuitModule
 
@@ -390,17 +390,15 @@ def test_a_resume_without_its_config_takes_the_runs_data_from_the_checkpoint(run
 
 
 def _no_space_for(name: str, monkeypatch) -> None:
-    """The disk is full for the temporary file of ``name`` (mkstemp fails, as on a full or read-only disk)."""
-    import tempfile
+    """The disk is full for the temporary file of ``name`` (its creation fails, as on a full or read-only disk)."""
+    real = os.open
 
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, prefix="", **kwargs):
-        if prefix.startswith(f".{name}.tmp-"):
+    def create(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and os.path.basename(path).startswith(f".{name}.tmp-"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*args, prefix=prefix, **kwargs)
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "open", create)
 
 
 @pytest.mark.parametrize("name", ["metrics.csv", "losses.png", "function_member1.png", "hparams.yaml"])

@@ -10,7 +10,7 @@ from conftest import assert_drawn
 from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.module import CircuitModule
-from circuits_pl.results import RunSummary
+from circuits_pl.run_summary import RunSummary
 
 
 def _fit(tmp_path, logger):
@@ -64,7 +64,7 @@ def test_figures_do_not_depend_on_the_logger(tmp_path):
 
 
 def test_the_stopped_early_line_names_converging_members_only_when_there_are_some(run_cli, capsys):
-    from circuits_pl.results import stopped_early_line
+    from circuits_pl.run_summary import stopped_early_line
 
     # abs 1-4-1 stops at its first solved validation with no member still converging
     run_cli("fit", "--task", "abs", "--model.layer_sizes", "1-4-1", "--trainer.enable_progress_bar", "false",
