@@ -26,7 +26,7 @@ from circuits_pl.basins import (
     summary,
     target_sectors,
 )
-from circuits_pl.results import RunSummary
+from circuits_pl.run_summary import RunSummary
 from circuits_pl.success import wilson_interval
 from circuits_pl.tasks import Task, get_task
 
