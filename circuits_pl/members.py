@@ -18,6 +18,7 @@ from circuits_pl import plots
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.module import CircuitModule
 from circuits_pl.readout import Readout, certify, describe_member, read_circuit
+from circuits_pl.readout.snap import circuit_name
 from circuits_pl.verdicts import Decision, decide
 
 
@@ -67,7 +68,7 @@ def read_member(module: CircuitModule, data: CircuitDataModule, member: int | No
 
 
 NO_CIRCUIT = {"formula": None, "rough_formula": None, "circuit": None, "matched": False, "family": None,
-              "sparsity_error": None, "reason": None, "formula_max_error": None}
+              "sparsity_error": None, "reason": None, "formula_max_error": None, "name": None}
 
 
 def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dict[str, Any]]:
@@ -92,7 +93,8 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
         d = member.as_dict()
         out.append({"formula": d["formula"], "rough_formula": d["rough_formula"], "circuit": d["label"],
                     "matched": bool(d["exact"]), "family": d["family"], "sparsity_error": d["sparsity_error"],
-                    "reason": d["reason"], "formula_max_error": k})
+                    "reason": d["reason"], "formula_max_error": k,
+                    "name": circuit_name(member)[0]})  # as the timeline names it (circuits_pl.readout.snap)
         nets.append(weights)
         formulas.append(member.formula_weights)
     if nets:

@@ -29,6 +29,7 @@ from circuits_pl.population import Population, upgrade_state_dict
 from circuits_pl.strategy import check_strategy, member_share, sync_members
 from circuits_pl.success import success_threshold
 from circuits_pl.tasks import get_task
+from circuits_pl.timeline import Timeline
 from circuits_pl.train_block import TrainedMembers
 
 
@@ -76,6 +77,7 @@ class CircuitModule(pl.LightningModule):
         self.automatic_optimization = False  # S SGD steps per Lightning batch: see the module docstring
 
         self.net = ReLUMLP(sizes, members, bias, init_seed)
+        self.timeline = Timeline(self.task, sizes, members, bias)  # every member's circuit per validation
         self.success_mse = threshold
         self._cadence = Cadence()  # the Trainer's, read at on_train_start
         self._scheduled_validation = False  # is the validation after this block a regular one
@@ -210,6 +212,8 @@ class CircuitModule(pl.LightningModule):
             self.print(f"Starting validation MSE: {population.describe(mse)}")
             return
         population.record_validation(mse, self.global_step if fit else None, self._scheduled_validation)
+        if fit and self._scheduled_validation:  # after the member sync: every rank names every member
+            self.timeline.record(self.global_step, self.net.weights, population.val_mse)
         self._log_metrics({"val/mse": population.val_mse[self.selected_member],
                            "val/median_mse": population.median(population.val_mse),
                            "val/solved": population.solved.sum().float(),
@@ -238,10 +242,12 @@ class CircuitModule(pl.LightningModule):
     # --- checkpoints, logging, printing --------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["loss_history"] = self.population.losses_state()
+        checkpoint["timeline"] = self.timeline.state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         upgrade_state_dict(checkpoint["state_dict"])  # a checkpoint written before the population record
         self.population.load_losses(checkpoint.get("loss_history", {}))
+        self.timeline.load(checkpoint.get("timeline"))  # absent in checkpoints from before the timeline
 
     def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
         """The one call of Lightning's logger (costly: call it rarely), and the loss curves' record.

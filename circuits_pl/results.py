@@ -44,21 +44,57 @@ from circuits_pl.members import (
 from circuits_pl.module import CircuitModule
 from circuits_pl.population import HISTORY
 from circuits_pl.readout.certify import box_text
-from circuits_pl.success import wilson_interval
-from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, Decision, found, verdict
+from circuits_pl.success import median_interval, wilson_interval
+from circuits_pl.timeline import NOT_TRACKED
+from circuits_pl.verdicts import (
+    FORMED_VALIDATIONS,
+    GEOMETRIC_RATIO,
+    MIN_VALIDATIONS,
+    STUCK_PROGRESS,
+    TREND_HORIZON,
+    TREND_WINDOW,
+    Decision,
+    Trend,
+    found,
+    projected_step,
+    verdict,
+)
 
 UNLISTED = "an unlisted circuit"
 
 
-def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]], decisions: list[Decision]) -> list[str]:
-    """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts)."""
+def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]], decisions: list[Decision],
+                    trends: list[Trend] | None = None) -> list[str]:
+    """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts);
+    ``trends`` (:func:`member_trends`) decide converging where the run has a timeline."""
     population = module.population
     hist = population.val_history.cpu().double()
     out = []
     for k in range(module.members):
         exact = bool(circuits[k]["matched"])  # the readout, whatever the loss: a converging member is found
         out.append(verdict(decisions[k].solved, exact, hist[:, k].tolist(),
-                           diverged=int(population.diverged_at[k]) >= 0))
+                           diverged=int(population.diverged_at[k]) >= 0,
+                           trend=None if trends is None else trends[k]))
+    return out
+
+
+def member_trends(module: CircuitModule, steps: int) -> list[Trend] | None:
+    """Per member, what the timeline says of its way down (``circuits_pl.verdicts.Trend``): how many
+    validations in a row named its final circuit, an exact one (None where circuits are not tracked),
+    and the step a power law of its last validations projects it to reach the threshold; None for a run
+    from before the timeline."""
+    timeline = module.timeline
+    if timeline.absent:
+        return None
+    codes = timeline.codes
+    stable = timeline.stable_for()
+    out = []
+    for k in range(module.members):
+        recorded, mse = timeline.last(k, TREND_WINDOW)
+        final_exact = codes.shape[0] > 0 and timeline.exact[int(codes[-1, k])]
+        out.append(Trend(stable[k] if final_exact else 0, projected_step(recorded, mse, module.success_mse), steps)
+                   if timeline.tracked else
+                   Trend(None, projected_step(recorded, mse, module.success_mse), steps))
     return out
 
 
@@ -87,7 +123,8 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
     solved_at = torch.where(solved & (population.solved_at < 0).cpu(), steps, population.solved_at.cpu())
     solved_at = torch.where(solved, solved_at, -1)
     at = solved_at[solved_at >= 0].double()
-    verdicts = member_verdicts(module, circuits, decisions)
+    trends = member_trends(module, steps)
+    verdicts = member_verdicts(module, circuits, decisions, trends)
     certified = bounds is not None and bounds.certified
     box = box_text(module.task.arity)
     exact_errors = [float(bounds.max_error[k]) for k, d in enumerate(decisions) if d.exact and certified]
@@ -101,6 +138,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
     sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
                 if ok and c["sparsity_error"] is not None]
     basin_of, basin_summary = member_basins(module, [found(v) for v in verdicts])
+    formed_at = module.timeline.formed_at()
     return {
         "task": module.task.name,
         "formula": module.task.formula,
@@ -128,6 +166,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "circuits_of_found": dict(circuits_found.most_common()),
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
         "basins": basin_summary,
+        "timeline": timeline_summary(module, circuits, verdicts),
         "per_member": {
             "val_mse": _floats(population.val_mse),
             "test_mse": _floats(population.test_mse),
@@ -136,6 +175,10 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "solved": solved.tolist(),
             "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
             "diverged_at": [int(v) if v >= 0 else None for v in population.diverged_at.cpu().tolist()],
+            # the step from which the timeline named its final circuit (None: none, or no timeline), and the
+            # step a power law of its last validations reaches success_mse at (None: too few; inf: not falling)
+            "formed_at": None if module.timeline.absent else formed_at,
+            "projected_solved_at": None if trends is None else [_projected(t.projected) for t in trends],
             "verdict": verdicts,
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
@@ -156,14 +199,53 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "sectors_agreeing": [b.agreeing for b in basin_of] if basin_of else None,
         },
         "verdict_rules": {
-            "found": "the readout is an exact circuit of the task, and the member is solved (see decided_on) "
-                     f"or each of the last two validations is at most {GEOMETRIC_RATIO:g}x the one before",
+            "found": (f"the readout is an exact circuit of the task, and the member is solved (see decided_on) or "
+                      f"converging: the timeline named that circuit at the last {FORMED_VALIDATIONS} validations "
+                      f"and a power law of its MSE fitted over the last {TREND_WINDOW} reaches success_mse within "
+                      f"{TREND_HORIZON:g}x the steps trained (projected_solved_at)")
+                     if trends is not None else
+                     ("the readout is an exact circuit of the task, and the member is solved (see decided_on) "
+                      f"or each of the last two validations is at most {GEOMETRIC_RATIO:g}x the one before "
+                      "(a run from before the timeline)"),
             "converged": "solved: the MSE named in decided_on below success_mse",
             "exact": "the readout is an exact circuit of the task (named in circuit) and the member is solved; "
                      "a member not solved with a circuit named is approaching that circuit",
             "stuck": f"validation MSE fell by less than {STUCK_PROGRESS:.0%} over the last {HISTORY} validations",
             "too early": f"fewer than {MIN_VALIDATIONS} scheduled validations",
         },
+    }
+
+
+def _projected(step: float | None) -> float | str | None:
+    """A projected step for JSON (inf as the string "inf": JSON has no infinity)."""
+    return None if step is None else "inf" if math.isinf(step) else round(step)
+
+
+def timeline_summary(module: CircuitModule, circuits: list[dict[str, Any]], verdicts: list[str]
+                     ) -> dict[str, Any] | None:
+    """results.json's ``timeline``: what was recorded, the median formed-at of the found members with a
+    95% interval, the common paths and transitions, and whether the last entry names each member's circuit
+    as the final readout does; None for a run from before the timeline."""
+    timeline = module.timeline
+    if timeline.absent:
+        return None
+    formed = timeline.formed_at()
+    found_formed = [f for f, v in zip(formed, verdicts) if found(v) and f is not None]
+    median = median_interval(found_formed)
+    codes = timeline.codes
+    last = [timeline.names[int(c)] for c in codes[-1]] if codes.shape[0] else []
+    final = [c["name"] for c in circuits]
+    return {
+        "validations": len(timeline.steps),
+        "tracked": {"snap": "all members at once (one hidden layer)",
+                    "readout": "the full readout of members whose weights moved (two hidden layers)"
+                    }.get(timeline.mode, f"{NOT_TRACKED}: the readout reads bias-free nets with 1 or 2 hidden layers"),
+        "last_step": timeline.steps[-1] if timeline.steps else None,
+        "formed_at_median_of_found": None if median is None else median[0],
+        "formed_at_ci95": None if median is None else [median[1], median[2]],
+        "common_paths": [{"path": list(p), "members": n} for p, n in timeline.common_paths(8)],
+        "transitions": [{"from": a, "to": b, "count": n} for (a, b), n in timeline.transitions().most_common(12)],
+        "last_entry_as_readout": sum(a == b for a, b in zip(last, final)) if timeline.tracked else None,
     }
 
 

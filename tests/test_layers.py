@@ -18,7 +18,7 @@ FLOORS = [
     {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "stream", "sweep",
      "init", "memory", "population"},
     # 2. analysis without Lightning
-    {"success", "verdicts", "readout", "plots", "basins"},
+    {"success", "verdicts", "readout", "plots", "basins", "timeline"},
     # 3. Lightning parts
     {"compat", "data", "module", "callbacks", "interrupts", "checkpoint_io", "checkpoints", "logger",
      "preflight", "strategy"},
