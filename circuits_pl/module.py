@@ -130,7 +130,10 @@ class CircuitModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self.optim.apply_to(self._trained().optimizer)  # a restored optimizer takes --model.*'s values
-        data = getattr(getattr(self.trainer, "datamodule", None), "hparams", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "fixed_set"):  # two hidden layers: units dead on the test set, as the readout
+            self.timeline.inputs = datamodule.fixed_set("test").tensors[0]
+        data = getattr(datamodule, "hparams", None)
         self._cadence = Cadence.of_trainer(self.trainer, getattr(data, "steps_per_batch", None))
 
     def configure_optimizers(self) -> MemberOptimizer:

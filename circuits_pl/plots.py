@@ -308,3 +308,50 @@ def plot_basins(first: torch.Tensor, out: torch.Tensor | None, outcomes: Sequenc
     ax.set_title(title)
     ax.legend(fontsize=7, markerscale=2, loc="best")
     return _save(fig, out_png)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timeline
+# ---------------------------------------------------------------------------------------------
+
+def plot_timeline(steps: Sequence[int], names: Sequence[str], counts: torch.Tensor, out_png: str | Path,
+                  title: str = "", top: int = 7) -> Path:
+    """The share of members holding each circuit at each recorded validation, as a stacked area chart.
+
+    Args:
+        steps: SGD step of each validation.
+        names: the circuit names (``counts``' columns); ``none`` is drawn grey, at the bottom.
+        counts: ``(V, len(names))`` members per circuit per validation (``Timeline.shares``).
+        top: circuits drawn on their own (the most held at any validation); the rest as "other".
+    """
+    counts = counts.double()
+    members = max(1.0, float(counts[0].sum())) if counts.shape[0] else 1.0
+    peak = counts.amax(dim=0) if counts.shape[0] else torch.zeros(len(names))
+    ranked = [int(i) for i in peak.argsort(descending=True) if peak[i] > 0 and names[int(i)] != "none"]
+    shown, rest = ranked[:top], ranked[top:]
+    layers, labels, colours = [], [], []
+    if "none" in names:
+        layers.append(counts[:, names.index("none")])
+        labels.append("none")
+        colours.append("0.8")
+    palette = iter(f"C{i}" for i in range(10))
+    for i in shown:
+        layers.append(counts[:, i])
+        labels.append(names[i])
+        colours.append(next(palette))
+    if rest:
+        layers.append(counts[:, rest].sum(dim=1))
+        labels.append(f"other ({len(rest)} circuits)")
+        colours.append("0.5")
+    fig = _figure(8.0, 4.2)
+    ax = fig.add_subplot()
+    if layers:
+        ax.stackplot(list(steps), *[(layer / members).tolist() for layer in layers], labels=labels,
+                     colors=colours, alpha=0.9)
+    ax.set_xlim(min(steps, default=0), max(steps, default=1))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("SGD step")
+    ax.set_ylabel("share of members")
+    ax.set_title(title or "Each member's circuit at each validation", fontsize="medium")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return _save(fig, out_png)

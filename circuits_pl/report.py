@@ -204,6 +204,43 @@ def basins_markdown(results: list[dict[str, Any]]) -> list[str]:
     return lines if len(lines) > 6 else []
 
 
+def timeline_markdown(results: list[dict[str, Any]]) -> list[str]:
+    """report.md's Timeline section: per job, when the found members' circuits formed (the distribution of
+    ``formed_at`` beside that of ``solved_at``) and the most common paths through circuits; a job from
+    before the timeline says it has none."""
+    lines = ["", "## Timeline: when circuits form, and the paths to them", "",
+             "Formed at: the step from which the timeline (each member's circuit at every validation) named a",
+             "member's final circuit. Quantiles over the found members; paths: each member's circuits in order.", ""]
+    for res in results:
+        name = f"**{res.get('job', res['task'])}** ({'-'.join(map(str, res['layer_sizes']))})"
+        t = res.get("timeline")
+        if not t:
+            lines += [f"- {name}: timeline absent (a run from before circuits_pl recorded one)", ""]
+            continue
+        per = res["per_member"]
+        formed = [f for f, ok in zip(per["formed_at"] or [], per["found"]) if ok and f is not None]
+        solved = [s for s in per["solved_at"] if s is not None]
+        lines.append(f"{name}: {t['validations']} validations, circuits {t['tracked']}; formed at "
+                     f"{_quantiles(formed)} ({len(formed)} found members), solved at {_quantiles(solved)}")
+        lines.append("")
+        for p in t["common_paths"][:5]:
+            lines.append(f"- {p['members']}× {' → '.join(p['path'])}")
+        lines.append("")
+    return lines
+
+
+def _quantiles(values: list[float]) -> str:
+    """``min 1000, quartiles 2000 / 3000 / 3000, max 5000`` (or ``–`` for none)."""
+    if not values:
+        return "–"
+    xs = sorted(values)
+
+    def q(f: float) -> float:
+        return xs[min(len(xs) - 1, int(f * (len(xs) - 1) + 0.5))]
+
+    return f"min {xs[0]:.0f}, quartiles {q(0.25):.0f} / {q(0.5):.0f} / {q(0.75):.0f}, max {xs[-1]:.0f}"
+
+
 def plot_basins_of(res: dict[str, Any], path: Path) -> Path | None:
     """The job's initial units coloured by outcome (``plots.plot_basins``); None where basins are not defined."""
     from circuits_pl import basins
@@ -418,6 +455,7 @@ def main(argv: list[str]) -> None:
     ordered = [results[job.name] for job in jobs]
     with open(out / "report.md", "a") as f:
         f.write("\n".join(basins_markdown(ordered)))
+        f.write("\n".join(timeline_markdown(ordered)) + "\n")
     for res in ordered:
         if res.get("task") and get_task(res["task"]).arity <= 2:
             plot_basins_of(res, out / f"basins_{res['job']}.png")

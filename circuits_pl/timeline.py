@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from circuits_pl.errors import CircuitsError
 from circuits_pl.files import atomic_open
 from circuits_pl.readout import describe_member
 from circuits_pl.readout.snap import NONE, Snapper, circuit_name
@@ -75,12 +76,15 @@ class Timeline:
         self._snapper = Snapper(task, self.sizes) if self.mode == "snap" else None
         self._read: list[torch.Tensor] | None = None  # two hidden layers: weights when last read
         self.absent = False  # loaded from a checkpoint written before the timeline existed
+        self.inputs: torch.Tensor | None = None  # the run's test inputs: dead units, as the readout reads them
         self.seconds = 0.0  # spent recording (benchmarks/speed.py reports it against fit time)
 
     # --- recording ---------------------------------------------------------------------------------
     def record(self, step: int, weights: Sequence[torch.Tensor], val_mse: torch.Tensor) -> None:
         """Name every member's circuit from ``weights`` (``(K, out, in)`` per layer) at SGD step ``step``
         and record it with the members' validation MSE ``(K,)``."""
+        if self.absent:
+            return
         start = time.perf_counter()
         weights = [w.detach().to("cpu", torch.float64) for w in weights]
         finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in weights]).all(0)
@@ -116,29 +120,46 @@ class Timeline:
             read = self._read[0]
             moved = (flat - read).abs().amax(dim=1) > MOVED_TOL
             codes = self._codes[-1].clone()
+        x = None if self.inputs is None else self.inputs.to("cpu", torch.float64)
         for k in (moved & finite).nonzero().flatten().tolist():
-            name, exact = circuit_name(describe_member([w[k] for w in weights], self.task, to_formula=False))
+            name, exact = circuit_name(describe_member([w[k] for w in weights], self.task, x, to_formula=False))
             codes[k] = self._code(name, exact)
             read[k] = flat[k]
         self._read = [read]
         return codes
 
     # --- checkpoints -------------------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """For a checkpoint: tensors and plain lists only."""
+    def state(self) -> dict[str, Any] | None:
+        """For a checkpoint: tensors and plain lists only; None while absent (see :meth:`load`)."""
+        if self.absent:
+            return None
         return {"version": VERSION, "steps": torch.tensor(self.steps, dtype=torch.long),
                 "codes": self.codes, "val_mse": self.val_mse, "names": list(self.names),
                 "exact": list(self.exact), "read": [t.clone() for t in self._read] if self._read else None}
 
     def load(self, state: dict[str, Any] | None) -> None:
-        """From :meth:`state`; None (a checkpoint from before the timeline): the timeline is absent."""
+        """From :meth:`state`. None (a checkpoint from before the timeline): the timeline is absent, and
+        stays absent if the run is resumed (its first validations are lost: a path from the resume on
+        would date every circuit to the resume)."""
         if state is None:
             self.absent = True
             return
-        self.steps = [int(s) for s in state["steps"].tolist()]
-        self._codes = list(state["codes"].to(torch.int32).unbind(0))
-        self._mse = list(state["val_mse"].to(torch.float32).unbind(0))
-        self.names, self.exact = list(state["names"]), [bool(e) for e in state["exact"]]
+        try:
+            steps, codes, mse = state["steps"], state["codes"], state["val_mse"]
+            names, exact = [str(n) for n in state["names"]], [bool(e) for e in state["exact"]]
+            shape = (len(steps), self.members)
+            if tuple(codes.shape) != shape or tuple(mse.shape) != shape or len(exact) != len(names) or (
+                    codes.numel() and not 0 <= int(codes.min()) <= int(codes.max()) < len(names)):
+                raise ValueError("shapes")
+        except (KeyError, TypeError, AttributeError, ValueError):
+            raise CircuitsError("the checkpoint's timeline is damaged (its steps, codes, MSE and names do not "
+                                f"match {self.members} members); the weights are fine: inspect them with "
+                                "circuits_pl.CircuitModule.load_from_checkpoint after removing checkpoint['timeline']"
+                                ) from None
+        self.steps = [int(s) for s in steps.tolist()]
+        self._codes = list(codes.to(torch.int32).unbind(0))
+        self._mse = list(mse.to(torch.float32).unbind(0))
+        self.names, self.exact = names, exact
         self._code_of = {n: i for i, n in enumerate(self.names)}
         self._read = [t.clone() for t in state["read"]] if state.get("read") else None
 
@@ -181,10 +202,7 @@ class Timeline:
 
     def stable_for(self) -> list[int]:
         """Per member, how many of the last recorded validations in a row name its final circuit."""
-        formed, out = self.formed_at(), []
-        for k, step in enumerate(formed):
-            out.append(0 if step is None else sum(1 for s in self.steps if s >= step))
-        return out
+        return [0 if step is None else sum(1 for s in self.steps if s >= step) for step in self.formed_at()]
 
     def last(self, member: int, count: int) -> tuple[list[int], list[float]]:
         """The last ``count`` recorded (steps, validation MSE) of member ``member``."""
@@ -222,7 +240,7 @@ class Timeline:
             writer.writerow(["step", "member", "circuit", "val_mse"])
             for step, codes, mse in zip(self.steps, self._codes, self._mse):
                 for k, (code, m) in enumerate(zip(codes.tolist(), mse.tolist())):
-                    writer.writerow([step, k, self.names[code], f"{m:.6g}" if math.isfinite(m) else "nan"])
+                    writer.writerow([step, k, self.names[code], f"{m:.9g}" if math.isfinite(m) else "nan"])
         return path
 
 
