@@ -4,9 +4,9 @@ PATH is a checkpoint or a run directory (``lightning_logs/version_N``, whose ``c
 is read). Prints the raw weights in the notebook's layout, the canonical form, the formula, which
 exact circuit it is, the checks (homogeneity, held-out directions), the test MSE and the member's path
 through circuits over training (its timeline: ``none → r(a + b) → r(a) − r(−a) − r(a − b) at 3000,
-solved at 6000``); (re)writes ``losses.png``, ``function_member{k}.png`` and ``circuit_member{k}.png``
-into the run directory (``--figures false`` to only print). A run directory that cannot be written
-still gets its readout.
+solved at 6000``); (re)writes ``timeline.png``, ``losses.png``, ``function_member{k}.png`` and
+``circuit_member{k}.png`` into the run directory (``--figures false`` to only print). A run directory
+that cannot be written still gets its readout.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--member", "--model.member", type=int, default=None, dest="member",
                         help="member to read (default: the best)")
     parser.add_argument("--figures", type=_bool, default=True, metavar="true|false",
-                        help="(re)write losses.png, function_member{k}.png, circuit_member{k}.png into the run "
-                             "directory (default: true)")
+                        help="(re)write timeline.png, losses.png, function_member{k}.png, circuit_member{k}.png "
+                             "into the run directory (default: true)")
     parser.add_argument("--task", default=None,
                         help="the checkpoint's task, if it is your own (package.module:function): "
                              "a checkpoint never imports code by itself")

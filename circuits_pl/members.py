@@ -129,13 +129,19 @@ def heldout_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor 
 
 def write_figures(directory: str | Path, module: CircuitModule, member: int,
                   readout: Readout | None) -> list[Path]:
-    """The run's loss curves, and one member's learned function and circuit graph, as PNGs.
+    """The run's circuits over training (timeline.png) and loss curves, and one member's learned function and
+    circuit graph, as PNGs.
 
     Loss curves come from the module's own loss history (kept in checkpoints), so they exist
     whatever the logger. Nets with biases get no circuit graph (there is no circuit to draw).
     """
     directory = Path(directory)
     written = []
+    timeline = module.timeline
+    if timeline.tracked and not timeline.absent and timeline.steps:
+        names, counts = timeline.shares()
+        title = f"{module.task.name} {'-'.join(map(str, module.hparams.layer_sizes))}: each member's circuit"
+        written.append(plots.plot_timeline(timeline.steps, names, counts, directory / "timeline.png", title))
     if module.population.loss_history:
         written.append(plots.plot_losses(module.population.loss_history, directory / "losses.png"))
     runs = None

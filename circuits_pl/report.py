@@ -6,7 +6,8 @@ at once (default: one per CPU core). Each job's results.json is then summarised:
 
     report.md    per task and setting: success rate with Wilson 95% CI, median solved-at step,
                  verdicts (exact / slow / stuck / diverged), sparsity error of the solved members,
-                 the circuits found, the most common stuck functions
+                 the circuits found, the most common stuck functions; basins; when circuits formed
+                 (formed-at against solved-at) and the common paths through circuits (the timeline)
     report.csv   the same table, one row per job
     report.png   success rates with their confidence intervals (a heat map per task, sizes x lrs,
                  when the study sweeps them)
@@ -146,7 +147,8 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
         "# circuits_pl report", "",
         f"`{command}`", "",
         "Every member trains the whole budget (no early stop). Found: the readout of its weights is an exact",
-        "circuit of the task and its MSE is below the threshold or still falling geometrically. Solved",
+        "circuit of the task and its MSE is below the threshold or, from its timeline, it holds that circuit and",
+        "a power law of its last validations reaches the threshold within twice the steps trained. Solved",
         "(converged): validation MSE below the MSE of the exact circuit with every weight perturbed by ±1e-5.",
         "Verdicts: converged, converging (found, still on its way down), slow (still improving), stuck",
         "(validation MSE fell by < 1% over the last 8 validations), too early (< 3 validations), diverged.", "",
@@ -220,8 +222,10 @@ def timeline_markdown(results: list[dict[str, Any]]) -> list[str]:
         per = res["per_member"]
         formed = [f for f, ok in zip(per["formed_at"] or [], per["found"]) if ok and f is not None]
         solved = [s for s in per["solved_at"] if s is not None]
+        ci = t.get("formed_at_ci95")
+        median = f"; median {t['formed_at_median_of_found']:.0f}, 95% CI {ci[0]:.0f}–{ci[1]:.0f}" if ci else ""
         lines.append(f"{name}: {t['validations']} validations, circuits {t['tracked']}; formed at "
-                     f"{_quantiles(formed)} ({len(formed)} found members), solved at {_quantiles(solved)}")
+                     f"{_quantiles(formed)} ({len(formed)} found members{median}), solved at {_quantiles(solved)}")
         lines.append("")
         for p in t["common_paths"][:5]:
             lines.append(f"- {p['members']}× {' → '.join(p['path'])}")

@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-from circuits_pl import basins, plots
+from circuits_pl import basins
 from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.files import atomic_write_text
@@ -354,7 +354,7 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(res, indent=2) + "\n")
         say(f"Results: {path}")
-        for line in write_timeline(Path(log_dir), module, figures):
+        if (line := write_timeline(Path(log_dir), module)) is not None:
             say(line)
         if figures:
             for fig in write_figures(log_dir, module, best, readout):
@@ -362,19 +362,13 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     return res
 
 
-def write_timeline(directory: Path, module: CircuitModule, figure: bool = True) -> list[str]:
-    """circuits.csv (and with ``figure`` timeline.png, the share of each circuit over training) in the run
-    directory; what fit says of them."""
+def write_timeline(directory: Path, module: CircuitModule) -> str | None:
+    """circuits.csv in the run directory (timeline.png is one of the run's figures); what fit says of it."""
     timeline = module.timeline
     if timeline.absent or not timeline.steps:
-        return []
-    lines = [f"Timeline: {timeline.write_csv(directory / 'circuits.csv')} ({len(timeline.steps)} validations x "
-             f"{module.members} members{'' if timeline.tracked else '; circuits ' + NOT_TRACKED})"]
-    if figure and timeline.tracked:
-        names, counts = timeline.shares()
-        title = f"{module.task.name} {'-'.join(map(str, module.hparams.layer_sizes))}: each member's circuit"
-        lines.append(f"Figure: {plots.plot_timeline(timeline.steps, names, counts, directory / 'timeline.png', title)}")
-    return lines
+        return None
+    return (f"Timeline: {timeline.write_csv(directory / 'circuits.csv')} ({len(timeline.steps)} validations x "
+            f"{module.members} members{'' if timeline.tracked else '; circuits ' + NOT_TRACKED})")
 
 
 class RunSummary(pl.Callback):
