@@ -33,7 +33,7 @@ from circuits_pl.readout.canonical import DUPLICATE_TOL, canonicalize
 from circuits_pl.readout.form import DENOMINATOR, Form
 from circuits_pl.readout.member import MemberDescription
 from circuits_pl.readout.rules import MATCH_TOL, ROUNDED_TOL, CircuitMatch
-from circuits_pl.readout.structure import FORM_TOL, is_target
+from circuits_pl.readout.structure import FORM_TOL, is_target, target_form
 from circuits_pl.tasks import Task, embed_circuit
 
 NONE = "none"  # no simple circuit yet: the readout finds no simple form and names no circuit
@@ -124,6 +124,7 @@ class Snapper:
             raise AssertionError("the readout's tolerances differ: Snapper assumes one")
         self.task, self.sizes, self.tol = task, tuple(layer_sizes), tol
         self.listed = self._listed_units()
+        self.target = target_form(task)  # the task's own form (None without a listed circuit)
         self._names: dict[tuple[int, ...], tuple[str, bool]] = {}
         self._lines: dict[tuple[int, ...], tuple[list[int], float]] = {}
 
@@ -281,7 +282,8 @@ class Snapper:
         linear = tuple(Fraction(v, UNIT) for v in key[3 : 3 + n])
         slots = [key[3 + n + i * (n + 1):][: n + 1] for i in range(self.sizes[1])]
         form = Form(linear, tuple(sorted((tuple(s[:n]), Fraction(s[n], UNIT)) for s in slots if s[n] != 0)))
-        exact = is_target(form, self.task)[0]
+        # is_target compares with the task's form first: done here once, not per new form of a stuck member
+        exact = (self.target is None or form == self.target) and is_target(form, self.task)[0]
         if exact and rounded:
             return self.listed[rounded - 1][0], True
         return form.text(), exact
