@@ -3,9 +3,9 @@
 A member still above the threshold counts as found when it is *converging* (circuits_pl.verdicts): its
 readout names an exact circuit of the task, and
 
-- rule of today (``trend``): the timeline named that circuit at the last 3 validations (formed) and a power
-  law of its validation MSE fitted over its last 3 validations reaches the threshold within 2x the steps
-  trained (results.json: ``projected_solved_at``);
+- rule of today (``trend``): the timeline named that circuit at the last 2 validations (``FORMED_VALIDATIONS``)
+  and a power law of its validation MSE fitted over its last 3 validations reaches the threshold within 2x
+  the steps trained (results.json: ``projected_solved_at``);
 - the rule before the timeline (``geometric``): each of its last two validations at most 0.9x the one before.
 
 This trains each setting once (plain ``Trainer.fit``, seed 0 as ``fit``/``report`` use, validation every
@@ -17,6 +17,9 @@ by 2x that step (what the trend rule promises), and by the end of the run.
     python benchmarks/found_stability.py                      # every setting (~10 minutes on 2 cores)
     python benchmarks/found_stability.py --only min-2-8-1     # one setting
     python benchmarks/found_stability.py --save out.json      # keep the timelines (re-analyse with --load)
+    python benchmarks/found_stability.py --summary benchmarks/found_stability.json   # the README's table
+
+``tests/test_found_stability.py`` checks the README's table and sentences against that file.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ from circuits_pl.verdicts import (
     projected_step,
 )
 
+SUMMARY = Path(__file__).with_name("found_stability.json")
+
 # name: (task, sizes, lr, members, early step, final step)
 SETTINGS = {
     "min-2-3-1": ("min", (2, 3, 1), 0.1, 256, 4000, 40000),
@@ -69,7 +74,8 @@ def record(task: str, sizes: tuple[int, ...], lr: float, members: int, steps: in
     seconds = time.perf_counter() - t0
     tl = module.timeline
     codes = tl.codes
-    return {"task": task, "sizes": list(sizes), "lr": lr, "members": members, "success_mse": module.success_mse,
+    return {"task": task, "sizes": list(sizes), "lr": lr, "members": members,
+            "success_mse": float(module.population.success_mse[0]),
             "steps": tl.steps, "val_mse": tl.val_mse.double().tolist(), "codes": codes.tolist(),
             "exact": [[tl.exact[c] for c in row] for row in codes.tolist()], "train_seconds": seconds,
             "timeline_seconds": tl.seconds}
@@ -104,12 +110,20 @@ RULES = [("trend", FORMED_VALIDATIONS)] + [("trend", f) for f in (1, 3) if f != 
     [("geometric", 0)]
 
 
-def analyse(name: str, h: dict, early: int) -> list[str]:
+def rule_label(rule: str, formed: int) -> str:
+    return f"trend, formed {formed}" if rule == "trend" else "geometric"
+
+
+def analyse(name: str, h: dict, early: int) -> tuple[list[str], dict]:
+    """The printed lines of one setting, and its figures (what ``--summary`` saves): per rule, its calls at
+    every validation up to half the run, how many were solved by twice the step and by the end, and how
+    many members solved between a step and twice it each rule called; at ``early``, the same for one step."""
     end = h["steps"][-1]
     everyone = range(h["members"])
     solved_end = sum(solved_by(h, k, end) for k in everyone)
     lines = [f"{name}: {h['members']} members, lr {h['lr']:g}, trained {end} steps in {h['train_seconds']:.0f} s "
              f"(timeline {h['timeline_seconds']:.1f} s of it); solved by the end: {solved_end}"]
+    figures = {"members": h["members"], "steps": end, "early": early, "solved_by_end": solved_end, "rules": {}}
     v_early = h["steps"].index(early)
     for rule, formed in RULES:
         calls = by_double = by_end = due = 0
@@ -125,14 +139,18 @@ def analyse(name: str, h: dict, early: int) -> list[str]:
                     by_double += solved_by(h, k, 2 * step)
                     by_end += solved_by(h, k, end)
         at = [k for k in everyone if converging(h, v_early, k, rule, formed)]
+        at_double = sum(solved_by(h, k, 2 * early) for k in at)
+        at_end = sum(solved_by(h, k, end) for k in at)
         label = f"trend, formed {formed}" + (" (circuits_pl)" if formed == FORMED_VALIDATIONS else "") \
             if rule == "trend" else "geometric (before)"
         lines.append(
-            f"  {label:26s} at {early}: converging {len(at)}, solved by {2 * early} "
-            f"{sum(solved_by(h, k, 2 * early) for k in at)}, by {end} {sum(solved_by(h, k, end) for k in at)}; "
+            f"  {label:26s} at {early}: converging {len(at)}, solved by {2 * early} {at_double}, by {end} {at_end}; "
             f"every validation to {end // 2}: {calls} calls, solved by 2x {by_double}, by the end {by_end}; "
             f"called {by_double} of the {due} solved between the step and 2x")
-    return lines
+        figures["rules"][rule_label(rule, formed)] = {
+            "calls": calls, "solved_by_double": by_double, "solved_by_end": by_end, "due": due,
+            "early_calls": len(at), "early_solved_by_double": at_double, "early_solved_by_end": at_end}
+    return lines, figures
 
 
 def main() -> None:
@@ -141,18 +159,27 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, choices=sorted(SETTINGS))
     parser.add_argument("--save", type=Path, default=None, help="write the recorded timelines as JSON")
     parser.add_argument("--load", type=Path, default=None, help="analyse timelines saved by --save (no training)")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help=f"write the figures of every setting as JSON (the README's table: {SUMMARY.name})")
     args = parser.parse_args()
     print(f"trend: the same exact circuit at {FORMED_VALIDATIONS} validations and a power law over {TREND_WINDOW} "
           f"reaching the threshold within {TREND_HORIZON:g}x the steps; geometric: the last two validations each "
           f"<= {GEOMETRIC_RATIO:g}x the one before", flush=True)
     histories = json.loads(args.load.read_text()) if args.load else {}
+    summary = {}
     for name in args.only or list(SETTINGS):
         task, sizes, lr, members, early, final = SETTINGS[name]
         if name not in histories:
             histories[name] = record(task, sizes, lr, members, final)
             if args.save:
                 args.save.write_text(json.dumps(histories))
-        print("\n".join(analyse(name, histories[name], early)), flush=True)
+        lines, summary[name] = analyse(name, histories[name], early)
+        print("\n".join(lines), flush=True)
+    if args.summary:
+        args.summary.write_text(json.dumps({"command": "python benchmarks/found_stability.py",
+                                            "formed_validations": FORMED_VALIDATIONS, "settings": summary},
+                                           indent=1) + "\n")
+        print(f"Saved: {args.summary}")
 
 
 if __name__ == "__main__":

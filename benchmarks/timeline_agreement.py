@@ -48,7 +48,7 @@ class Recorder(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.global_step > 0:
             self.steps.append(int(trainer.global_step))
-            self.weights.append([w.detach().clone() for w in module.net.weights])
+            self.weights.append([w.detach().clone() for w in module.net.groups[0].weights])
 
 
 def measure(name: str, task: str, sizes: tuple[int, ...], lr: float, members: int, steps: int) -> list[str]:

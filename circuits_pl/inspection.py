@@ -29,6 +29,8 @@ def report_text(run: Run, member: int, readout: Readout) -> str:
     if k_total > 1:
         best = int(module.population.best_member)
         header += f" of {k_total} ({'the best by validation MSE' if member == best else f'best is {best}'})"
+    if module.cell_text(member):
+        header += f"; {module.cell_text(member)}"
     lines = [header, timeline_line(run, member, readout.decision.solved), "", readout.text().rstrip()]
     held = heldout_mse(module, run.data)
     if held is not None:
@@ -43,14 +45,15 @@ def timeline_line(run: Run, member: int, solved: bool) -> str:
     timeline = run.module.timeline
     if timeline.absent:
         return "Timeline: absent (this checkpoint was written before circuits_pl recorded one)"
-    if not timeline.tracked:
+    if not timeline.tracks(member):
         return f"Timeline: circuits {NOT_TRACKED} (the readout reads bias-free nets with 1 or 2 hidden layers)"
     module = run.module
     at = int(module.population.solved_at[member])
     solved_at = (at if at >= 0 else run.step) if solved else None
     text = "Timeline: " + path_text(timeline.path(member), timeline.formed_at()[member], solved_at)
     if not solved:
-        projected = projected_step(*timeline.last(member, TREND_WINDOW), module.success_mse)
+        projected = projected_step(*timeline.last(member, TREND_WINDOW),
+                                   float(module.population.success_mse[member]))
         if projected is not None and math.isfinite(projected):
             text += f" (its last {TREND_WINDOW} validations project step {projected:.0f} along a power law)"
     return text
@@ -59,7 +62,8 @@ def timeline_line(run: Run, member: int, solved: bool) -> str:
 def bias_text(run: Run, member: int) -> str:
     """What inspect says of a net with biases: its weights and test MSE, and why no circuit is read."""
     mse = float(test_mse(run.module, run.data)[member])
-    return (f"{run.checkpoint}: step {run.step}, member {member}\n\n{run.module.weights_text(member)}\n"
+    cell = f"; {run.module.cell_text(member)}" if run.module.cell_text(member) else ""
+    return (f"{run.checkpoint}: step {run.step}, member {member}{cell}\n\n{run.module.weights_text(member)}\n"
             f"Test MSE: {mse:.4g} on {run.data.hparams.val_size} inputs\n"
             "Circuit: not read — the net has biases, so it is not positively homogeneous and the circuit "
             "readout (for bias-free nets) does not apply\n")

@@ -99,7 +99,7 @@ class Recorder(pl.Callback):
 
     def on_validation_end(self, trainer, module):
         if not trainer.sanity_checking and trainer.global_step > 0:
-            self.weights.append([w.detach().clone() for w in module.net.weights])
+            self.weights.append([w.detach().clone() for w in module.net.groups[0].weights])
 
 
 def _train(task: str, sizes: list[int], members: int, lr: float, steps: int, every: int = 500):
@@ -135,7 +135,7 @@ def test_every_member_at_every_validation_is_named_as_the_full_readout_names_it(
 def test_two_hidden_layers_are_named_by_the_full_readout():
     module, data, rec = _train("abs", [1, 4, 4, 1], 8, 0.1, 1500)
     x = data.fixed_set("test").tensors[0].double()
-    assert module.timeline.mode == "readout"
+    assert module.timeline.modes == ["readout"]
     for v, weights in enumerate(rec.weights):
         for k in range(8):
             full = circuit_name(describe_member([w[k] for w in weights], module.task, x, to_formula=False))
@@ -143,7 +143,7 @@ def test_two_hidden_layers_are_named_by_the_full_readout():
 
 
 def test_formed_at_paths_and_transitions_follow_the_recorded_names():
-    t = Timeline(get_task("add"), (2, 2, 1), 3)
+    t = Timeline(get_task("add"), [((2, 2, 1), 3)])
     stuck, exact = _net("add", [[1, 1], [0.3, 1]], [1, 0.0]), _net("add", [[1, 1], [-1, -1]], [1, -1])
     noise = _net("add", [[0.31, -1], [-1, 0.23]], [-0.61, -0.43])
     schedule = [  # member -> net per validation
@@ -154,7 +154,7 @@ def test_formed_at_paths_and_transitions_follow_the_recorded_names():
     ]
     for v, nets in enumerate(schedule):
         weights = [torch.stack([n[i] for n in nets]) for i in range(2)]
-        t.record(1000 * (v + 1), weights, torch.full((3,), 0.1 / (v + 1)))
+        t.record(1000 * (v + 1), [weights], torch.full((3,), 0.1 / (v + 1)))
     assert t.formed_at() == [3000, 3000, 2000]
     assert [name for name, _ in t.path(0)] == ["none", "½(a + b) + ½|a + b|", "r(a + b) − r(−a − b)"]
     assert t.path(2) == [("none", 1000), ("r(a + b) − r(−a − b)", 2000)]
@@ -166,7 +166,7 @@ def test_formed_at_paths_and_transitions_follow_the_recorded_names():
     assert counts.sum(dim=1).tolist() == [3, 3, 3, 3] and counts[0, names.index("none")] == 3
     # a checkpoint round trip keeps everything (tensors and plain lists only)
     state = t.state()
-    back = Timeline(get_task("add"), (2, 2, 1), 3)
+    back = Timeline(get_task("add"), [((2, 2, 1), 3)])
     back.load(state)
     assert back.formed_at() == t.formed_at() and back.names == t.names and back.steps == t.steps
     bad = dict(state, codes=state["codes"][:, :2])
@@ -265,3 +265,67 @@ def test_a_run_from_before_the_timeline_inspects_and_reports_saying_it_is_absent
     report = "\n".join(timeline_markdown([dict(old, job="add")]))
     assert "**add** (2-2-1): timeline absent (a run from before circuits_pl recorded one)" in report
     json.dumps(old)
+
+
+class GroupRecorder(pl.Callback):
+    """Every group's weights at every regular validation."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_validation_end(self, trainer, module):
+        if not trainer.sanity_checking and trainer.global_step > 0:
+            self.weights.append([[w.detach().clone() for w in net.weights] for net in module.net.groups])
+
+
+def test_a_sweeps_members_are_named_with_their_own_groups_sizes(run_cli, tmp_path, capsys):
+    # three architectures side by side: two one-hidden-layer widths (snapped) and a two-hidden-layer net
+    # (the full readout); each member is named from its own group's weights, and the names are shared
+    cells = [{"layer_sizes": s, "lr": 0.1} for s in ([2, 2, 1], [2, 3, 1], [2, 2, 2, 1])]
+    module = CircuitModule(task="min", cells=cells, members=8, init_seed=0)
+    data = CircuitDataModule(task="min", stream_seed=0, steps_per_batch=500)
+    rec = GroupRecorder()
+    pl.Trainer(max_steps=3000, val_check_interval=1, check_val_every_n_epoch=None, logger=False,
+               enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+               num_sanity_val_steps=0, callbacks=[rec, StopWhenSolved("never")]).fit(module, data)
+    timeline, sweep = module.timeline, module.sweep
+    assert [g.layer_sizes for g in sweep.groups()] == [(2, 2, 1), (2, 2, 2, 1), (2, 3, 1)]  # sorted by sizes
+    assert timeline.modes == ["snap", "readout", "snap"] and timeline.members == 24
+    x = data.fixed_set("test").tensors[0].double()
+    assert len(rec.weights) == len(timeline.steps) == 6
+    exact_by_group = [0, 0, 0]
+    for v, groups in enumerate(rec.weights):
+        for m in range(24):
+            g, k = sweep.group_of(m)
+            assert len(groups[g][0][k].shape) == 2 and groups[g][0].shape[1] == sweep.groups()[g].layer_sizes[1]
+            full = circuit_name(describe_member([w[k] for w in groups[g]], module.task, x, to_formula=False))
+            code = int(timeline.codes[v, m])
+            assert (timeline.names[code], timeline.exact[code]) == full, (v, m)
+            exact_by_group[g] += full[1]
+    assert exact_by_group[2] > 0  # 2-3-1 members find the exact circuit within the run
+
+    # the CLI: circuits.csv over every member, formed-at per cell, inspect a member of the second cell
+    run_cli("fit", "--task", "min", "--sweep.sizes", "2-2-1,2-3-1", "--model.members", 6, "--trainer.max_steps",
+            3000, "--stop.when", "never", "--trainer.val_check_interval", 500, "--figures", "true", *QUIET)
+    (run,) = run_dirs(tmp_path)
+    out = capsys.readouterr().out
+    assert "circuits.csv (6 validations x 12 members)" in out and (run / "timeline.png").stat().st_size > 0
+    res = results(run)
+    per = res["per_member"]
+    rows = list(csv.DictReader((run / "circuits.csv").open()))
+    assert len(rows) == 6 * 12
+    assert res["timeline"]["last_entry_as_readout"] == 12
+    for c, cell in enumerate(res["cells"]):
+        ms = range(cell["first_member"], cell["first_member"] + cell["members"])
+        formed = [per["formed_at"][m] for m in ms if per["found"][m] and per["formed_at"][m] is not None]
+        want = median_interval(formed)
+        assert cell["formed_at_median_of_found"] == (None if want is None else want[0]), c
+    member = 6 + max(range(6), key=lambda k: per["found"][6 + k])  # of the 2-3-1 cell, a found one if any
+    capsys.readouterr()
+    run_cli("inspect", run, "--model.member", member, "--figures", "false")
+    text = capsys.readouterr().out
+    path = []
+    for r in rows:
+        if int(r["member"]) == member and (not path or path[-1] != r["circuit"]):
+            path.append(r["circuit"])
+    assert f"Timeline: {' → '.join(path)}" in text and "cell 1: 2-3-1" in text
