@@ -171,7 +171,8 @@ class CircuitModule(pl.LightningModule):
         # a restored optimizer takes --model.*'s values, and each group its cells' lr
         self.optim.apply_to(self._trained().optimizer, [g.lr for g in self.sweep.groups()])
         datamodule = getattr(self.trainer, "datamodule", None)
-        if hasattr(datamodule, "fixed_set"):  # two hidden layers: units dead on the test set, as the readout
+        if "readout" in self.timeline.modes and hasattr(datamodule, "fixed_set"):
+            # two hidden layers: units dead on the test set, as the readout finds them
             self.timeline.inputs = datamodule.fixed_set("test").tensors[0]
         data = getattr(datamodule, "hparams", None)
         self._cadence = Cadence.of_trainer(self.trainer, getattr(data, "steps_per_batch", None))

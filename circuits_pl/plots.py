@@ -395,10 +395,16 @@ def plot_timeline(steps: Sequence[int], names: Sequence[str], counts: torch.Tens
         colours.append("0.5")
     fig = _figure(8.0, 4.2)
     ax = fig.add_subplot()
-    if layers:
+    if layers and len(steps) > 1:
         ax.stackplot(list(steps), *[(layer / members).tolist() for layer in layers], labels=labels,
                      colors=colours, alpha=0.9)
-    ax.set_xlim(min(steps, default=0), max(steps, default=1))
+    elif layers and steps:  # one validation: an area needs two; a stacked bar at that step
+        bottom = 0.0
+        for layer, label, colour in zip(layers, labels, colours):
+            share = float(layer[0]) / members
+            ax.bar(steps[0], share, width=max(0.1 * steps[0], 0.1), bottom=bottom, label=label, color=colour, alpha=0.9)
+            bottom += share
+    ax.set_xlim(*((min(steps), max(steps)) if len(steps) > 1 else (0, max(1.1 * steps[0], 1) if steps else 1)))
     ax.set_ylim(0, 1)
     ax.set_xlabel("SGD step")
     ax.set_ylabel("share of members")
