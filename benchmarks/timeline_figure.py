@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from circuits_pl.readout.snap import NONE
-from circuits_pl.runs import load_run
+from circuits_pl.saved_run import load_run
 
 COMMAND = ["fit", "--task", "min", "--model.members", "256", "--trainer.max_steps", "8000",
            "--trainer.val_check_interval", "100", "--stop.when", "never"]

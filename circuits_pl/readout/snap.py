@@ -30,8 +30,8 @@ from fractions import Fraction
 import torch
 
 from circuits_pl.readout.canonical import DUPLICATE_TOL, canonicalize
+from circuits_pl.readout.description import MemberDescription
 from circuits_pl.readout.form import DENOMINATOR, Form
-from circuits_pl.readout.member import MemberDescription
 from circuits_pl.readout.rules import MATCH_TOL, ROUNDED_TOL, CircuitMatch
 from circuits_pl.readout.structure import FORM_TOL, is_target, target_form
 from circuits_pl.tasks import Task, embed_circuit
