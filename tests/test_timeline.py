@@ -296,7 +296,8 @@ def test_a_sweeps_members_are_named_with_their_own_groups_sizes(run_cli, tmp_pat
     exact_by_group = [0, 0, 0]
     for v, groups in enumerate(rec.weights):
         for m in range(24):
-            g, k = sweep.group_of(m)
+            g = next(i for i, group in enumerate(sweep.groups()) if group.start <= m < group.stop)
+            k = m - sweep.groups()[g].start
             assert len(groups[g][0][k].shape) == 2 and groups[g][0].shape[1] == sweep.groups()[g].layer_sizes[1]
             full = circuit_name(describe_member([w[k] for w in groups[g]], module.task, x, to_formula=False))
             code = int(timeline.codes[v, m])
