@@ -1,8 +1,9 @@
 """The readout of K one-hidden-layer nets at once: each member's circuit name, as tensor ops over members.
 
-The full readout (:func:`~circuits_pl.readout.describe_member`) costs milliseconds per member: too slow to
-name 1024 members at every validation of a run. For one hidden layer its decisions are few and local, so
-this module takes them for every member at once, in the readout's own order and with its tolerances:
+The full readout (:func:`~circuits_pl.readout.describe_member`) reads one member at a time, in Python: at
+every validation of a run of 1024 members it would cost more than the training (``benchmarks/
+timeline_agreement.py`` prints both). For one hidden layer its decisions are few and local, so this module
+takes them for every member at once, in the readout's own order and with its tolerances:
 
 1. canonical units: incoming weights scaled to max |w| = 1 (the scale moved into the outgoing weight c),
    sorted as :func:`~circuits_pl.readout.canonicalize` sorts them;
