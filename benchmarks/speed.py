@@ -26,8 +26,10 @@ time of ``python -m circuits_pl fit --task min`` with defaults in a fresh proces
 
 The last line is machine-readable:
 ``single_vs_notebook=R1 ensemble128_vs_notebook=R2 ensemble1024_vs_notebook=R3 min_fit_seconds=S ddp2_vs_single=R4
-kb_per_member_231=M`` (R4 from ``benchmarks/scale.py``: K = 128 trained by 2 DDP ranks against 1 process, 20k
-steps; M: peak memory per member of a 2-3-1 ``fit`` with K = 8192, batch 1000).
+kb_per_member_231=M timeline_overhead=T`` (R4 from ``benchmarks/scale.py``: K = 128 trained by 2 DDP ranks against
+1 process, 20k steps; M: peak memory per member of a 2-3-1 ``fit`` with K = 8192, batch 1000; T: the time the
+timeline takes naming every member's circuit at every validation over the rest of ``fit --task min``, K = 1024,
+3000 steps, validation every 1000).
 """
 
 from __future__ import annotations
@@ -312,9 +314,44 @@ def main() -> None:
         print(f"plot: {args.plot}")
     ratio = {k: nb / statistics.median(times[k]["fit"]) for k in ks}
     ddp2 = ddp2_vs_single(2 if args.quick else 3)
+    timeline = timeline_overhead(1 if args.quick else 3)
+    print(f"timeline (every member's circuit at every validation), fit --task min K={TIMELINE_K} {TIMELINE_STEPS} "
+          f"steps: {_cell(timeline, 100)} % of the rest of fit")
     print(f"single_vs_notebook={ratio[1]:.2f} ensemble128_vs_notebook={ratio[128]:.1f} "
           f"ensemble1024_vs_notebook={ratio[1024]:.1f} min_fit_seconds={min_fit:.1f} ddp2_vs_single={ddp2:.2f} "
-          f"kb_per_member_231={memory_231 / 1024:.1f}")
+          f"kb_per_member_231={memory_231 / 1024:.1f} timeline_overhead={statistics.median(timeline):.3f}")
+
+
+TIMELINE_K, TIMELINE_STEPS = 1024, 3000
+
+
+def timeline_overhead(rounds: int) -> list[float]:
+    """Per round, the timeline's share of ``fit``: seconds spent naming every member's circuit (the
+    timeline's own clock) over the rest of the training loop (timed like ``fit``). ``fit --task min`` with
+    its defaults (2-3-1, lr 0.1, validation every 1000 steps, checkpoints), K = 1024, 3000 steps: the members
+    form their circuits, so the names are worked out as a real run works them out."""
+    from circuits_pl.cli import CircuitsCLI
+
+    shares = []
+    with tempfile.TemporaryDirectory() as root:
+        for _ in range(rounds):
+            cli = CircuitsCLI(args=["--task", "min", "--model.members", str(TIMELINE_K), "--trainer.max_steps",
+                                    str(TIMELINE_STEPS), "--stop.when", "never", "--trainer.default_root_dir", root,
+                                    "--threads", str(THREADS), "--trainer.enable_progress_bar", "false",
+                                    "--figures", "false"], run=False)
+            timer = _TrainTimer()
+            cli.trainer.callbacks.append(timer.callback)
+            with open(os.devnull, "w") as devnull:
+                stdout, sys.stdout = sys.stdout, devnull
+                try:
+                    cli.trainer.fit(cli.model, cli.datamodule)
+                finally:
+                    sys.stdout = stdout
+            spent = cli.model.timeline.seconds
+            shares.append(spent / (timer.seconds - spent))
+            print(f"timeline: {spent:.2f} s of fit {timer.seconds:.2f} s (K={TIMELINE_K}, {TIMELINE_STEPS} steps, "
+                  f"{len(cli.model.timeline.steps)} validations)", file=sys.stderr)
+    return shares
 
 
 def ddp2_vs_single(rounds: int) -> float:

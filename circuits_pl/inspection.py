@@ -2,19 +2,24 @@
 
 PATH is a checkpoint or a run directory (``lightning_logs/version_N``, whose ``checkpoints/last.ckpt``
 is read). Prints the raw weights in the notebook's layout, the canonical form, the formula, which
-exact circuit it is, the checks (homogeneity, held-out directions) and the test MSE; (re)writes
-``losses.png``, ``function_member{k}.png`` and ``circuit_member{k}.png`` into the run directory
-(``--figures false`` to only print). A run directory that cannot be written still gets its readout.
+exact circuit it is, the checks (homogeneity, held-out directions), the test MSE and the member's path
+through circuits over training (its timeline: ``none → r(a + b) → r(a) − r(−a) − r(a − b) at 3000,
+solved at 6000``); (re)writes ``timeline.png``, ``losses.png``, ``function_member{k}.png`` and
+``circuit_member{k}.png`` into the run directory (``--figures false`` to only print). A run directory
+that cannot be written still gets its readout.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 
 from circuits_pl.module_readout import heldout_mse, read_member, test_mse, write_figures
 from circuits_pl.readout import Readout
 from circuits_pl.saved_run import Run, check_finite_member, load_run
+from circuits_pl.timeline import NOT_TRACKED, path_text
 from circuits_pl.usage import program_name
+from circuits_pl.verdicts import TREND_WINDOW, projected_step
 
 
 def report_text(run: Run, member: int, readout: Readout) -> str:
@@ -26,11 +31,32 @@ def report_text(run: Run, member: int, readout: Readout) -> str:
         header += f" of {k_total} ({'the best by validation MSE' if member == best else f'best is {best}'})"
     if module.cell_text(member):
         header += f"; {module.cell_text(member)}"
-    lines = [header, "", readout.text().rstrip()]
+    lines = [header, timeline_line(run, member, readout.decision.solved), "", readout.text().rstrip()]
     held = heldout_mse(module, run.data)
     if held is not None:
         lines.append(f"Held-out directions (u·x < 0 for u = {run.data.cone}): MSE {float(held[member]):.4g}")
     return "\n".join(lines) + "\n"
+
+
+def timeline_line(run: Run, member: int, solved: bool) -> str:
+    """``Timeline: none → r(a + b) → r(a) − r(−a) − r(a − b) at 3000, solved at 6000``: the member's circuits
+    at the run's validations, the step its final circuit formed, and the step it was first solved (by the
+    validations; the last step if only the final decision says so)."""
+    timeline = run.module.timeline
+    if timeline.absent:
+        return "Timeline: absent (this checkpoint was written before circuits_pl recorded one)"
+    if not timeline.tracks(member):
+        return f"Timeline: circuits {NOT_TRACKED} (the readout reads bias-free nets with 1 or 2 hidden layers)"
+    module = run.module
+    at = int(module.population.solved_at[member])
+    solved_at = (at if at >= 0 else run.step) if solved else None
+    text = "Timeline: " + path_text(timeline.path(member), timeline.formed_at()[member], solved_at)
+    if not solved:
+        projected = projected_step(*timeline.last(member, TREND_WINDOW),
+                                   float(module.population.success_mse[member]))
+        if projected is not None and math.isfinite(projected):
+            text += f" (its last {TREND_WINDOW} validations project step {projected:.0f} along a power law)"
+    return text
 
 
 def bias_text(run: Run, member: int) -> str:
@@ -57,10 +83,11 @@ def main(argv: list[str]) -> None:
                     "which exact circuit, checks; (re)writes its PNG figures into the run directory.",
     )
     parser.add_argument("path", help="a checkpoint (.ckpt) or a run directory (lightning_logs/version_N)")
-    parser.add_argument("--member", type=int, default=None, help="member to read (default: the best)")
+    parser.add_argument("--member", "--model.member", type=int, default=None, dest="member",
+                        help="member to read (default: the best)")
     parser.add_argument("--figures", type=_bool, default=True, metavar="true|false",
-                        help="(re)write losses.png, function_member{k}.png, circuit_member{k}.png into the run "
-                             "directory (default: true)")
+                        help="(re)write timeline.png, losses.png, function_member{k}.png, circuit_member{k}.png "
+                             "into the run directory (default: true)")
     parser.add_argument("--task", default=None,
                         help="the checkpoint's task, if it is your own (package.module:function): "
                              "a checkpoint never imports code by itself")

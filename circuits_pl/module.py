@@ -31,6 +31,7 @@ from circuits_pl.strategy import check_strategy, member_share, sync_members
 from circuits_pl.success import success_threshold
 from circuits_pl.sweep import Sweep
 from circuits_pl.tasks import Task, get_task
+from circuits_pl.timeline import Timeline
 from circuits_pl.train_block import TrainedMembers
 
 
@@ -93,6 +94,8 @@ class CircuitModule(pl.LightningModule):
         self.automatic_optimization = False  # S SGD steps per Lightning batch: see the module docstring
 
         self.net = GroupedMLPs(self.sweep, bias, init_seed)
+        # every member's circuit per validation, each group's members by its own sizes
+        self.timeline = Timeline(self.task, [(g.layer_sizes, g.members) for g in self.sweep.groups()], bias)
         self._cadence = Cadence()  # the Trainer's, read at on_train_start
         self._scheduled_validation = False  # is the validation after this block a regular one
         self._synced_at = -1  # the global_step at which the ranks last exchanged their members
@@ -167,7 +170,11 @@ class CircuitModule(pl.LightningModule):
     def on_train_start(self) -> None:
         # a restored optimizer takes --model.*'s values, and each group its cells' lr
         self.optim.apply_to(self._trained().optimizer, [g.lr for g in self.sweep.groups()])
-        data = getattr(getattr(self.trainer, "datamodule", None), "hparams", None)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if "readout" in self.timeline.modes and hasattr(datamodule, "fixed_set"):
+            # two hidden layers: units dead on the test set, as the readout finds them
+            self.timeline.inputs = datamodule.fixed_set("test").tensors[0]
+        data = getattr(datamodule, "hparams", None)
         self._cadence = Cadence.of_trainer(self.trainer, getattr(data, "steps_per_batch", None))
 
     def configure_optimizers(self) -> MemberOptimizer:
@@ -252,6 +259,8 @@ class CircuitModule(pl.LightningModule):
             self.print(f"Starting validation MSE: {population.describe(mse)}")
             return
         population.record_validation(mse, self.global_step if fit else None, self._scheduled_validation)
+        if fit and self._scheduled_validation:  # after the member sync: every rank names every member
+            self.timeline.record(self.global_step, [net.weights for net in self.net.groups], population.val_mse)
         metrics = {"val/mse": population.val_mse[self.selected_member],
                    "val/median_mse": population.median(population.val_mse),
                    "val/solved": population.solved.sum().float(),
@@ -286,11 +295,13 @@ class CircuitModule(pl.LightningModule):
     # --- checkpoints, logging, printing --------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["loss_history"] = self.population.losses_state()
+        checkpoint["timeline"] = self.timeline.state()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         upgrade_state_dict(checkpoint["state_dict"])  # a checkpoint written before the population record
         upgrade_group_keys(checkpoint["state_dict"])  # ... or before the networks came in groups
         self.population.load_losses(checkpoint.get("loss_history", {}))
+        self.timeline.load(checkpoint.get("timeline"))  # absent in checkpoints from before the timeline
 
     def _log_metrics(self, metrics: dict[str, torch.Tensor]) -> None:
         """The one call of Lightning's logger (costly: call it rarely), and the loss curves' record.

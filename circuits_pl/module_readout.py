@@ -19,6 +19,7 @@ from circuits_pl import plots
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.module import CircuitModule
 from circuits_pl.readout import Readout, certify, describe_member, read_circuit
+from circuits_pl.readout.snap import circuit_name
 from circuits_pl.verdicts import Decision, decide
 
 
@@ -76,7 +77,7 @@ def read_member(module: CircuitModule, data: CircuitDataModule, member: int | No
 
 
 NO_CIRCUIT = {"formula": None, "rough_formula": None, "circuit": None, "matched": False, "family": None,
-              "sparsity_error": None, "reason": None, "formula_max_error": None}
+              "sparsity_error": None, "reason": None, "formula_max_error": None, "name": None}
 
 
 def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dict[str, Any]]:
@@ -102,7 +103,8 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
         d = member.as_dict()
         out.append({"formula": d["formula"], "rough_formula": d["rough_formula"], "circuit": d["label"],
                     "matched": bool(d["exact"]), "family": d["family"], "sparsity_error": d["sparsity_error"],
-                    "reason": d["reason"], "formula_max_error": k})
+                    "reason": d["reason"], "formula_max_error": k,
+                    "name": circuit_name(member)[0]})  # as the timeline names it (circuits_pl.readout.snap)
         nets.setdefault(tuple(w.shape for w in weights), []).append((out[-1], weights, member.formula_weights))
     for same in nets.values():
         distances = certify.between_each([n for _, n, _ in same], [f for _, _, f in same]).max_error.tolist()
@@ -136,13 +138,21 @@ def heldout_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor 
 
 def write_figures(directory: str | Path, module: CircuitModule, member: int,
                   readout: Readout | None) -> list[Path]:
-    """The run's loss curves, and one member's learned function and circuit graph, as PNGs.
+    """The run's circuits over training (timeline.png) and loss curves, and one member's learned function and
+    circuit graph, as PNGs.
 
     Loss curves come from the module's own loss history (kept in checkpoints), so they exist
     whatever the logger. Nets with biases get no circuit graph (there is no circuit to draw).
     """
     directory = Path(directory)
     written = []
+    timeline = module.timeline
+    if timeline.tracked and not timeline.absent and timeline.steps:
+        names, counts = timeline.shares()
+        sweep = module.sweep
+        cells = "-".join(map(str, sweep.cells[0].layer_sizes)) if sweep.is_single else sweep.describe()
+        title = f"{module.task.name} {cells}: each member's circuit"
+        written.append(plots.plot_timeline(timeline.steps, names, counts, directory / "timeline.png", title))
     if module.population.loss_history:
         written.append(plots.plot_losses(module.population.loss_history, directory / "losses.png"))
     runs = None

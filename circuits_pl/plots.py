@@ -355,3 +355,56 @@ def _hidden(sizes: str | Sequence[int]) -> str:
     """``2-4-1`` (or ``[2, 4, 1]``) -> ``4``: the hidden widths, the same for every task of a sweep."""
     parts = sizes.split("-") if isinstance(sizes, str) else [str(n) for n in sizes]
     return "-".join(parts[1:-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Timeline
+# ---------------------------------------------------------------------------------------------
+
+def plot_timeline(steps: Sequence[int], names: Sequence[str], counts: torch.Tensor, out_png: str | Path,
+                  title: str = "", top: int = 7) -> Path:
+    """The share of members holding each circuit at each recorded validation, as a stacked area chart.
+
+    Args:
+        steps: SGD step of each validation.
+        names: the circuit names (``counts``' columns); ``none`` is drawn grey, at the bottom.
+        counts: ``(V, len(names))`` members per circuit per validation (``Timeline.shares``).
+        top: circuits drawn on their own (the most held at any validation); the rest as "other".
+    """
+    counts = counts.double()
+    members = max(1.0, float(counts[0].sum())) if counts.shape[0] else 1.0
+    peak = counts.amax(dim=0) if counts.shape[0] else torch.zeros(len(names))
+    ranked = [int(i) for i in peak.argsort(descending=True) if peak[i] > 0 and names[int(i)] != "none"]
+    shown, rest = ranked[:top], ranked[top:]
+    layers, labels, colours = [], [], []
+    if "none" in names:
+        layers.append(counts[:, names.index("none")])
+        labels.append("none")
+        colours.append("0.8")
+    palette = iter(f"C{i}" for i in range(10))
+    for i in shown:
+        layers.append(counts[:, i])
+        labels.append(names[i])
+        colours.append(next(palette))
+    if rest:
+        layers.append(counts[:, rest].sum(dim=1))
+        labels.append(f"other ({len(rest)} circuits)")
+        colours.append("0.5")
+    fig = _figure(8.0, 4.2)
+    ax = fig.add_subplot()
+    if layers and len(steps) > 1:
+        ax.stackplot(list(steps), *[(layer / members).tolist() for layer in layers], labels=labels,
+                     colors=colours, alpha=0.9)
+    elif layers and steps:  # one validation: an area needs two; a stacked bar at that step
+        bottom = 0.0
+        for layer, label, colour in zip(layers, labels, colours):
+            share = float(layer[0]) / members
+            ax.bar(steps[0], share, width=max(0.1 * steps[0], 0.1), bottom=bottom, label=label, color=colour, alpha=0.9)
+            bottom += share
+    ax.set_xlim(*((min(steps), max(steps)) if len(steps) > 1 else (0, max(1.1 * steps[0], 1) if steps else 1)))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("SGD step")
+    ax.set_ylabel("share of members")
+    ax.set_title(title or "Each member's circuit at each validation", fontsize="medium")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return save_figure(fig, out_png)

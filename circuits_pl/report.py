@@ -10,7 +10,8 @@ added in rounds to the cells whose interval is still wider than the target. The 
 
     report.md    per cell: success rate with Wilson 95% CI, median solved-at step, verdicts (exact /
                  slow / stuck / diverged), sparsity error of the solved members, the circuits found,
-                 the most common stuck functions; and the basins of the initial weights
+                 the most common stuck functions; the basins of the initial weights; per fit, when circuits
+                 formed (formed-at against solved-at) and the common paths through circuits (the timeline)
     report.csv   the same table, one row per cell (``members``: the seeds it took)
     report.png   success rates with their confidence intervals (a heat map per task and init scale,
                  sizes x lrs, when the study sweeps them)
@@ -269,7 +270,8 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str, interru
         f"`{command}`", "",
         *([f"**{interrupted}**", ""] if interrupted else []),
         "Every member trains the whole budget (no early stop). Found: the readout of its weights is an exact",
-        "circuit of the task and its MSE is below the threshold or still falling geometrically. Solved",
+        "circuit of the task and its MSE is below the threshold or, from its timeline, it holds that circuit and",
+        "a power law of its last validations reaches the threshold within twice the steps trained. Solved",
         "(converged): validation MSE below the MSE of the exact circuit with every weight perturbed by ±1e-5.",
         "Verdicts: converged, converging (found, still on its way down), slow (still improving), stuck",
         "(validation MSE fell by < 1% over the last 8 validations), too early (< 3 validations), diverged.", "",
@@ -346,6 +348,47 @@ def basins_markdown(records: list[tuple[str, CellRecord]]) -> list[str]:
                          f"| {r['found']} ({r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}) |")
         lines.append("")
     return lines if len(lines) > 6 else []
+
+
+def timeline_markdown(results: list[dict[str, Any]]) -> list[str]:
+    """report.md's Timeline section: per fit (a task's cells together), when the found members' circuits
+    formed (the distribution of ``formed_at`` beside that of ``solved_at``) and the most common paths
+    through circuits; a fit from before the timeline says it has none."""
+    lines = ["", "## Timeline: when circuits form, and the paths to them", "",
+             "Formed at: the step from which the timeline (each member's circuit at every validation) named a",
+             "member's final circuit. Quantiles over the found members; paths: each member's circuits in order.", ""]
+    for res in results:
+        cells = res.get("cells") or [res]
+        setting = f"{len(cells)} cells" if len(cells) > 1 else "-".join(map(str, cells[0]["layer_sizes"]))
+        name = f"**{res.get('job', res['task'])}** ({setting})"
+        t = res.get("timeline")
+        if not t:
+            lines += [f"- {name}: timeline absent (a run from before circuits_pl recorded one)", ""]
+            continue
+        per = res["per_member"]
+        formed = [f for f, ok in zip(per["formed_at"] or [], per["found"]) if ok and f is not None]
+        solved = [s for s in per["solved_at"] if s is not None]
+        ci = t.get("formed_at_ci95")
+        median = f"; median {t['formed_at_median_of_found']:.0f}, 95% CI {ci[0]:.0f}–{ci[1]:.0f}" if ci else ""
+        lines.append(f"{name}: {t['validations']} validations, circuits {t['tracked']}; formed at "
+                     f"{_quantiles(formed)} ({len(formed)} found members{median}), solved at {_quantiles(solved)}")
+        lines.append("")
+        for p in t["common_paths"][:5]:
+            lines.append(f"- {p['members']}× {' → '.join(p['path'])}")
+        lines.append("")
+    return lines
+
+
+def _quantiles(values: list[float]) -> str:
+    """``min 1000, quartiles 2000 / 3000 / 3000, max 5000`` (or ``–`` for none)."""
+    if not values:
+        return "–"
+    xs = sorted(values)
+
+    def q(f: float) -> float:
+        return xs[min(len(xs) - 1, int(f * (len(xs) - 1) + 0.5))]
+
+    return f"min {xs[0]:.0f}, quartiles {q(0.25):.0f} / {q(0.5):.0f} / {q(0.75):.0f}, max {xs[-1]:.0f}"
 
 
 def plot_basins_of(name: str, record: CellRecord, path: Path) -> Path | None:
@@ -481,6 +524,7 @@ def main(argv: list[str]) -> None:
     plans = study.first_round()
     planned: list[FitPlan] = []
     runs: list[tuple[str, str]] = []
+    fit_results: list[dict[str, Any]] = []  # each fit's results.json, for the timeline section
     rounds: list[str] = []
     interrupted: ReportInterrupted | None = None
     with _stop_on_signals():
@@ -498,6 +542,7 @@ def main(argv: list[str]) -> None:
                     plan = by_name[spec.name]
                     study.add(plan, res, str(run_dir))
                     runs.append((spec.name, str(run_dir)))
+                    fit_results.append({**res, "job": spec.name})
                     bar.update(1)
                     left[plan.base.name] -= 1
                     if not left[plan.base.name]:  # the base's cells have their seeds of this round
@@ -517,7 +562,7 @@ def main(argv: list[str]) -> None:
     named = study.named_records()
     rows = study.rows()
     done_runs = sorted(runs, key=lambda nr: [p.name for p in planned].index(nr[0]))
-    extra_md = basins_markdown(named)
+    extra_md = basins_markdown(named) + timeline_markdown(fit_results)
     rounds_md = _rounds_summary(study, rows, rounds)
     if interrupted is not None:
         _report_interrupted(interrupted, rows, planned, launcher.stopped_names, out, command,

@@ -44,22 +44,58 @@ from circuits_pl.module_readout import (
 )
 from circuits_pl.population import HISTORY
 from circuits_pl.readout.certify import box_text
-from circuits_pl.success import wilson_interval
+from circuits_pl.success import median_interval, wilson_interval
 from circuits_pl.sweep import Cell
-from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, Decision, found, verdict
+from circuits_pl.timeline import NOT_TRACKED
+from circuits_pl.verdicts import (
+    FORMED_VALIDATIONS,
+    GEOMETRIC_RATIO,
+    MIN_VALIDATIONS,
+    STUCK_PROGRESS,
+    TREND_HORIZON,
+    TREND_WINDOW,
+    Decision,
+    Trend,
+    found,
+    projected_step,
+    verdict,
+)
 
 UNLISTED = "an unlisted circuit"
 
 
-def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]], decisions: list[Decision]) -> list[str]:
-    """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts)."""
+def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]], decisions: list[Decision],
+                    trends: list[Trend] | None = None) -> list[str]:
+    """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts);
+    ``trends`` (:func:`member_trends`) decide converging where the run has a timeline."""
     population = module.population
     hist = population.val_history.cpu().double()
     out = []
     for k in range(module.members):
         exact = bool(circuits[k]["matched"])  # the readout, whatever the loss: a converging member is found
         out.append(verdict(decisions[k].solved, exact, hist[:, k].tolist(),
-                           diverged=int(population.diverged_at[k]) >= 0))
+                           diverged=int(population.diverged_at[k]) >= 0,
+                           trend=None if trends is None else trends[k]))
+    return out
+
+
+def member_trends(module: CircuitModule, steps: int) -> list[Trend] | None:
+    """Per member, what the timeline says of its way down (``circuits_pl.verdicts.Trend``): how many
+    validations in a row named its final circuit, an exact one (None where circuits are not tracked),
+    and the step a power law of its last validations projects it to reach the threshold; None for a run
+    from before the timeline."""
+    timeline = module.timeline
+    if timeline.absent:
+        return None
+    codes = timeline.codes
+    stable = timeline.stable_for()
+    thresholds = module.population.success_mse.cpu().tolist()
+    out = []
+    for k in range(module.members):
+        recorded, mse = timeline.last(k, TREND_WINDOW)
+        final_exact = codes.shape[0] > 0 and timeline.exact[int(codes[-1, k])]
+        projected = projected_step(recorded, mse, thresholds[k])  # its own cell's threshold
+        out.append(Trend((stable[k] if final_exact else 0) if timeline.tracks(k) else None, projected, steps))
     return out
 
 
@@ -111,7 +147,8 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
     # last step"; a member not solved has none
     solved_at = torch.where(solved & (population.solved_at < 0).cpu(), steps, population.solved_at.cpu())
     solved_at = torch.where(solved, solved_at, -1)
-    verdicts = member_verdicts(module, circuits, decisions)
+    trends = member_trends(module, steps)
+    verdicts = member_verdicts(module, circuits, decisions, trends)
     certified = bounds is not None and bounds.certified
     box = box_text(module.task.arity)
     exact_errors = [float(bounds.max_error[k]) for k, d in enumerate(decisions) if d.exact and certified]
@@ -119,6 +156,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
     sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved_flags) if ok and c["sparsity_error"] is not None]
     basin_of, basin_summaries = member_basins(module, found_flags)
     thresholds = population.success_mse.cpu().tolist()
+    formed_at = module.timeline.formed_at()
     cells = []
     for c, cell in enumerate(sweep.cells):
         ms = sweep.members_of(c)
@@ -130,6 +168,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             **rates([found_flags[m] for m in ms], [solved_flags[m] for m in ms], [at[m] for m in ms]),
             "circuits_of_found": circuits_of_found([circuits[m] for m in ms], [verdicts[m] for m in ms]),
             "basins": basin_summaries[c] if basin_summaries else None,
+            **formed_summary([formed_at[m] for m in ms], [found_flags[m] for m in ms], module.timeline.absent),
         })
     single = cells[0] if sweep.is_single else None
     return {
@@ -159,6 +198,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         # every cell of the run (one without a sweep), sorted by sizes, lr, init_scale; member m is of
         # cell m // members_per_cell, seeded init_seed + m % members_per_cell
         "cells": cells,
+        "timeline": timeline_summary(module, circuits, verdicts),
         "per_member": {
             "cell": population.cell_of.cpu().tolist(),
             "val_mse": _floats(population.val_mse),
@@ -168,6 +208,10 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "solved": solved_flags,
             "solved_at": [int(v) if v >= 0 else None for v in at],
             "diverged_at": [int(v) if v >= 0 else None for v in population.diverged_at.cpu().tolist()],
+            # the step from which the timeline named its final circuit (None: none, or no timeline), and the
+            # step a power law of its last validations reaches success_mse at (None: too few; inf: not falling)
+            "formed_at": None if module.timeline.absent else formed_at,
+            "projected_solved_at": None if trends is None else [_projected(t.projected) for t in trends],
             "verdict": verdicts,
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
@@ -188,8 +232,14 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "sectors_agreeing": [b.agreeing for b in basin_of] if basin_of else None,
         },
         "verdict_rules": {
-            "found": "the readout is an exact circuit of the task, and the member is solved (see decided_on) "
-                     f"or each of the last two validations is at most {GEOMETRIC_RATIO:g}x the one before",
+            "found": (f"the readout is an exact circuit of the task, and the member is solved (see decided_on) or "
+                      f"converging: the timeline named that circuit at the last {FORMED_VALIDATIONS} validations "
+                      f"and a power law of its MSE fitted over the last {TREND_WINDOW} reaches success_mse within "
+                      f"{TREND_HORIZON:g}x the steps trained (projected_solved_at)")
+                     if trends is not None else
+                     ("the readout is an exact circuit of the task, and the member is solved (see decided_on) "
+                      f"or each of the last two validations is at most {GEOMETRIC_RATIO:g}x the one before "
+                      "(a run from before the timeline)"),
             "converged": "solved: the MSE named in decided_on below success_mse",
             "exact": "the readout is an exact circuit of the task (named in circuit) and the member is solved; "
                      "a member not solved with a circuit named is approaching that circuit",
@@ -197,6 +247,43 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "too early": f"fewer than {MIN_VALIDATIONS} scheduled validations",
         },
     }
+
+
+def _projected(step: float | None) -> float | str | None:
+    """A projected step for JSON (inf as the string "inf": JSON has no infinity)."""
+    return None if step is None else "inf" if math.isinf(step) else round(step)
+
+
+def timeline_summary(module: CircuitModule, circuits: list[dict[str, Any]], verdicts: list[str]
+                     ) -> dict[str, Any] | None:
+    """results.json's ``timeline``: what was recorded, the median formed-at of the found members with a
+    95% interval, the common paths and transitions, and whether the last entry names each member's circuit
+    as the final readout does; None for a run from before the timeline."""
+    timeline = module.timeline
+    if timeline.absent:
+        return None
+    codes = timeline.codes
+    last = [timeline.names[int(c)] for c in codes[-1]] if codes.shape[0] else []
+    final = [c["name"] for c in circuits]
+    return {
+        "validations": len(timeline.steps),
+        "tracked": timeline.mode_text(),
+        "last_step": timeline.steps[-1] if timeline.steps else None,
+        **formed_summary(timeline.formed_at(), [found(v) for v in verdicts], False),
+        "common_paths": [{"path": list(p), "members": n} for p, n in timeline.common_paths(8)],
+        "transitions": [{"from": a, "to": b, "count": n} for (a, b), n in timeline.transitions().most_common(12)],
+        # of the members whose circuits are tracked
+        "last_entry_as_readout": sum(a == b for k, (a, b) in enumerate(zip(last, final)) if timeline.tracks(k))
+        if timeline.tracked else None,
+    }
+
+
+def formed_summary(formed_at: list[int | None], found_flags: list[bool], absent: bool) -> dict[str, Any]:
+    """The median step at which found members' circuits formed, with its 95% interval (None without a
+    timeline, or with no found member whose circuit the timeline named)."""
+    median = None if absent else median_interval([f for f, ok in zip(formed_at, found_flags) if ok and f is not None])
+    return {"formed_at_median_of_found": None if median is None else median[0],
+            "formed_at_ci95": None if median is None else [median[1], median[2]]}
 
 
 def member_basins(module: CircuitModule, found_flags: list[bool]) -> tuple[list | None, list[dict] | None]:
@@ -347,11 +434,14 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
         path = Path(log_dir) / "results.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(res, indent=2) + "\n")
+        timeline = write_timeline(Path(log_dir), module)
         written = write_figures(log_dir, module, best, readout) if figures else []
         if figures and len(res["cells"]) > 1:
             written.append(phase_diagram(res, Path(log_dir) / "phase.png"))
         _mark_done(trainer)  # everything is on disk: a signal from now on says so
         say(f"Results: {path}")
+        if timeline is not None:
+            say(timeline)
         for fig in written:
             say(f"Figure: {fig}")
     _mark_done(trainer)
@@ -362,6 +452,15 @@ def _mark_done(trainer: pl.Trainer) -> None:
     for guard in trainer.callbacks:
         if isinstance(guard, GracefulInterrupt):
             guard.done()
+
+
+def write_timeline(directory: Path, module: CircuitModule) -> str | None:
+    """circuits.csv in the run directory (timeline.png is one of the run's figures); what fit says of it."""
+    timeline = module.timeline
+    if timeline.absent or not timeline.steps:
+        return None
+    return (f"Timeline: {timeline.write_csv(directory / 'circuits.csv')} ({len(timeline.steps)} validations x "
+            f"{module.members} members{'' if timeline.tracked else '; circuits ' + NOT_TRACKED})")
 
 
 class RunSummary(pl.Callback):

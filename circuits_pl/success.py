@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from scipy.stats import binomtest
+from scipy.stats import binom, binomtest
 
 from circuits_pl.network import layer_activations
 from circuits_pl.stream import uniform_inputs
@@ -59,3 +59,17 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
         return (0.0, 1.0)
     ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=confidence, method="wilson")
     return float(ci.low), float(ci.high)
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float] | None:
+    """The median of ``values`` and a distribution-free interval for it: the order statistics x_(r) and
+    x_(n+1−r) with r the largest rank whose binomial tail P(Bin(n, ½) < r) stays within (1 − confidence)/2
+    (at least 1: with fewer than 6 values the interval is the range, below the confidence asked).
+    None for no values."""
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    if n == 0:
+        return None
+    r = max(1, int(binom.ppf((1 - confidence) / 2, n, 0.5)))
+    mid = xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+    return mid, xs[r - 1], xs[n - r]

@@ -34,8 +34,13 @@ def _same(a, b):
     for p in sa:
         for key, value in sa[p].items():
             assert torch.equal(value, sb[p][key]), (p, key)
+    ta, tb = ca["timeline"], cb["timeline"]  # recorded after the member sync, on every member
+    assert ta["steps"].tolist() == tb["steps"].tolist() and ta["names"] == tb["names"]
+    assert torch.equal(ta["codes"], tb["codes"]) and torch.equal(ta["val_mse"].nan_to_num(-7.0),
+                                                                tb["val_mse"].nan_to_num(-7.0))
     ra, rb = results(a), results(b)
     assert ra["per_member"] == rb["per_member"]
+    assert ra["timeline"] == rb["timeline"]
 
 
 def test_member_shares_cover_every_member_once():

@@ -48,19 +48,31 @@ def test_the_readme_names_the_command_and_its_numbers_are_the_saved_ones():
     fam = cell["families"]
     assert [int(v) for v in split.groups()] == [cell["found"], fam.get("r(a) − r(−a) − r(a − b)", 0),
                                                 fam.get("r(b) − r(−b) − r(b − a)", 0), fam.get(sym, 0)]
-    for width in (8, 16):
-        wide = re.search(rf"at (?:width )?{width} \(lr 0\.3\),? (\d+) of (\d+) found nets are " + re.escape(sym), text)
-        assert wide, (width, text)
-        cell = CELLS["min", width, 0.3]
-        assert [int(v) for v in wide.groups()] == [cell["families"].get(sym, 0), cell["found"]]
-    add = re.search(r"add: best at width 4 \(([\d.]+)–([\d.]+)\); (\d+) of (\d+) found nets there \(lr 0\.1\) are "
-                    r"the two-unit r\(a \+ b\) − r\(−a − b\)", text)
+    wide = re.search(r"at width 8 \(lr 0\.3\),? (\d+) of (\d+) found nets are " + re.escape(sym), text)
+    assert wide, text
+    cell = CELLS["min", 8, 0.3]
+    assert [int(v) for v in wide.groups()] == [cell["families"].get(sym, 0), cell["found"]]
+    assert "at width 16 none is found" in text
+    assert all(CELLS["min", 16, lr]["found"] == 0 for lr in (0.03, 0.1, 0.3))
+    assert "none of them is solved within 20k steps" in text
+    assert all(CELLS["min", w, lr]["solved"] == 0 for w in (8, 16) for lr in (0.03, 0.1, 0.3))
+    add = re.search(r"add: best at width 4 and lr 0\.3 \(([\d.]+): (\d+) found, (\d+) solved; ([\d.]+)–([\d.]+) at the "
+                    r"smaller rates[^)]*\); (\d+) of (\d+) found nets there \(lr 0\.3\) are the two-unit "
+                    r"r\(a \+ b\) − r\(−a − b\)", text)
     assert add, text
-    rates = sorted(c["found"] / c["members"] for (t, w, _), c in CELLS.items() if (t, w) == ("add", 4))
-    assert add.group(1, 2) == (f"{rates[0]:.2f}", f"{rates[-1]:.2f}")
-    cell = CELLS["add", 4, 0.1]
-    assert [int(v) for v in add.group(3, 4)] == [cell["families"].get("r(a + b) − r(−a − b)", 0), cell["found"]]
-
+    best = CELLS["add", 4, 0.3]
+    assert f"{best['found'] / best['members']:.2f}" == add.group(1)
+    assert best["found"] == max(c["found"] for (t, _, _), c in CELLS.items() if t == "add")
+    assert [int(v) for v in add.group(2, 3, 6, 7)] == [best["found"], best["solved"],
+                                                       best["families"].get("r(a + b) − r(−a − b)", 0), best["found"]]
+    rates = sorted(CELLS["add", 4, lr]["found"] / CELLS["add", 4, lr]["members"] for lr in (0.03, 0.1))
+    assert add.group(4, 5) == (f"{rates[0]:.2f}", f"{rates[-1]:.2f}")
+    wider = re.search(r"at widths 8 and 16: (\d+) of (\d+) found, all at 2-8-1 lr 0\.3; (\d+) of (\d+) solved", text)
+    assert wider, text
+    cells = [c for (t, w, _), c in CELLS.items() if t == "add" and w in (8, 16)]
+    assert [int(v) for v in wider.groups()] == [sum(c["found"] for c in cells), sum(c["members"] for c in cells),
+                                               sum(c["solved"] for c in cells), sum(c["members"] for c in cells)]
+    assert sum(c["found"] for c in cells) == CELLS["add", 8, 0.3]["found"]
 
 def retrain(task: str, width: int, lr: float, members: int, steps: int) -> dict:
     """Members 0..members-1 of a cell trained again as report's fit trains them (seed 0, every member the whole

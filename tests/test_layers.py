@@ -18,7 +18,7 @@ FLOORS = [
     {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "stream", "sweep",
      "init_weights", "memory", "population", "signals"},
     # 2. analysis without Lightning
-    {"success", "verdicts", "readout", "plots", "basins", "study"},
+    {"success", "verdicts", "readout", "plots", "basins", "study", "timeline"},
     # 3. Lightning parts
     {"compat", "data", "module", "callbacks", "interrupts", "atomic_checkpoint_io", "checkpoint_checks", "logger",
      "preflight", "strategy"},

@@ -518,8 +518,8 @@ def test_a_signal_after_the_end_of_fit_exits_with_one_line_and_a_complete_run(tm
     _one_line_exit(proc, err, 130, r"^SIGINT: interrupted (after the end of fit; the run is complete|while exiting)")
     (run,) = run_dirs(tmp_path)
     assert results(run)["steps"] == 1000
-    pngs = sorted(run.glob("*.png"))
-    assert len(pngs) == 3
+    pngs = sorted(run.glob("*.png"))  # timeline, losses, the best member's function and circuit
+    assert len(pngs) == 4 and run / "timeline.png" in pngs
     for png in pngs:
         assert_drawn(png)
 
