@@ -49,26 +49,47 @@ def family_key(task: str, family: str) -> str:
     return family
 
 
-def cell(run_dir: Path) -> dict:
-    """One job's cell, read from its last checkpoint with today's readout."""
+def cell(run_dir: Path) -> list[dict]:
+    """A fit's cells (report's fit holds a task's whole diagram), read from its last checkpoint with today's
+    readout."""
     run = load_run(run_dir)
     res = run_results(run.module, run.data, run.step)
     task = res["task"]
     per = res["per_member"]
-    outcome = [family_key(task, f) if ok else None for f, ok in zip(per["family"], per["found"])]
-    families = Counter(f for f in outcome if f is not None)
-    lo, hi = wilson_interval(res["found"], res["members"])
-    return {"task": task, "width": res["layer_sizes"][1], "lr": res["lr"], "steps": res["steps"],
-            "members": res["members"], "found": res["found"], "found_ci95": [round(lo, 2), round(hi, 2)],
-            "solved": res["solved"], "families": dict(families.most_common()),
-            # per member (member k is the same net whatever the number of members): family if found, solved
-            "member_family": outcome, "member_solved": per["solved"]}
+    out = []
+    for info in res["cells"]:
+        mine = range(info["first_member"], info["first_member"] + info["members"])
+        outcome = [family_key(task, per["family"][m]) if per["found"][m] else None for m in mine]
+        families = Counter(f for f in outcome if f is not None)
+        lo, hi = wilson_interval(info["found"], info["members"])
+        out.append({"task": task, "width": info["layer_sizes"][1], "lr": info["lr"], "steps": res["steps"],
+                    "members": info["members"], "found": info["found"], "found_ci95": [round(lo, 2), round(hi, 2)],
+                    "solved": info["solved"], "families": dict(families.most_common()),
+                    # per member (member k is the same net whatever the number of members): family if found, solved
+                    "member_family": outcome, "member_solved": [per["solved"][m] for m in mine],
+                    "init_seed": res["init_seed"]})
+    return out
 
 
 def cells(reports: list[Path]) -> list[dict]:
     runs = sorted(d for r in reports for d in (r / "runs").glob("*/lightning_logs/version_*")
                   if (d / "results.json").is_file())  # finished jobs only
-    return [cell(d) for d in runs]
+    merged: dict[tuple, dict] = {}  # a cell whose seeds were split over fits (report --jobs): one, in seed order
+    for c in sorted((c for d in runs for c in cell(d)), key=lambda c: c.pop("init_seed")):
+        key = (c["task"], c["width"], c["lr"])
+        if key not in merged:
+            merged[key] = c
+            continue
+        m = merged[key]
+        m["members"] += c["members"]
+        m["found"] += c["found"]
+        m["solved"] += c["solved"]
+        m["member_family"] += c["member_family"]
+        m["member_solved"] += c["member_solved"]
+        m["families"] = dict(Counter(f for f in m["member_family"] if f is not None).most_common())
+        lo, hi = wilson_interval(m["found"], m["members"])
+        m["found_ci95"] = [round(lo, 2), round(hi, 2)]
+    return list(merged.values())
 
 
 def rows(table: list[dict]) -> list[dict]:

@@ -1,7 +1,15 @@
-"""Does a member pay for the other cells of a study? µs per network-step of each width alone and inside a study.
+"""A study in one process: the phase diagram's wall time against one fit per cell, and whether a member
+pays for the other cells (µs per network-step of each width alone and inside a study).
 
-    python benchmarks/study.py            # 1-2-1 ... 1-16-1, 64 members per cell, 9 interleaved rounds
-    python benchmarks/study.py --quick    # 5 rounds of shorter blocks (a check, ~15 s)
+    python benchmarks/study.py            # the README's phase diagram (36 cells x 64 seeds) both ways, then
+                                          # 1-2-1 ... 1-16-1, 64 members per cell, 9 interleaved rounds
+    python benchmarks/study.py --quick    # a smaller diagram (18 cells x 16 seeds, 2000 steps), 5 shorter rounds
+
+**Phase diagram.** ``report --tasks add,abs,min --sizes 2-2-1,2-4-1,2-8-1,2-16-1 --lrs 0.03,0.1,0.3
+--members 64`` run as it runs now (one fit per task holding the task's whole diagram, ``--jobs`` = CPU
+cores: the wall time of the whole command, report.md and figures included) against one ``fit`` process
+per cell (report's old way: the same seeds, budget and flags, run by the same local launcher with as many
+at once, fits only: nothing written after them). Every cell's found count is checked equal both ways.
 
 A study (``fit --sweep.sizes 1-2-1,1-4-1,1-8-1,1-16-1``) trains its cells side by side in one process:
 one group of networks per architecture and lr (``circuits_pl.sweep``), each trained by its own
@@ -19,15 +27,23 @@ blocks) with the spread (min–max); and the
 whole study block against its cells' blocks alone one after the other (the study's own overhead:
 the per-group loop, the divergence check, the step counters).
 
-The last line is machine-readable: ``study_121_vs_alone=R1 study_vs_cells_alone=R2`` (target R1 <= 1.15).
+The last line is machine-readable: ``phase_one_process_vs_per_cell=R0 study_121_vs_alone=R1
+study_vs_cells_alone=R2`` (targets R0 <= 0.4, R1 <= 1.15).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 
@@ -72,12 +88,60 @@ def block(run: TrainedMembers, sweep: Sweep, x: torch.Tensor, y: torch.Tensor, t
     return time.perf_counter() - start
 
 
+PHASE = ["--tasks", "add,abs,min", "--sizes", "2-2-1,2-4-1,2-8-1,2-16-1", "--lrs", "0.03,0.1,0.3", "--members", "64"]
+PHASE_QUICK = ["--tasks", "abs,add", "--sizes", "2-2-1,2-4-1,2-8-1", "--lrs", "0.03,0.1,0.3", "--members", "16",
+               "--max_steps", "2000"]
+
+
+def phase_diagram(study: list[str], jobs: int) -> tuple[float, float, int]:
+    """Wall seconds of ``report STUDY`` and of one fit per cell of it; the number of cells."""
+    from circuits_pl.launch import LocalLauncher
+    from circuits_pl.report import _parser, fit_spec, make_study
+    from circuits_pl.study import FitPlan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "circuits_pl", "report", *study, "--jobs", str(jobs),
+                        "--out", f"{tmp}/one"], check=True, capture_output=True)
+        one = time.perf_counter() - start
+        rows = list(csv.DictReader(open(f"{tmp}/one/version_0/report.csv")))
+
+        args = _parser().parse_args(study)
+        bases, cells = make_study(args)
+        plans = [FitPlan(f"{b.name}_{i}", b, (c,), 0, args.members) for b in bases for i, c in enumerate(cells[b.name])]
+        found = {}
+        by_name = {p.name: p for p in plans}
+
+        def done(spec, res, run_dir) -> None:
+            (cell,) = by_name[spec.name].cells
+            found[(by_name[spec.name].base.name, "-".join(map(str, cell.layer_sizes)), cell.lr)] = res["found"]
+
+        start = time.perf_counter()
+        LocalLauncher(jobs).run([fit_spec(p, args, Path(tmp) / "per_cell", []) for p in plans], done)
+        per_cell = time.perf_counter() - start
+    same = {(r["task"], r["layer_sizes"], float(r["lr"])): int(r["found"]) for r in rows}
+    if same != found:
+        raise SystemExit(f"the two ways disagree: {json.dumps(sorted(same.items()))} vs {sorted(found.items())}")
+    return one, per_cell, len(plans)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 rounds of 50-step blocks")
     parser.add_argument("--members", type=int, default=64, help="members per cell (default 64)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 9; --quick 5)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="fits at once (default: CPU cores)")
+    parser.add_argument("--phase_only", action="store_true", help="only the phase diagram, both ways")
     args = parser.parse_args()
+    study = PHASE_QUICK if args.quick else PHASE
+    one, per_cell, n_cells = phase_diagram(study, args.jobs)
+    phase = one / per_cell
+    print(f"phase diagram ({n_cells} cells, report {' '.join(study)}, {args.jobs} at once): one fit per task "
+          f"{one:.1f} s (the whole report) against one fit per cell {per_cell:.1f} s (fits only): {phase:.2f}; "
+          "found counts equal in every cell")
+    if args.phase_only:
+        print(f"phase_one_process_vs_per_cell={phase:.2f}")
+        return
     torch.set_num_threads(1)
     steps = 50 if args.quick else 200
     rounds = args.rounds or (5 if args.quick else 9)
@@ -132,7 +196,8 @@ def main() -> None:
     whole = statistics.median(whole_study) / statistics.median(whole_alone)
     print(f"whole study block {statistics.median(whole_study) * 1e3:.1f} ms against its cells alone one after the "
           f"other {statistics.median(whole_alone) * 1e3:.1f} ms: {whole:.2f}")
-    print(f"study_121_vs_alone={ratios[SIZES[0]]:.2f} study_vs_cells_alone={whole:.2f}")
+    print(f"phase_one_process_vs_per_cell={phase:.2f} study_121_vs_alone={ratios[SIZES[0]]:.2f} "
+          f"study_vs_cells_alone={whole:.2f}")
 
 
 if __name__ == "__main__":

@@ -210,3 +210,14 @@ def _new_temp_file(directory: Path, prefix: str) -> str:
         os.close(fd)
         return path
     raise FileExistsError(errno.EEXIST, f"no free temporary name in {directory}", prefix)
+
+
+def claim_version(root: str, start: int = 0) -> int:
+    """Create ``root/version_N`` for the first N >= start that does not exist yet, atomically."""
+    version = start
+    while True:
+        try:
+            os.makedirs(os.path.join(root, f"version_{version}"))
+            return version
+        except FileExistsError:
+            version += 1

@@ -14,7 +14,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 from circuits_pl.compat import HookedCSVLogger, record_new_keys
-from circuits_pl.files import atomic_path, atomic_write_text, sweep_run_tree
+from circuits_pl.files import atomic_path, atomic_write_text, claim_version, sweep_run_tree
 
 
 class AtomicExperimentWriter(ExperimentWriter):
@@ -90,17 +90,6 @@ def run_dir(trainer) -> str:
     """Where a run's files go: the logger's version directory, else the trainer's root directory.
     A collective under DDP (Lightning broadcasts rank 0's): every rank must call it."""
     return trainer.log_dir or trainer.default_root_dir
-
-
-def claim_version(root: str, start: int = 0) -> int:
-    """Create ``root/version_N`` for the first N >= start that does not exist yet, atomically."""
-    version = start
-    while True:
-        try:
-            os.makedirs(os.path.join(root, f"version_{version}"))
-            return version
-        except FileExistsError:
-            version += 1
 
 
 def claim_run_dir(save_dir: str, name: str = "lightning_logs") -> str:

@@ -1,20 +1,25 @@
-"""``python -m circuits_pl report``: the study — every task (and setting) with many seeds, as one table.
+"""``python -m circuits_pl report``: the study — every task (and cell) with many seeds, as one table.
 
-Each job is a real ``fit`` in its own process (``python -m circuits_pl fit ... --threads 1``) with
-many members and no early stop, so every seed trains the whole budget; up to ``--jobs`` of them run
-at once (default: one per CPU core). Each job's results.json is then summarised:
+The study's cells are every task × ``--sizes`` × ``--lrs`` × ``--init_scales`` (or the cells of
+``--config`` files). One ``fit`` trains a task's whole diagram side by side (its members differ in
+sizes, lr and init scale: ``circuits_pl.sweep``), with many seeds per cell and no early stop, so every
+seed trains the whole budget; ``--jobs N`` splits a task's seeds over at most N fits. Where a cell's
+seeds were trained changes nothing in its row (``circuits_pl.study``). With ``--ci_width`` seeds are
+added in rounds to the cells whose interval is still wider than the target. The fits run here
+(``--launcher local``) or on a SLURM cluster (``--launcher slurm``: ``circuits_pl.launch``). Then:
 
-    report.md    per task and setting: success rate with Wilson 95% CI, median solved-at step,
-                 verdicts (exact / slow / stuck / diverged), sparsity error of the solved members,
-                 the circuits found, the most common stuck functions; basins; when circuits formed
-                 (formed-at against solved-at) and the common paths through circuits (the timeline)
-    report.csv   the same table, one row per job
-    report.png   success rates with their confidence intervals (a heat map per task, sizes x lrs,
-                 when the study sweeps them)
+    report.md    per cell: success rate with Wilson 95% CI, median solved-at step, verdicts (exact /
+                 slow / stuck / diverged), sparsity error of the solved members, the circuits found,
+                 the most common stuck functions; the basins of the initial weights; per fit, when circuits
+                 formed (formed-at against solved-at) and the common paths through circuits (the timeline)
+    report.csv   the same table, one row per cell (``members``: the seeds it took)
+    report.png   success rates with their confidence intervals (a heat map per task and init scale,
+                 sizes x lrs, when the study sweeps them)
+    study.json   the command, so that ``report --resume OUT/version_N`` continues the study
 
 Jobs: the built-in tasks with circuits_pl's defaults (``--tasks`` to choose), swept over
-``--sizes`` and ``--lrs`` if given; or config files (``--config configs/notebook/*.yaml`` runs the
-notebook's study: its sizes, lr and budgets).
+``--sizes``, ``--lrs`` and ``--init_scales`` if given; or config files (``--config
+configs/notebook/*.yaml`` runs the notebook's study: its sizes, lr and budgets).
 """
 
 from __future__ import annotations
@@ -24,188 +29,212 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from circuits_pl import signals
 from circuits_pl.errors import CircuitsError
-from circuits_pl.files import atomic_write_text
-from circuits_pl.logger import claim_version
-from circuits_pl.plots import save_figure
+from circuits_pl.files import atomic_write_text, claim_version
+from circuits_pl.launch import LAUNCHERS, FitSpec, SlurmOptions, check_launcher, make_launcher
+from circuits_pl.study import Base, CellRecord, FitPlan, Study
+from circuits_pl.sweep import Cell, parse_positive_list, parse_sizes_list
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
 from circuits_pl.usage import program_name
 from circuits_pl.verdicts import MIN_VALIDATIONS, VERDICTS
 
 DEFAULT_MEMBERS = 128
 DEFAULT_STEPS = 20_000
+DEFAULT_LR = 0.1  # CircuitModule's
+DEFAULT_MAX_MEMBERS = 1024  # with --ci_width: the interval of a rate near 0.5 is then 0.06 wide
+STUDY_FILE = "study.json"
+# report's own options that --resume lets change: where and how many at once the fits run, not what they are
+RESUMABLE = ("--resume", "--launcher", "--jobs", "--slurm.")
 
 
-@dataclass
-class Job:
-    """One ``fit`` of the study: a task with optional sizes and lr, or a config file."""
-
-    name: str
-    task: str | None = None
-    config: str | None = None
-    sizes: list[int] | None = None
-    lr: float | None = None
-    extra: list[str] = field(default_factory=list)
-
-    def fit_args(self, members: int, max_steps: int | None, seed: int, root: Path) -> list[str]:
-        args = ["fit"]
-        if self.config:
-            args += ["--config", self.config]
-        if self.task:
-            args += ["--task", self.task]
-        if self.sizes:
-            args += ["--model.layer_sizes", json.dumps(self.sizes)]
-        if self.lr is not None:
-            args += ["--model.lr", repr(self.lr)]
-        if max_steps is not None or not self.config:
-            args += ["--trainer.max_steps", str(max_steps or DEFAULT_STEPS)]
-        if not self.config:
-            args += ["--seed_everything", str(seed)]
-        return args + ["--model.members", str(members), "--stop.when", "never",
-                       "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-                       "--figures", "false", "--threads", "1", *self.extra]
-
-
-class Jobs:
-    """The fits of a report running now, so that a signal can stop them (:meth:`stop`) and no
-    queued job starts after it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.running: dict[str, subprocess.Popen] = {}
-        self.stopped = False
-
-    def start(self, name: str, cmd: list[str], log: IO, env: dict[str, str]) -> subprocess.Popen | None:
-        with self.lock:
-            if self.stopped:
-                return None
-            # its own session: a Ctrl-C in the terminal reaches the report alone, which passes it on once
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-            self.running[name] = proc
-            return proc
-
-    def finished(self, name: str) -> None:
-        with self.lock:
-            self.running.pop(name, None)
-
-    def stop(self, signum: int, wait: float) -> list[str]:
-        """Send ``signum`` to every running fit (each saves its last.ckpt and exits 128 + signum), start
-        no other, wait up to ``wait`` seconds, kill what is left; the names of the jobs stopped."""
-        with self.lock:
-            self.stopped = True
-            procs = dict(self.running)
-        for proc in procs.values():
-            with contextlib.suppress(OSError):
-                proc.send_signal(signum)
-        deadline = time.monotonic() + wait
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return list(procs)
+# -------------------------------------------------------------------------------------------------
+# Options
+# -------------------------------------------------------------------------------------------------
+def add_study_options(parser: argparse.ArgumentParser) -> None:
+    """The study's options beyond tasks, sizes and lrs: init scales, seeds until an interval is tight,
+    resuming, and where the fits run (``circuits_pl.launch``)."""
+    parser.add_argument("--init_scales", default=None,
+                        help="sweep initial-weight scales (a factor on nn.Linear's init bound), e.g. 0.5,1")
+    parser.add_argument("--ci_width", type=float, default=None,
+                        help="add --members seeds per round to every cell whose found rate's 95%% Wilson interval "
+                             "is wider than this (e.g. 0.1), until it is not or the cell has --max_members")
+    parser.add_argument("--max_members", type=int, default=None,
+                        help=f"with --ci_width: at most this many seeds per cell (default {DEFAULT_MAX_MEMBERS})")
+    parser.add_argument("--resume", default=None, metavar="OUT/version_N",
+                        help="continue an interrupted report: finished fits are read, fits cut mid-way resume from "
+                             "their last.ckpt (only --launcher, --jobs and --slurm.* may change)")
+    parser.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                        help="where the fits run: local processes (default), SLURM jobs through submitit "
+                             "(pip install 'circuits_pl[slurm]'), or submitit's local executor (a check of that path)")
+    slurm = SlurmOptions()
+    parser.add_argument("--slurm.partition", default=slurm.partition, help="SLURM partition (default: the cluster's)")
+    parser.add_argument("--slurm.time", type=int, default=slurm.time,
+                        help=f"minutes per job (default {slurm.time}); a fit that needs longer is requeued and "
+                             "resumes from its last.ckpt")
+    parser.add_argument("--slurm.cpus_per_task", type=int, default=slurm.cpus_per_task,
+                        help=f"CPUs per job (default {slurm.cpus_per_task}: a fit uses one torch thread)")
+    parser.add_argument("--slurm.gpus_per_node", type=int, default=slurm.gpus_per_node,
+                        help="GPUs per job (default 0); pass the fit's device with --extra if you want it used")
+    parser.add_argument("--slurm.array_parallelism", type=int, default=slurm.array_parallelism,
+                        help=f"jobs of a round running at once (default {slurm.array_parallelism})")
+    parser.add_argument("--slurm.account", default=None, help="SLURM account to charge")
+    parser.add_argument("--slurm.qos", default=None, help="SLURM quality of service")
 
 
-class ReportInterrupted(BaseException):
-    """A signal stopped the report (a BaseException, like KeyboardInterrupt: nothing may swallow it)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def run_job(job: Job, members: int, max_steps: int | None, out: Path, seed: int,
-            jobs: Jobs | None = None) -> dict[str, Any] | None:
-    """One ``fit`` in its own process (every member the whole budget); returns its results.json (None if
-    the report was stopped before it started or while it ran).
-
-    Each job gets its own root directory, so its run directory is known before it starts and jobs
-    running at once never race for a ``version_N``.
-    """
-    jobs = jobs or Jobs()
-    root = out / "runs" / job.name
-    root.mkdir(parents=True, exist_ok=True)
-    log = out / "runs" / f"{job.name}.log"
-    cmd = [sys.executable, "-m", "circuits_pl", *job.fit_args(members, max_steps, seed, root)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "w") as f:
-        proc = jobs.start(job.name, cmd, f, env)
-        if proc is None:
-            return None
-        returncode = proc.wait()
-    if jobs.stopped:
-        return None
-    jobs.finished(job.name)
-    lines = log.read_text().strip().splitlines()
-    if returncode != 0:
-        last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
-        raise CircuitsError(f"report job {job.name} failed (exit {returncode}): {last.removeprefix('error: ')} "
-                            f"(log: {log})")
-    (directory,) = sorted((root / "lightning_logs").glob("version_*"))
-    res = json.loads((directory / "results.json").read_text())
-    res["run_dir"] = str(directory)
-    res["job"] = job.name
-    return res
+def slurm_options(args: argparse.Namespace) -> SlurmOptions:
+    values = {k.removeprefix("slurm."): v for k, v in vars(args).items() if k.startswith("slurm.")}
+    for key in ("time", "cpus_per_task", "array_parallelism"):
+        if values[key] < 1:
+            raise CircuitsError(f"--slurm.{key} must be a positive integer, got {values[key]}")
+    if values["gpus_per_node"] < 0:
+        raise CircuitsError(f"--slurm.gpus_per_node must be 0 or more, got {values['gpus_per_node']}")
+    return SlurmOptions(**values)
 
 
-def report_row(res: dict[str, Any]) -> dict[str, Any]:
-    """One report row from a results.json."""
-    per = res["per_member"]
-    verdicts = Counter(per["verdict"])
-    stuck = Counter(f for f, v in zip(per["rough_formula"], per["verdict"]) if v == "stuck" and f)
-    lo, hi = res["success_rate_ci95"]
-    return {
-        "job": res.get("job", res["task"]),
-        "task": res["task"],
-        "layer_sizes": "-".join(map(str, res["layer_sizes"])),
-        "lr": res["lr"],
-        "batch_size": res["data"].get("batch_size"),
-        "steps": res["steps"],
-        "members": res["members"],
-        "found": res["found"],
-        "found_rate": res["found_rate"],
-        "found_ci95_low": res["found_rate_ci95"][0],
-        "found_ci95_high": res["found_rate_ci95"][1],
-        "solved": res["solved"],
-        "success_rate": res["success_rate"],
-        "ci95_low": lo,
-        "ci95_high": hi,
-        "median_solved_at": res["median_solved_at"],
-        **{v.replace(" ", "_"): verdicts.get(v, 0) for v in VERDICTS},
-        "max_sparsity_error_solved": res["max_sparsity_error_of_solved"],
-        # runs from before the certified readout have neither: their report reads as it did
-        "max_certified_error_exact": res.get("max_certified_error_of_exact"),
-        "certified_over": res.get("certified_over"),
-        "circuits": "; ".join(f"{n}× {c}" for c, n in res["circuits_of_found"].items()),
-        "common_stuck": "; ".join(f"{n}× {f}" for f, n in stuck.most_common(2)),
-        "run_dir": res["run_dir"],
-    }
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line (exit 2), as every other usage error, not usage + error
+        raise CircuitsError(f"{message} (see {self.prog} --help)")
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=f"{program_name()} report",
+        description="Train every task with many seeds (no early stop) and report success rates with "
+                    "Wilson 95% CIs, solved-at steps, verdicts and the circuits found.",
+    )
+    parser.add_argument("--tasks", default=",".join(BUILTIN_TASKS),
+                        help="comma-separated tasks, with circuits_pl's defaults (default: all built-in)")
+    parser.add_argument("--sizes", default=None,
+                        help="sweep layer sizes, e.g. 2-2-1,2-4-1,2-8-1: the hidden widths apply to every task "
+                             "(the input size is the task's)")
+    parser.add_argument("--lrs", default=None, help="sweep learning rates, e.g. 0.03,0.1,0.3")
+    parser.add_argument("--config", nargs="+", default=[],
+                        help="config files to run instead (their task, sizes, lr, budget), "
+                             "e.g. configs/notebook/*.yaml")
+    parser.add_argument("--members", type=int, default=DEFAULT_MEMBERS,
+                        help="seeds per cell (default 128; with --ci_width: per round)")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help=f"SGD steps per job (default: the config's, else {DEFAULT_STEPS})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of member 0 (member k: seed + k)")
+    parser.add_argument("--success_mse", type=float, default=None,
+                        help="validation MSE below which a member counts as solved (default: the task's ε-threshold)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="local: fits run at once, one process and one torch thread each (default: CPU cores); "
+                             "a task's seeds are split over at most this many fits. slurm: fits per task "
+                             "(default 1)")
+    parser.add_argument("--out", default="reports", help="reports go to OUT/version_N (default: reports)")
+    add_study_options(parser)
+    return parser
+
+
+def _resumed(argv: list[str]) -> tuple[argparse.Namespace, list[str], dict]:
+    """``--resume DIR``: the study's own command line (its study.json) with the options that may change."""
+    parser = _parser()
+    given = parser.parse_args(argv)
+    changed = [a.split("=")[0] for a in argv if a.startswith("--") and not a.startswith(RESUMABLE)]
+    if changed:
+        raise CircuitsError(f"--resume continues the study as it was started; drop {', '.join(changed)} "
+                            "(only --launcher, --jobs and --slurm.* may change)")
+    path = Path(given.resume) / STUDY_FILE
+    try:
+        saved = json.loads(path.read_text())
+        original = [str(a) for a in saved["argv"]]
+    except FileNotFoundError:
+        raise CircuitsError(f"--resume {given.resume}: no {STUDY_FILE} there (give a report directory, "
+                            "e.g. reports/version_0, made by this version of report)") from None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CircuitsError(f"--resume {given.resume}: {path} is not readable or not a study ({err})") from None
+    args = parser.parse_args(original + argv)  # the later options win: launcher, jobs, slurm
+    return args, original, saved
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.members < 1:
+        raise CircuitsError(f"--members must be a positive integer, got {args.members}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise CircuitsError(f"--max_steps must be a positive integer, got {args.max_steps}")
+    if args.success_mse is not None and not args.success_mse > 0:
+        raise CircuitsError(f"--success_mse must be a positive number, got {args.success_mse}")
+    if args.jobs is not None and args.jobs < 1:
+        raise CircuitsError(f"--jobs must be a positive integer, got {args.jobs}")
+    if args.ci_width is not None:
+        if not 0 < args.ci_width < 1:
+            raise CircuitsError(f"--ci_width must be a width between 0 and 1 (e.g. 0.1), got {args.ci_width}")
+        if args.config:
+            raise CircuitsError("--ci_width adds seeds to the cells of --tasks (× --sizes × --lrs × --init_scales); "
+                                "a --config file runs as one fit: drop one of them")
+        if args.max_members is not None and args.max_members < args.members:
+            raise CircuitsError(f"--max_members ({args.max_members}) must be at least --members ({args.members}), "
+                                "the seeds of the first round")
+    elif args.max_members is not None:
+        raise CircuitsError("--max_members caps the rounds of --ci_width: give --ci_width too (e.g. --ci_width 0.1)")
+
+
+def make_study(args: argparse.Namespace) -> tuple[list[Base], dict[str, list[Cell]]]:
+    """The bases (tasks or config files) and each task's cells, in the order asked."""
+    if args.config:
+        missing = [c for c in args.config if not Path(c).is_file()]
+        if missing:
+            raise CircuitsError(f"config file {missing[0]} does not exist")
+        stems = [Path(c).stem for c in args.config]
+        return [Base(s if stems.count(s) == 1 else f"{s}-{i}", config=c)
+                for i, (s, c) in enumerate(zip(stems, args.config))], {}
+    tasks = [get_task(t.strip()).name for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise CircuitsError("no tasks given; e.g. --tasks add,min")
+    arities = {t: get_task(t).arity for t in tasks}
+    hidden = None
+    if args.sizes:
+        sizes = parse_sizes_list(args.sizes, option="--sizes")
+        for s in sizes:
+            if s[0] not in arities.values():
+                takes = " or ".join(f"{a} ({', '.join(t for t in tasks if arities[t] == a)})"
+                                    for a in sorted(set(arities.values())))
+                raise CircuitsError(f"--sizes item {'-'.join(map(str, s))} starts with {s[0]} inputs; the tasks take "
+                                    f"{takes}: e.g. {min(arities.values())}-{'-'.join(map(str, s[1:]))} (each task "
+                                    "gets its own input size)")
+        hidden = [list(s[1:-1]) for s in sizes]
+    lrs = parse_positive_list(args.lrs, "--lrs") if args.lrs else [DEFAULT_LR]
+    scales = parse_positive_list(args.init_scales, "--init_scales") if args.init_scales else [1.0]
+    cells = {}
+    for task in tasks:
+        layers = [get_task(task).layer_sizes] if hidden is None else [(arities[task], *h, 1) for h in hidden]
+        cells[task] = [Cell(tuple(s), lr, sc) for s in layers for lr in lrs for sc in scales]
+    return [Base(t, task=t) for t in tasks], cells
+
+
+def shards_per_base(args: argparse.Namespace, task_bases: int) -> int:
+    """How many fits share a task's seeds. Local: the fewest (at most --jobs) that keep all --jobs
+    processes busy to the end, --jobs / gcd(tasks, --jobs): 3 tasks on 2 cores -> 2 fits per task (six
+    half-fits, three rounds of two) rather than three whole fits, the last alone. SLURM: --jobs (default 1)."""
+    if args.launcher != "local":
+        return args.jobs or 1
+    jobs = args.jobs or os.cpu_count() or 1
+    return max(1, min(args.members, jobs // math.gcd(max(task_bases, 1), jobs)))
+
+
+# -------------------------------------------------------------------------------------------------
+# Rows, markdown, csv, figures
+# -------------------------------------------------------------------------------------------------
 def too_early(row: dict[str, Any]) -> bool:
-    """Every member of the job had too few validations for a verdict (its budget was too short)."""
+    """Every member of the cell had too few validations for a verdict (its budget was too short)."""
     return row.get("too_early", 0) == row["members"] and not row["found"]
 
 
 def progress_line(row: dict[str, Any]) -> str:
-    """The stderr line of a finished job: ``abs: 10/32 found the circuit (0.18–0.49), ...`` (no padding)."""
+    """The stderr line of a finished cell: ``abs: 10/32 found the circuit (0.18–0.49), ...`` (no padding)."""
     if too_early(row):
         return (f"{row['job']}: too early to tell: all {row['members']} members had fewer than {MIN_VALIDATIONS} "
                 "validations; give more steps (--max_steps) or validate more often")
@@ -218,10 +247,24 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _scaled(rows: list[dict[str, Any]]) -> bool:
+    return any(r.get("init_scale", 1.0) != 1.0 for r in rows)
+
+
+def _setting(row: dict[str, Any]) -> str:
+    """``1-2-1, lr 0.1`` (``, init ×0.5`` when the scale is not 1)."""
+    text = f"{row['layer_sizes']}, lr {row['lr']:g}"
+    scale = row.get("init_scale", 1.0)
+    return text if scale == 1.0 else f"{text}, init ×{scale:g}"
+
+
 def write_markdown(rows: list[dict[str, Any]], path: Path, command: str, interrupted: str | None = None,
-                   stopped: list[str] | None = None, extra: list[str] | None = None) -> None:
-    """report.md (written atomically, whole); ``interrupted``: what stopped the report (only the jobs that
-    finished are in it), ``stopped``: lines on the jobs it stopped, ``extra``: more sections (basins)."""
+                   stopped: list[str] | None = None, extra: list[str] | None = None,
+                   runs: list[tuple[str, str]] | None = None, rounds: list[str] | None = None) -> None:
+    """report.md (written atomically, whole); ``interrupted``: what stopped the report (only the fits that
+    finished are in it), ``stopped``: lines on the fits it stopped, ``extra``: more sections (basins),
+    ``runs``: (fit, run directory) of every fit, ``rounds``: what ``--ci_width`` did."""
+    scaled = _scaled(rows)
     lines = [
         "# circuits_pl report", "",
         f"`{command}`", "",
@@ -232,14 +275,19 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str, interru
         "(converged): validation MSE below the MSE of the exact circuit with every weight perturbed by ±1e-5.",
         "Verdicts: converged, converging (found, still on its way down), slow (still improving), stuck",
         "(validation MSE fell by < 1% over the last 8 validations), too early (< 3 validations), diverged.", "",
-        "| task | sizes | lr | steps | found (95% CI) | solved (95% CI) | median solved at "
-        "| converged / converging / slow / stuck / too early / diverged | sparsity err. (max, solved) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *([*rounds, ""] if rounds else []),
+        f"| task | sizes | lr |{' init |' if scaled else ''} steps | found (95% CI) | solved (95% CI) "
+        "| median solved at | converged / converging / slow / stuck / too early / diverged "
+        "| sparsity err. (max, solved) |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if scaled else ""),
     ]
+    def init(r: dict[str, Any]) -> str:
+        return f" {r.get('init_scale', 1.0):g} |" if scaled else ""
+
     for r in rows:
         counts = " / ".join(str(r[v.replace(" ", "_")]) for v in VERDICTS)
         lines.append(
-            f"| {r['task']} | {r['layer_sizes']} | {r['lr']:g} | {r['steps']} "
+            f"| {r['task']} | {r['layer_sizes']} | {r['lr']:g} |{init(r)} {r['steps']} "
             f"| {r['found']}/{r['members']} ({r['found_ci95_low']:.2f}–{r['found_ci95_high']:.2f}) "
             f"| {r['solved']}/{r['members']} ({r['ci95_low']:.2f}–{r['ci95_high']:.2f}) "
             f"| {_fmt(r['median_solved_at'], '.0f')} | {counts} | {_fmt(r['max_sparsity_error_solved'], '.2g')} |"
@@ -248,11 +296,12 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str, interru
     for r in rows:
         found = r["circuits"] or ("too early to tell (fewer than "
                                   f"{MIN_VALIDATIONS} validations)" if too_early(r) else "none solved")
-        lines.append(f"- **{r['task']}** ({r['layer_sizes']}, lr {r['lr']:g}): {found}"
+        lines.append(f"- **{r['task']}** ({_setting(r)}): {found}"
                      + _certified_text(r)
                      + (f"; most common stuck: {r['common_stuck']}" if r["common_stuck"] else ""))
     lines += ["", "Runs (config.yaml, metrics.csv, checkpoints, results.json of each):", ""]
-    lines += [f"- {r['job']}: `{r['run_dir']}`" for r in rows]
+    lines += [f"- {name}: `{run}`" for name, run in (runs if runs is not None else
+                                                      [(r["job"], r["run_dir"]) for r in rows])]
     if stopped:
         lines += ["", *stopped]
     lines += extra or []
@@ -267,20 +316,30 @@ def _certified_text(row: dict[str, Any]) -> str:
             "(the largest of the exact members)")
 
 
-def basins_markdown(results: list[dict[str, Any]]) -> list[str]:
-    """report.md's Basins section: per job, the found rate per class of initial weights
+def _basins(record: CellRecord) -> dict[str, Any] | None:
+    """The cell's basins summary (``basins.summary``) from its members' classes, in seed order."""
+    from circuits_pl import basins
+
+    members = record.ordered()
+    if not members or members[0]["sectors_covered"] is None or record.sectors is None or record.task is None:
+        return None
+    classes = [basins.Basin(m["sectors_covered"], m["sectors_agreeing"], record.sectors, ()) for m in members]
+    return basins.summary(get_task(record.task), record.cell.layer_sizes, classes, [bool(m["found"]) for m in members])
+
+
+def basins_markdown(records: list[tuple[str, CellRecord]]) -> list[str]:
+    """report.md's Basins section: per cell, the found rate per class of initial weights
     (``circuits_pl.basins``) and, for 1-h-1 nets, the dark ceiling 1 − 2^(1−h) beside the measured rates."""
     from circuits_pl.basins import summary_lines
 
     lines = ["", "## Basins: the initial weights against the outcome", "",
              "Sectors: arcs of input directions on which the target is linear and of one sign. A member's first-layer",
              "units each face one sector; a unit agrees when its output weight has the target's sign there.", ""]
-    for res in results:
-        b = res.get("basins")
+    for name, record in records:
+        b = _basins(record)
         if not b:
             continue
-        lines += [f"**{res.get('job', res['task'])}** ({'-'.join(map(str, res['layer_sizes']))}): sectors "
-                  + "; ".join(b["sectors"]), ""]
+        lines += [f"**{name}** ({'-'.join(map(str, record.cell.layer_sizes))}): sectors " + "; ".join(b["sectors"]), ""]
         lines += [f"- {line}" for line in summary_lines(b)]
         lines += ["", "| sectors covered | by an agreeing unit | members | found (95% CI) |", "|---|---|---|---|"]
         for r in b["table"]:
@@ -292,14 +351,16 @@ def basins_markdown(results: list[dict[str, Any]]) -> list[str]:
 
 
 def timeline_markdown(results: list[dict[str, Any]]) -> list[str]:
-    """report.md's Timeline section: per job, when the found members' circuits formed (the distribution of
-    ``formed_at`` beside that of ``solved_at``) and the most common paths through circuits; a job from
-    before the timeline says it has none."""
+    """report.md's Timeline section: per fit (a task's cells together), when the found members' circuits
+    formed (the distribution of ``formed_at`` beside that of ``solved_at``) and the most common paths
+    through circuits; a fit from before the timeline says it has none."""
     lines = ["", "## Timeline: when circuits form, and the paths to them", "",
              "Formed at: the step from which the timeline (each member's circuit at every validation) named a",
              "member's final circuit. Quantiles over the found members; paths: each member's circuits in order.", ""]
     for res in results:
-        name = f"**{res.get('job', res['task'])}** ({'-'.join(map(str, res['layer_sizes']))})"
+        cells = res.get("cells") or [res]
+        setting = f"{len(cells)} cells" if len(cells) > 1 else "-".join(map(str, cells[0]["layer_sizes"]))
+        name = f"**{res.get('job', res['task'])}** ({setting})"
         t = res.get("timeline")
         if not t:
             lines += [f"- {name}: timeline absent (a run from before circuits_pl recorded one)", ""]
@@ -330,20 +391,21 @@ def _quantiles(values: list[float]) -> str:
     return f"min {xs[0]:.0f}, quartiles {q(0.25):.0f} / {q(0.5):.0f} / {q(0.75):.0f}, max {xs[-1]:.0f}"
 
 
-def plot_basins_of(res: dict[str, Any], path: Path) -> Path | None:
-    """The job's initial units coloured by outcome (``plots.plot_basins``); None where basins are not defined."""
+def plot_basins_of(name: str, record: CellRecord, path: Path) -> Path | None:
+    """The cell's initial units coloured by outcome (``plots.plot_basins``); None where basins are not defined."""
     from circuits_pl import basins
     from circuits_pl.plots import plot_basins
 
-    if not res.get("basins"):
+    members = record.ordered()
+    if not members or members[0]["sectors_covered"] is None or record.seed is None:
         return None
-    task = get_task(res["task"])
-    weights = basins.initial_weights(res["layer_sizes"], res["members"], res["init_seed"])
-    per = res["per_member"]
-    outcomes = basins.outcome_labels(per["found"], per["rough_formula"])
+    task = get_task(record.task)
+    cell = record.cell
+    weights = basins.initial_weights(cell.layer_sizes, len(members), record.seed, init_scale=cell.init_scale)
+    outcomes = basins.outcome_labels([bool(m["found"]) for m in members], [m["rough_formula"] for m in members])
     sectors = basins.target_sectors(task) or []
     out = weights[-1][:, 0, :] if len(weights) == 2 else None
-    title = f"{res.get('job', res['task'])}: initial units, coloured by what their member became"
+    title = f"{name}: initial units, coloured by what their member became"
     return plot_basins(weights[0], out, outcomes, [s.lo for s in sectors if task.arity == 2], title, path)
 
 
@@ -355,12 +417,20 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     atomic_write_text(path, text.getvalue())
 
 
+def _seeds_text(rows: list[dict[str, Any]]) -> str:
+    counts = [r["members"] for r in rows]
+    return str(counts[0]) if min(counts) == max(counts) else f"{min(counts)}–{max(counts)}"
+
+
 def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Bars with Wilson CIs, one per job; with a sizes x lrs sweep, one heat map per task instead."""
+    """Bars with Wilson CIs, one per cell; with a sweep, a heat map per task (and init scale) instead."""
     from matplotlib.figure import Figure
 
+    from circuits_pl.plots import save_figure  # here: the fits start without waiting for torch's import
+
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    swept = any(len({(r["layer_sizes"], r["lr"]) for r in rows if r["task"] == t}) > 1 for t in tasks)
+    swept = any(len({(r["layer_sizes"], r["lr"], r.get("init_scale", 1.0)) for r in rows if r["task"] == t}) > 1
+                for t in tasks)
     if swept:
         return _plot_phase_diagram(rows, tasks, path)
     fig = Figure(figsize=(1.1 * len(rows) + 2.5, 3.6), layout="constrained")
@@ -373,180 +443,184 @@ def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_xticks(range(len(rows)), labels)
     ax.set_ylim(0, 1)
     ax.set_ylabel("seeds that found the exact circuit")
-    ax.set_title(f"Success rate per seed, Wilson 95% CI ({rows[0]['members']} seeds each)", fontsize="medium")
+    ax.set_title(f"Success rate per seed, Wilson 95% CI ({_seeds_text(rows)} seeds each)", fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
 
 
 def _plot_phase_diagram(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path:
-    """One heat map per task: found rate per (hidden sizes, lr) cell, with its Wilson 95% CI."""
+    """One heat map per task and init scale: found rate per (hidden sizes, lr) cell, with its Wilson 95% CI."""
     from circuits_pl.plots import plot_phase_diagram
 
-    cells = [{"panel": r["task"], "layer_sizes": r["layer_sizes"], "lr": r["lr"], "rate": r["found_rate"],
+    scaled = len({r.get("init_scale", 1.0) for r in rows}) > 1
+    cells = [{"panel": r["task"] + (f", init ×{r.get('init_scale', 1.0):g}" if scaled else ""),
+              "layer_sizes": r["layer_sizes"], "lr": r["lr"], "rate": r["found_rate"],
               "low": r["found_ci95_low"], "high": r["found_ci95_high"]} for r in rows if r["task"] in tasks]
-    return plot_phase_diagram(cells, f"Found the exact circuit, {rows[0]['members']} seeds per cell", path,
+    return plot_phase_diagram(cells, f"Found the exact circuit, {_seeds_text(rows)} seeds per cell", path,
                               colour_label="success rate (Wilson 95% CI)")
 
 
-def parse_sizes(text: str) -> list[list[int]]:
-    """``2-2-1,2-4-1`` -> hidden layers ``[[2], [4]]`` (the input size is each task's arity)."""
-    out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        try:
-            sizes = [int(p) for p in item.split("-")]
-        except ValueError:
-            raise CircuitsError(f"--sizes item {item!r} is not like 2-4-1 (sizes joined by -)") from None
-        if len(sizes) < 3 or sizes[-1] != 1 or min(sizes) < 1:
-            raise CircuitsError(f"--sizes item {item!r} needs input-hidden...-1 with positive sizes, e.g. 2-4-1")
-        out.append(sizes[1:-1])
-    return out
-
-
-def parse_lrs(text: str) -> list[float]:
-    try:
-        lrs = [float(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise CircuitsError(f"--lrs {text!r} must be numbers joined by commas, e.g. 0.03,0.1,0.3") from None
-    if not lrs or any(not lr > 0 for lr in lrs):
-        raise CircuitsError(f"--lrs {text!r} must be positive numbers, e.g. 0.03,0.1,0.3")
-    return lrs
-
-
-def make_jobs(args: argparse.Namespace) -> list[Job]:
-    if args.config:
-        missing = [c for c in args.config if not Path(c).is_file()]
-        if missing:
-            raise CircuitsError(f"config file {missing[0]} does not exist")
-        stems = [Path(c).stem for c in args.config]
-        return [Job(name=s if stems.count(s) == 1 else f"{s}-{i}", config=c)
-                for i, (s, c) in enumerate(zip(stems, args.config))]
-    tasks = [get_task(t.strip()).name for t in args.tasks.split(",") if t.strip()]
-    if not tasks:
-        raise CircuitsError("no tasks given; e.g. --tasks add,min")
-    hidden = parse_sizes(args.sizes) if args.sizes else [None]
-    lrs = parse_lrs(args.lrs) if args.lrs else [None]
-    jobs = []
-    for task in tasks:
-        arity = get_task(task).arity
-        for h in hidden:
-            for lr in lrs:
-                sizes = None if h is None else [arity, *h, 1]
-                name = "_".join([task] + (["-".join(map(str, sizes))] if sizes else []) +
-                                ([f"lr{lr:g}"] if lr is not None else []))
-                jobs.append(Job(name=name, task=task, sizes=sizes, lr=lr))
-    return jobs
-
-
-def _check_resources(args: argparse.Namespace, jobs: list[Job]) -> None:
+# -------------------------------------------------------------------------------------------------
+# The command
+# -------------------------------------------------------------------------------------------------
+def _check_resources(args: argparse.Namespace, study: Study, shards: int) -> None:
     """Before report's version_N exists: --out is a writable directory (not a file, not read-only), and
-    the jobs run at once fit in memory (each fit checks itself too, but only after version_N exists)."""
+    the fits run at once fit in memory (each fit checks itself too, but only after version_N exists)."""
     from circuits_pl import preflight
     from circuits_pl.memory import RunSize
     from circuits_pl.writable import check_writable_dir
 
     check_writable_dir(args.out, "--out", needed=2**20)
     available = preflight.available_bytes()
-    at_once = max(1, min(args.jobs, len(jobs)))
-    for job in jobs:
-        if job.task and available is not None:
-            sizes = tuple(job.sizes) if job.sizes else get_task(job.task).layer_sizes
-            size = RunSize(sizes, args.members, 1000)
-            preflight.check_memory(size, available // at_once, options={"members": "--members"})
+    if available is None or args.launcher != "local":
+        return
+    at_once = max(1, min(args.jobs or os.cpu_count() or 1, len(study.bases) * shards))
+    per_fit = -(-args.members // shards)
+    for base in study.bases:
+        cells = study.cells[base.name]
+        if base.task and cells:
+            widest = max((c.layer_sizes for c in cells), key=lambda s: sum(a * b for a, b in zip(s[:-1], s[1:])))
+            size = RunSize(widest, per_fit * len(cells), 1000)
+            preflight.check_memory(size, available // at_once, options={"members": "--members"}, cells=len(cells))
+
+
+def fit_spec(plan: FitPlan, args: argparse.Namespace, out: Path, extra: list[str]) -> FitSpec:
+    root = out / "runs" / plan.name
+    return FitSpec(plan.name, str(root), str(out / "runs" / f"{plan.name}.log"),
+                   tuple(plan.fit_args(args.seed, args.max_steps, root, DEFAULT_STEPS, extra)))
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog=f"{program_name()} report",
-        description="Train every task with many seeds (no early stop) and report success rates with "
-                    "Wilson 95% CIs, solved-at steps, verdicts and the circuits found.",
-    )
-    parser.add_argument("--tasks", default=",".join(BUILTIN_TASKS),
-                        help="comma-separated tasks, with circuits_pl's defaults (default: all built-in)")
-    parser.add_argument("--sizes", default=None,
-                        help="sweep layer sizes, e.g. 2-2-1,2-4-1,2-8-1: the hidden widths apply to every task "
-                             "(the input size is the task's)")
-    parser.add_argument("--lrs", default=None, help="sweep learning rates, e.g. 0.03,0.1,0.3")
-    parser.add_argument("--config", nargs="+", default=[],
-                        help="config files to run instead (their task, sizes, lr, budget), "
-                             "e.g. configs/notebook/*.yaml")
-    parser.add_argument("--members", type=int, default=DEFAULT_MEMBERS, help="seeds per job (default 128)")
-    parser.add_argument("--max_steps", type=int, default=None,
-                        help=f"SGD steps per job (default: the config's, else {DEFAULT_STEPS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of member 0 (member k: seed + k)")
-    parser.add_argument("--success_mse", type=float, default=None,
-                        help="validation MSE below which a member counts as solved (default: the task's ε-threshold)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="fits run at once, one process and one torch thread each (default: CPU cores)")
-    parser.add_argument("--out", default="reports", help="reports go to OUT/version_N (default: reports)")
-    args = parser.parse_args(argv)
-    if args.members < 1:
-        raise CircuitsError(f"--members must be a positive integer, got {args.members}")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise CircuitsError(f"--max_steps must be a positive integer, got {args.max_steps}")
-    if args.success_mse is not None and not args.success_mse > 0:
-        raise CircuitsError(f"--success_mse must be a positive number, got {args.success_mse}")
-    if args.jobs < 1:
-        raise CircuitsError(f"--jobs must be a positive integer, got {args.jobs}")
-    jobs = make_jobs(args)
-    if args.success_mse is not None:
-        for job in jobs:
-            job.extra += ["--model.success_mse", repr(args.success_mse)]
-    _check_resources(args, jobs)
-    try:
-        out = Path(args.out) / f"version_{claim_version(args.out)}"
-    except OSError as err:
-        raise CircuitsError(f"cannot create the report directory in {args.out}: {err.strerror or err}") from None
+    argv = list(argv)
+    resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv)
+    if resuming:
+        args, original, saved = _resumed(argv)
+    else:
+        args, original, saved = _parser().parse_args(argv), argv, {}
+    _check_args(args)
+    options = slurm_options(args)
+    check_launcher(args.launcher)
+    bases, cells = make_study(args)
+    shards = int(saved.get("shards") or shards_per_base(args, sum(b.task is not None for b in bases)))
+    study = Study(bases, cells, args.seed, args.members, args.ci_width,
+                  (args.max_members or DEFAULT_MAX_MEMBERS) if args.ci_width is not None else None, shards)
+    extra = ["--model.success_mse", repr(args.success_mse)] if args.success_mse is not None else []
+    if resuming:
+        out = Path(args.resume)
+    else:
+        _check_resources(args, study, shards)
+        try:
+            out = Path(args.out) / f"version_{claim_version(args.out)}"
+        except OSError as err:
+            raise CircuitsError(f"cannot create the report directory in {args.out}: {err.strerror or err}") from None
+        atomic_write_text(out / STUDY_FILE, json.dumps({"argv": original, "shards": shards}, indent=2) + "\n")
 
     from tqdm import tqdm
 
     start = time.perf_counter()
-    command = f"{program_name()} report " + " ".join(argv)
-    results: dict[str, dict[str, Any]] = {}
-    bar = tqdm(total=len(jobs), desc=f"report ({min(args.jobs, len(jobs))} at once)", unit="job", file=sys.stderr,
-               dynamic_ncols=True, disable=not sys.stderr.isatty())
-    running = Jobs()
-    pool = ThreadPoolExecutor(max_workers=args.jobs)  # threads only wait for their fit's process
+    command = f"{program_name()} report " + " ".join(shlex.quote(a) for a in original)
+    jobs_at_once = args.jobs or os.cpu_count() or 1
+    launcher = make_launcher(args.launcher, jobs_at_once, out / "submitit", options)
+    plans = study.first_round()
+    planned: list[FitPlan] = []
+    runs: list[tuple[str, str]] = []
+    fit_results: list[dict[str, Any]] = []  # each fit's results.json, for the timeline section
+    rounds: list[str] = []
     interrupted: ReportInterrupted | None = None
     with _stop_on_signals():
         try:
-            futures = {pool.submit(run_job, job, args.members, args.max_steps, out, args.seed, running): job
-                       for job in jobs}
-            for future in as_completed(futures):
-                job = futures[future]
-                res = future.result()
-                results[job.name] = res
-                row = report_row(res)
-                bar.update(1)
-                bar.write(progress_line(row), file=sys.stderr)
+            while plans:
+                planned += plans
+                by_name = {p.name: p for p in plans}
+                left = {b.name: sum(p.base == b for p in plans) for b in bases}
+                bar = tqdm(total=len(plans), unit="fit", file=sys.stderr, dynamic_ncols=True,
+                           desc=f"report{f' round {study.round}' if study.round else ''} "
+                                f"({min(jobs_at_once, len(plans)) if args.launcher == 'local' else args.launcher})",
+                           disable=not sys.stderr.isatty())
+
+                def done(spec: FitSpec, res: dict, run_dir: Path, by_name=by_name, left=left, bar=bar) -> None:
+                    plan = by_name[spec.name]
+                    study.add(plan, res, str(run_dir))
+                    runs.append((spec.name, str(run_dir)))
+                    fit_results.append({**res, "job": spec.name})
+                    bar.update(1)
+                    left[plan.base.name] -= 1
+                    if not left[plan.base.name]:  # the base's cells have their seeds of this round
+                        for row in study.rows():
+                            if row["task"] and _in_round(row, plan, by_name):
+                                bar.write(progress_line(row), file=sys.stderr)
+
+                launcher.run([fit_spec(p, args, out, extra) for p in plans], done)
+                bar.close()
+                plans = study.next_round()
+                if plans:
+                    line = _round_line(study, plans)
+                    rounds.append(line)
+                    print(line, file=sys.stderr)
         except ReportInterrupted as err:
             interrupted = err
-        except BaseException:
-            running.stop(signal.SIGTERM, wait=signals.GRACE + 5)
-            raise
-        finally:
-            if interrupted is not None:  # every running fit saves its last.ckpt and stops; none starts
-                stopped = running.stop(interrupted.signum, wait=signals.GRACE + 5)
-            pool.shutdown(wait=True, cancel_futures=True)
-    bar.close()
-    rows = [report_row(results[job.name]) for job in jobs if job.name in results]  # in the order asked
-    ordered = [results[job.name] for job in jobs if job.name in results]
-    sections = basins_markdown(ordered) + timeline_markdown(ordered)
+    named = study.named_records()
+    rows = study.rows()
+    done_runs = sorted(runs, key=lambda nr: [p.name for p in planned].index(nr[0]))
+    extra_md = basins_markdown(named) + timeline_markdown(fit_results)
+    rounds_md = _rounds_summary(study, rows, rounds)
     if interrupted is not None:
-        _report_interrupted(interrupted, rows, jobs, stopped, out, command, time.perf_counter() - start,
-                            sections)
-    write_markdown(rows, out / "report.md", command.strip(), extra=sections)
-    for res in ordered:
-        if res.get("task") and get_task(res["task"]).arity <= 2:
-            plot_basins_of(res, out / f"basins_{res['job']}.png")
+        _report_interrupted(interrupted, rows, planned, launcher.stopped_names, out, command,
+                            time.perf_counter() - start, extra_md, done_runs, rounds_md)
+    write_markdown(rows, out / "report.md", command.strip(), extra=extra_md, runs=done_runs, rounds=rounds_md)
+    for name, record in named:
+        if record.task and get_task(record.task).arity <= 2:
+            plot_basins_of(name, record, out / f"basins_{name}.png")
     write_csv(rows, out / "report.csv")
     plot_rates(rows, out / "report.png")
-    print(f"Report ({len(jobs)} jobs, {time.perf_counter() - start:.0f} s): "
+    print(f"Report ({len(rows)} cells, {len(planned)} fits, {time.perf_counter() - start:.0f} s): "
           f"{out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
+
+
+def _in_round(row: dict[str, Any], plan: FitPlan, by_name: dict[str, FitPlan]) -> bool:
+    """Is the row's cell one of ``plan``'s base that this round trained?"""
+    cells = {c for p in by_name.values() if p.base == plan.base for c in p.cells}
+    scale = row.get("init_scale", 1.0)
+    return (row["task"] == (plan.base.task or row["task"]) and
+            (not cells or any("-".join(map(str, c.layer_sizes)) == row["layer_sizes"] and c.lr == row["lr"]
+                              and c.init_scale == scale for c in cells)))
+
+
+def _round_line(study: Study, plans: list[FitPlan]) -> str:
+    """``round 2: 5 of 12 cells still wider than 0.1: 64 more seeds each (seeds 128-191)``."""
+    cells = {(p.base.name, c) for p in plans for c in p.cells}
+    total = sum(len(v) for v in study.cells.values())
+    firsts = sorted({p.first for p in plans})
+    count = sum(p.count for p in plans if p.base == plans[0].base and p.first >= plans[0].first)
+    return (f"round {study.round}: {len(cells)} of {total} cells still have a found-rate interval wider than "
+            f"{study.ci_width:g}: {count} more seeds each (from seed offset {firsts[0]})")
+
+
+def _rounds_summary(study: Study, rows: list[dict[str, Any]], rounds: list[str]) -> list[str]:
+    """report.md's lines on ``--ci_width``: the rule, the rounds, and the cells it could not answer."""
+    if study.ci_width is None:
+        return []
+    wide = [r["job"] for r in rows if r["found_ci95_high"] - r["found_ci95_low"] > study.ci_width]
+    lines = [f"Seeds were added in rounds of {study.members} to every cell whose found rate's 95% Wilson interval "
+             f"was wider than {study.ci_width:g}, up to {study.max_members} seeds per cell "
+             f"({study.round + 1} round{'s' if study.round else ''}); `members` says how many each took."]
+    lines += [f"- {line}" for line in rounds]
+    if wide:
+        lines.append(f"- still wider than {study.ci_width:g} at {study.max_members} seeds: {', '.join(wide)}")
+    return lines
+
+
+class ReportInterrupted(BaseException):
+    """A signal stopped the report (a BaseException, like KeyboardInterrupt: nothing may swallow it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[None]:
-    """While the jobs run: SIGINT/SIGTERM raise ReportInterrupted in the waiting main thread (a signal
+    """While the fits run: SIGINT/SIGTERM raise ReportInterrupted in the waiting main thread (a signal
     the parent ignores stays ignored)."""
     raised = []
 
@@ -567,12 +641,13 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], jobs: list[Job], stopped: list[str],
-                        out: Path, command: str, seconds: float, extra: list[str]) -> None:
-    """Write the report of the jobs that finished, saying what stopped it; exit 128 + signal."""
+def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], planned: list[FitPlan],
+                        stopped: list[str], out: Path, command: str, seconds: float, extra: list[str],
+                        runs: list[tuple[str, str]], rounds: list[str]) -> None:
+    """Write the report of the fits that finished, saying what stopped it; exit 128 + signal."""
     name = signal.Signals(err.signum).name
-    stopped = [job.name for job in jobs if job.name in set(stopped)]  # in the order asked, whichever started first
-    note = (f"Interrupted by {name} after {seconds:.0f} s: {len(rows)} of {len(jobs)} jobs finished and are "
+    stopped = [p.name for p in planned if p.name in set(stopped)]  # in the order asked, whichever started first
+    note = (f"Interrupted by {name} after {seconds:.0f} s: {len(runs)} of {len(planned)} jobs finished and are "
             "reported here")
     resume = []
     for job in stopped:
@@ -587,11 +662,13 @@ def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], jobs
         note += f"; stopped while running: {', '.join(stopped)} (below); the others never started"
     written = [out / "report.md"]
     write_markdown(rows, out / "report.md", command.strip(), interrupted=note,
-                   stopped=["Stopped jobs, each resumable from its last.ckpt (or run again):", "", *resume],
-                   extra=extra)
+                   stopped=[f"Continue the study (finished fits are kept, stopped ones resume from their last.ckpt): "
+                            f"`{program_name()} report --resume {shlex.quote(str(out))}`", "",
+                            "Stopped jobs, each resumable from its last.ckpt (or run again):", "", *resume],
+                   extra=extra, runs=runs, rounds=rounds)
     if rows:
         write_csv(rows, out / "report.csv")
         written += [out / "report.csv", plot_rates(rows, out / "report.png")]
-    print(f"{name}: report interrupted; {len(rows)} of {len(jobs)} jobs finished: {', '.join(map(str, written))}",
-          file=sys.stderr)
+    print(f"{name}: report interrupted; {len(runs)} of {len(planned)} jobs finished: "
+          f"{', '.join(map(str, written))}", file=sys.stderr)
     raise SystemExit(128 + err.signum)

@@ -225,6 +225,22 @@ CASES = [
      r"needs about [\d.]+ GiB .*\(64 members of 2-100000-1, .*hidden width [\d,]+"),
     (["report", "--members", "100000000"], 2,
      r"needs about .* TiB of memory.*that fit, the rest unchanged: --members \d"),
+    # --- report's study (issue 22): sweep values, launchers, resume
+    (["report", "--tasks", "abs", "--lrs", "0"], 2, r"--lrs '0' must be positive numbers joined by commas"),
+    (["report", "--tasks", "abs", "--lrs", "-0.1,0.1"], 2, r"argument --lrs: expected one argument \(see .*--help\)"),
+    (["report", "--tasks", "abs", "--lrs=-0.1,0.1"], 2, r"--lrs '-0.1,0.1' must be positive numbers"),
+    (["report", "--tasks", "abs", "--sizes", "1-0-1"], 2, r"--sizes item '1-0-1' needs input-hidden...-1"),
+    (["report", "--tasks", "abs", "--sizes", "1-4"], 2, r"--sizes item '1-4' needs input-hidden...-1"),
+    (["report", "--tasks", "abs", "--sizes", "3-4-1"], 2, r"--sizes item 3-4-1 starts with 3 inputs; the tasks take 1"),
+    (["report", "--tasks", "abs", "--init_scales", "0"], 2, r"--init_scales '0' must be positive numbers"),
+    (["report", "--tasks", "abs", "--init_scales", "0.5,nan"], 2, r"--init_scales '0.5,nan' must be positive"),
+    (["report", "--tasks", "abs", "--ci_width", "1.5"], 2, r"--ci_width must be a width between 0 and 1"),
+    (["report", "--tasks", "abs", "--max_members", "8"], 2, r"--max_members caps the rounds of --ci_width"),
+    (["report", "--tasks", "abs", "--launcher", "pbs"], 2, r"argument --launcher: invalid choice: 'pbs'"),
+    (["report", "--tasks", "abs", "--launcher", "slurm", "--slurm.time", "0"], 2, r"--slurm.time must be a positive"),
+    (["report", "--resume", "nowhere"], 2, r"--resume nowhere: no study.json there"),
+    (["report", "--resume", "nowhere", "--sizes", "1-4-1"], 2, r"--resume continues the study as it was started; "
+                                                                r"drop --sizes"),
     # --- file system (10.5)
     ([*ADD, "--trainer.default_root_dir", "afile"], 2, r"--trainer.default_root_dir afile is a file, not a directory"),
     ([*ADD, "--trainer.default_root_dir", "afile/runs"], 2, r"afile/runs is a file, not a directory \(its parent"),
@@ -452,3 +468,23 @@ def test_predict_says_its_run_directory_and_a_finite_member_can_be_chosen(workdi
     out = capsys.readouterr().out
     assert "Run directory: lightning_logs/version_0" in out
     assert (workdir / "lightning_logs" / "version_0" / "predictions.csv").is_file()
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("submitit", r"--launcher slurm needs submitit, which is not installed: pip install 'circuits_pl\[slurm\]'"),
+    ("sbatch", r"--launcher slurm needs SLURM's sbatch and srun on PATH, which are not here: run report on the "
+               r"cluster's login node, or use --launcher local"),
+])
+def test_launcher_slurm_without_submitit_or_sbatch_is_one_line_and_writes_nothing(workdir, capsys, monkeypatch,
+                                                                                 missing, message):
+    if missing == "submitit":
+        monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError, as when absent
+    else:
+        pytest.importorskip("submitit")
+        monkeypatch.setenv("PATH", str(workdir / "no_slurm_here"))
+    before = snapshot(workdir)
+    capsys.readouterr()
+    assert call(["report", "--tasks", "abs", "--launcher", "slurm"], workdir) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0]), err
+    assert snapshot(workdir) == before

@@ -173,9 +173,10 @@ def _readme_basins_rows() -> dict:
 def test_the_readme_basins_rows_for_two_units_are_what_report_trains_today(task, tmp_path):
     """The README's h = 2 rows, retrained the way its `report` command trains them (512 seeds, 20k steps, seed 0,
     the torch engine that made them) and counted here from per-member fields with Python arithmetic."""
-    from circuits_pl.report import Job
+    from circuits_pl.study import Base, FitPlan
+    from circuits_pl.sweep import Cell
 
-    args = Job(name=task, task=task, sizes=[1, 2, 1]).fit_args(512, 20_000, 0, tmp_path)
+    args = FitPlan(task, Base(task, task=task), (Cell((1, 2, 1), 0.1),), 0, 512).fit_args(0, 20_000, tmp_path, 20_000)
     if "--model.engine" in subprocess.run([sys.executable, "-m", "circuits_pl", "fit", "--help"],
                                           capture_output=True, text=True).stdout:
         args += ["--model.engine", "torch"]

@@ -18,12 +18,12 @@ FLOORS = [
     {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "stream", "sweep",
      "init_weights", "memory", "population", "signals"},
     # 2. analysis without Lightning
-    {"success", "verdicts", "readout", "plots", "basins", "timeline"},
+    {"success", "verdicts", "readout", "plots", "basins", "study", "timeline"},
     # 3. Lightning parts
     {"compat", "data", "module", "callbacks", "interrupts", "atomic_checkpoint_io", "checkpoint_checks", "logger",
      "preflight", "strategy"},
     # 4. the end of a run, and runs on disk
-    {"module_readout", "run_summary", "saved_run"},
+    {"module_readout", "run_summary", "saved_run", "launch"},
     # 5. commands
     {"cli", "inspection", "report", "__main__", "__init__"},
 ]

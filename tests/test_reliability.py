@@ -552,19 +552,20 @@ def test_report_stops_its_running_and_queued_jobs_on_a_signal_and_reports_what_f
     out = tmp_path / "study"
     proc = _start(["report", "--tasks", "abs,add,min", "--members", 4, "--max_steps", 10_000_000, "--jobs", 2,
                    "--out", out], tmp_path)
-    log = out / "version_0" / "runs" / "abs.log"
+    log = out / "version_0" / "runs" / "abs_seeds0-1.log"  # 3 tasks on 2 jobs: 2 fits per task
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (log.exists() and "step " in log.read_text()):
         time.sleep(0.1)  # abs is training
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    _one_line_exit(proc, err, 143, r"^SIGTERM: report interrupted; 0 of 3 jobs finished: .*study/version_0/report.md$")
+    _one_line_exit(proc, err, 143, r"^SIGTERM: report interrupted; 0 of 6 jobs finished: .*study/version_0/report.md$")
     report = (out / "version_0" / "report.md").read_text()
-    assert "**Interrupted by SIGTERM after" in report and "stopped while running: abs, add" in report
-    last = out / "version_0" / "runs" / "abs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert "**Interrupted by SIGTERM after" in report and "stopped while running: abs_seeds0-1, abs_seeds2-3" in report
+    last = out / "version_0" / "runs" / "abs_seeds0-1" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert f"--ckpt_path {last}`" in report and _ckpt(last)["global_step"] > 0
     assert "SIGTERM: interrupted during training" in log.read_text()
-    assert not (out / "version_0" / "runs" / "min").exists() or not any((out / "version_0" / "runs" / "min").iterdir())
+    queued = out / "version_0" / "runs" / "min_seeds0-1"
+    assert not queued.exists() or not any(queued.iterdir())
     assert _job_processes(str(out)) == []
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 from conftest import assert_drawn
 
-from circuits_pl.report import make_jobs, plot_rates
+from circuits_pl.report import make_study, plot_rates
 
 
 def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -45,14 +45,15 @@ def test_report_tables_every_task_and_parallel_jobs_give_the_serial_results(run_
     assert_drawn(tmp_path / "reports" / "version_0" / "report.png")
 
 
-def test_sweep_jobs_give_every_task_the_hidden_widths_and_draw_a_heat_map(tmp_path):
-    args = argparse.Namespace(config=[], tasks="abs,min", sizes="2-2-1,2-8-1", lrs="0.03,0.1")
-    jobs = make_jobs(args)
-    assert [(j.task, j.sizes, j.lr) for j in jobs][:4] == [
-        ("abs", [1, 2, 1], 0.03), ("abs", [1, 2, 1], 0.1), ("abs", [1, 8, 1], 0.03), ("abs", [1, 8, 1], 0.1)]
-    assert len({j.name for j in jobs}) == 8 and jobs[4].sizes == [2, 2, 1]
-    rows = [{"task": j.task, "layer_sizes": "-".join(map(str, j.sizes)), "lr": j.lr, "members": 10,
-             "found_rate": 0.5, "found_ci95_low": 0.2, "found_ci95_high": 0.8} for j in jobs]
+def test_sweep_cells_give_every_task_the_hidden_widths_and_draw_a_heat_map(tmp_path):
+    args = argparse.Namespace(config=[], tasks="abs,min", sizes="2-2-1,2-8-1", lrs="0.03,0.1", init_scales=None)
+    bases, cells = make_study(args)
+    assert [b.task for b in bases] == ["abs", "min"]
+    assert [(c.layer_sizes, c.lr, c.init_scale) for c in cells["abs"]] == [
+        ((1, 2, 1), 0.03, 1.0), ((1, 2, 1), 0.1, 1.0), ((1, 8, 1), 0.03, 1.0), ((1, 8, 1), 0.1, 1.0)]
+    assert cells["min"][0].layer_sizes == (2, 2, 1) and len(cells["min"]) == 4
+    rows = [{"task": b.task, "layer_sizes": "-".join(map(str, c.layer_sizes)), "lr": c.lr, "members": 10,
+             "found_rate": 0.5, "found_ci95_low": 0.2, "found_ci95_high": 0.8} for b in bases for c in cells[b.name]]
     assert_drawn(plot_rates(rows, tmp_path / "phase.png"))
 
 
@@ -79,19 +80,17 @@ def test_a_job_whose_members_are_all_too_early_says_so_not_no_exact_circuit(tmp_
     assert "- **min** (2-3-1, lr 0.1): too early to tell (fewer than 3 validations)" in text
 
 
-def test_a_results_json_from_before_the_certified_readout_reports_as_before(tmp_path):
-    from circuits_pl.report import report_row, write_markdown
+def test_a_cell_without_a_certified_error_reports_without_one(tmp_path):
+    from circuits_pl.report import write_markdown
 
-    old = {"task": "add", "layer_sizes": [2, 2, 1], "lr": 0.1, "data": {"batch_size": 1000}, "steps": 2000,
-           "members": 4, "found": 2, "found_rate": 0.5, "found_rate_ci95": [0.15, 0.85], "solved": 2,
-           "success_rate": 0.5, "success_rate_ci95": [0.15, 0.85], "median_solved_at": 1000.0,
-           "max_sparsity_error_of_solved": 1e-6, "circuits_of_found": {"r(a + b) − r(−a − b)": 2},
-           "per_member": {"verdict": ["converged", "converged", "stuck", "stuck"],
-                          "rough_formula": [None, None, "y = 1.0·r(a + b)", "y = 1.0·r(a + b)"]},
-           "run_dir": "runs/add", "job": "add"}
-    new = dict(old, job="add-new", max_certified_error_of_exact=3.4e-05, certified_over="[-1, 1]²")
-    rows = [report_row(old), report_row(new)]
-    write_markdown(rows, tmp_path / "report.md", "report")
+    row = {"job": "add", "task": "add", "layer_sizes": "2-2-1", "lr": 0.1, "init_scale": 1.0, "steps": 2000,
+           "members": 4, "found": 2, "found_ci95_low": 0.15, "found_ci95_high": 0.85, "solved": 2, "ci95_low": 0.15,
+           "ci95_high": 0.85, "median_solved_at": 1000.0, "converged": 2, "converging": 0, "slow": 0, "stuck": 2,
+           "too_early": 0, "diverged": 0, "max_sparsity_error_solved": 1e-6, "max_certified_error_exact": None,
+           "certified_over": None, "circuits": "2× r(a + b) − r(−a − b)", "common_stuck": "2× y = 1.0·r(a + b)",
+           "run_dir": "runs/add"}
+    new = dict(row, job="add-new", max_certified_error_exact=3.4e-05, certified_over="[-1, 1]²")
+    write_markdown([row, new], tmp_path / "report.md", "report")
     lines = (tmp_path / "report.md").read_text().splitlines()
     bullets = [ln for ln in lines if ln.startswith("- **add**")]
     assert bullets[0] == "- **add** (2-2-1, lr 0.1): 2× r(a + b) − r(−a − b); most common stuck: 2× y = 1.0·r(a + b)"
