@@ -39,7 +39,7 @@ from circuits_pl.optim import RULES, MemberOptimizer
 from circuits_pl.strategy import MemberParallelStrategy, member_share, sync_members
 from circuits_pl.success import success_threshold
 from circuits_pl.tasks import get_task
-from circuits_pl.train_block import chunk_members, train_block
+from circuits_pl.train_block import ENGINES, chunk_members, resolve_engine, train_block
 
 HISTORY = 8  # validations of per-member MSE kept, to tell a stuck member from a slow one
 
@@ -63,6 +63,9 @@ class CircuitModule(pl.LightningModule):
         momentum, dampening, nesterov: for ``momentum`` (torch.optim.SGD's meanings).
         betas, eps: for ``adam`` (default betas ``[0.9, 0.999]``, torch.optim.Adam's).
         weight_decay: L2 penalty added to the gradient, every rule (torch.optim's, not AdamW's).
+        engine: what runs the training steps: ``fused`` (one compiled CPU loop per block, numba),
+            ``torch`` (tensor ops: the reference, and the GPU path) or ``auto`` (fused on the CPU when
+            numba imports, else torch); the resolved one is saved. See ``circuits_pl.train_block``.
         member: member used by ``forward``, ``validate``/``test``/``predict`` metrics and readout;
             default: the best (lowest validation MSE). Not a hyper-parameter: not saved.
     """
@@ -84,6 +87,7 @@ class CircuitModule(pl.LightningModule):
         betas: list[float] | None = None,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        engine: str = "auto",
     ):
         super().__init__()
         self.task = get_task(task)
@@ -97,6 +101,8 @@ class CircuitModule(pl.LightningModule):
         if member is not None and not 0 <= member < members:
             raise CircuitsError(f"model.member must be in 0..{members - 1} ({members} members), got {member!r}")
         betas = check_optimizer_args(optimizer, momentum, dampening, nesterov, betas, eps, weight_decay)
+        if engine not in ENGINES:
+            raise CircuitsError(f"model.engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         init_seed = int(torch.initial_seed() if init_seed is None else init_seed)  # seed_everything's
         self.save_hyperparameters(ignore=["member"])
         record_resolved(self, layer_sizes=list(sizes), init_seed=init_seed, betas=betas)
@@ -155,6 +161,9 @@ class CircuitModule(pl.LightningModule):
 
     def setup(self, stage: str) -> None:
         check_precision(self.trainer.precision)
+        if stage == "fit":  # the engine that trains, as hparams.yaml, the checkpoint and results.json say
+            device = self.trainer.strategy.root_device.type
+            record_resolved(self, engine=resolve_engine(self.hparams.engine, device, self.hparams.layer_sizes))
         strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy) and not isinstance(strategy, MemberParallelStrategy):
             raise CircuitsError(
@@ -260,7 +269,7 @@ class CircuitModule(pl.LightningModule):
         with torch.no_grad():
             xt = x[:n].transpose(1, 2).contiguous()  # (n, in, B): the hot path is batch-last
             yt = y[:n].transpose(1, 2)  # (n, 1, B), a view
-            train_block(optimizer, len(self.net.weights), xt, yt, chunk, self.share)
+            train_block(optimizer, len(self.net.weights), xt, yt, chunk, self.share, self.hparams.engine)
 
     def _handle_divergence(self, optimizer: MemberOptimizer, snapshot: list[torch.Tensor], x: torch.Tensor,
                            y: torch.Tensor, n: int, start: int) -> None:

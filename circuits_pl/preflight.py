@@ -23,6 +23,7 @@ from circuits_pl.errors import CircuitsError
 from circuits_pl.memory import RunSize, available_bytes, checkpoint_bytes, estimate, gib, largest_fitting
 from circuits_pl.strategy import is_member_parallel
 from circuits_pl.tasks import get_task
+from circuits_pl.train_block import engine_problem
 from circuits_pl.writable import check_writable_dir
 
 DASHED_SIZES = re.compile(r"^\s*\d+(\s*-\s*\d+)+\s*$")
@@ -124,6 +125,8 @@ def check_run(cfg: Namespace, subcommand: str | None) -> None:
     check_logger_installed(cfg.trainer.logger)
     follow_default_root_dir(cfg.trainer)
     size = run_size(cfg)  # imports and calls a user task: its targets are checked here
+    if subcommand == "fit" and size is not None:
+        check_engine(cfg.model.get("engine"), cfg.trainer.accelerator, size.layer_sizes)
     check_memory(size)
     check_output_dirs(cfg, subcommand, size)
 
@@ -171,6 +174,17 @@ def check_accelerator(accelerator: Any) -> None:
     if name == "tpu" and importlib.util.find_spec("torch_xla") is None:
         raise CircuitsError("--trainer.accelerator tpu needs torch_xla, which is not installed; "
                             "give --trainer.accelerator cpu (or auto)")
+
+
+def check_engine(engine: Any, accelerator: Any, layer_sizes: Sequence[int]) -> None:
+    """``--model.engine fused`` where it cannot train (a GPU, numba missing): one line naming the alternative."""
+    if not isinstance(accelerator, str):
+        return  # an accelerator object: the module's setup checks the device it gives
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    problem = engine_problem(engine, "cuda" if gpu else "cpu" if accelerator in ("cpu", "auto") else accelerator,
+                             layer_sizes)
+    if problem:
+        raise CircuitsError(problem)
 
 
 # Lightning's loggers and the package each needs (the first one found is enough).

@@ -86,6 +86,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "layer_sizes": list(hp.layer_sizes),
         "bias": bool(hp.bias),
         "lr": float(hp.lr),
+        "engine": hp.get("engine", "torch"),  # what trained it (checkpoints from before the option: torch)
         "members": k_total,
         "init_seed": int(hp.init_seed),
         "data": data,

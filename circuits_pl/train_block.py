@@ -1,9 +1,13 @@
 """One block of S training steps for K stacked networks: gradients by hand, then the update rule.
 Plain PyTorch, no Lightning (called from ``CircuitModule.training_step``).
 
-Members are processed in chunks: a chunk runs all S steps of the block while its weights, rule
-state and activations stay in cache, then the next chunk. Every op is per member (see
-``network.step_gradients`` and ``optim``), so the result is bit-identical whatever the chunking.
+Two engines run a block. ``torch`` (the reference, and the GPU path): members are processed in
+chunks, a chunk running all S steps of the block while its weights, rule state and activations stay
+in cache, then the next chunk; every op is per member (see ``network.step_gradients`` and ``optim``),
+so the result is bit-identical whatever the chunking. ``fused`` (CPU, numba: ``circuits_pl.fused``):
+one compiled loop per block, forward, gradients and update of each member in one pass over the batch;
+member k is bit-identical whatever K, chunk or member share too, and equal to the torch engine to
+float32 rounding. ``auto`` is fused on the CPU where numba imports, torch elsewhere.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from circuits_pl.errors import CircuitsError
 from circuits_pl.network import step_gradients
 from circuits_pl.optim import MemberOptimizer
 
@@ -36,8 +41,46 @@ def chunk_members(layer_sizes: Sequence[int], batch: int, members: int) -> int:
     return max(1, min(members, CHUNK_BYTES // per_member))
 
 
+ENGINES = ("fused", "torch", "auto")
+
+
+def engine_problem(engine: str, device: str, layer_sizes: Sequence[int]) -> str | None:
+    """Why ``--model.engine fused`` cannot train this run here (one line naming the alternative), or None."""
+    if engine != "fused":
+        return None
+    if device != "cpu":
+        return (f"--model.engine fused runs on the CPU only, and this run trains on {device}: give --model.engine "
+                "torch (or auto), or --trainer.accelerator cpu")
+    from circuits_pl import fused
+
+    error = fused.import_error()
+    if error is not None:
+        return (f"--model.engine fused needs numba, which does not import here ({error}): pip install numba, "
+                "or give --model.engine torch (or auto)")
+    reason = fused.unsupported(layer_sizes)
+    if reason is not None:
+        return f"--model.engine fused cannot train this network ({reason}): give --model.engine torch (or auto)"
+    return None
+
+
+def resolve_engine(engine: str, device: str, layer_sizes: Sequence[int]) -> str:
+    """``fused`` or ``torch`` for ``engine`` (fused|torch|auto) on ``device`` (cpu, cuda, ...).
+
+    ``auto`` is fused where it can run (the CPU, numba importable, one or two hidden layers), else
+    torch. An explicit ``fused`` that cannot run raises CircuitsError (:func:`engine_problem`).
+    """
+    if engine not in ENGINES:
+        raise CircuitsError(f"model.engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        return "torch" if engine_problem("fused", device, layer_sizes) else "fused"
+    problem = engine_problem(engine, device, layer_sizes)
+    if problem:
+        raise CircuitsError(problem)
+    return engine
+
+
 def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt: torch.Tensor,
-                chunk: int | None = None, members: slice | None = None) -> None:
+                chunk: int | None = None, members: slice | None = None, engine: str = "torch") -> None:
     """``xt.shape[0]`` training steps of every member, in place.
 
     Args:
@@ -48,8 +91,22 @@ def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt
         chunk: members per chunk; default all members.
         members: train only these members (a process's share under MemberParallelStrategy);
             default all. The others do not move.
+        engine: ``torch``, ``fused`` (CPU tensors; members split over ``torch.get_num_threads()``
+            threads, which changes nothing in their values) or ``auto`` (see the module docstring).
     """
     params = optimizer.params
+    if engine == "auto":
+        engine = resolve_engine(engine, params[0].device.type, [params[0].shape[2]] + [p.shape[1] for p in
+                                                                                       params[:n_weights]])
+    if engine == "fused":
+        from circuits_pl.fused import train_members
+
+        first = optimizer.steps_done + 1
+        group = optimizer.param_groups[0]
+        train_members(params, optimizer.state_tensors(), n_weights, group["rule"], group, xt, yt, first,
+                      members or slice(None), threads=torch.get_num_threads())
+        optimizer.set_steps(first - 1 + xt.shape[0])
+        return
     first_member, end, _ = (members or slice(None)).indices(params[0].shape[0])
     chunk = end - first_member if chunk is None else chunk
     first = optimizer.steps_done + 1

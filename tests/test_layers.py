@@ -15,7 +15,7 @@ README = PACKAGE.parent / "README.md"
 
 FLOORS = [
     # 1. plain facts: torch only, no Lightning
-    {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "stream",
+    {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "fused", "stream",
      "init", "memory"},
     # 2. analysis without Lightning
     {"success", "verdicts", "readout", "plots"},
