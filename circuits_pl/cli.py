@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from circuits_pl import preflight
-from circuits_pl.cadence import check_steps_per_batch, is_step_count, log_blocks
+from circuits_pl.cadence import Cadence
 from circuits_pl.callbacks import FrozenHeap, LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.checkpoints import load_checked_checkpoint
@@ -77,6 +77,7 @@ class CircuitsCLI(LightningCLI):
     """LightningCLI for circuits_pl (see the module docstring)."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True):
+        self.cadence: Cadence | None = None  # SGD steps against Lightning batches: decided in _preflight
         super().__init__(
             CircuitModule,
             CircuitDataModule,
@@ -219,7 +220,11 @@ class CircuitsCLI(LightningCLI):
                 class_path="circuits_pl.logger.RunLogger",
                 init_args=Namespace(save_dir=trainer.default_root_dir or ".", name="lightning_logs"),
             )
-        preflight.check_run(cfg, self.config.get("subcommand"))  # targets, values, memory, directories
+        # SGD steps against Lightning batches, decided once: data.steps_per_batch (given, or chosen here),
+        # the memory estimate's block, the Trainer's batch counts (instantiate_trainer)
+        self.cadence = preflight.run_cadence(cfg)
+        preflight.check_run(cfg, self.config.get("subcommand"), self.cadence)  # targets, values, memory, directories
+        self._resolve_cadence(cfg)
         # Lightning logs "Seed set to N" next, before the classes are built: hold it until they are,
         # so that a refusal from a class's own checks is still the only line on stderr.
         self._held_seed_line = preflight.HoldLog("lightning.fabric.utilities.seed")
@@ -229,7 +234,6 @@ class CircuitsCLI(LightningCLI):
         as one line, and the held "Seed set" line released once everything is built."""
         held = getattr(self, "_held_seed_line", None)
         try:
-            self._resolve_cadence()
             super().instantiate_classes()
         except CircuitsError:
             raise
@@ -239,31 +243,17 @@ class CircuitsCLI(LightningCLI):
             if held is not None:
                 held.release(replay=sys.exc_info()[0] is None)
 
-    def _resolve_cadence(self) -> None:
-        """--trainer.val_check_interval and --trainer.log_every_n_steps count SGD steps: choose
-        data.steps_per_batch to divide them (or check the one given) before the data module exists."""
-        cfg = self._active_config()
-        if "data" not in cfg or "trainer" not in cfg:
+    def _resolve_cadence(self, cfg: Namespace) -> None:
+        """data.steps_per_batch, when not given: the cadence's choice, saved in config.yaml."""
+        if self.cadence is None or cfg.data.get("steps_per_batch") is not None:
             return
-        intervals = self._step_intervals(cfg.trainer)
-        val_every = intervals.get("val_check_interval")
-        given = cfg.data.get("steps_per_batch")
-        if given is None:
-            cfg.data.steps_per_batch = preflight.chosen_steps_per_batch(cfg)
-            if cfg.data.steps_per_batch < 10 and rank_zero_only.rank == 0:
-                # measured, 4 members: 3000 steps in 4.0 s with blocks of 1 against 0.13 s with 500
-                print(f"note: training in blocks of {cfg.data.steps_per_batch} SGD step(s), the largest that divides "
-                      f"--trainer.val_check_interval {val_every} and fits --trainer.log_every_n_steps "
-                      f"{intervals.get('log_every_n_steps')}; Lightning's cost per block then dominates: round "
-                      "intervals (e.g. 1000 and 500) train much faster", file=sys.stderr)
-        elif is_step_count(given) and val_every:
-            check_steps_per_batch(given, **{"trainer.val_check_interval": val_every})
-
-    @staticmethod
-    def _step_intervals(trainer: Any) -> dict[str, int]:
-        """The cadence options given as SGD-step counts (floats and None are Lightning's own meaning)."""
-        return {k: trainer.get(k) for k in ("val_check_interval", "log_every_n_steps")
-                if isinstance(trainer.get(k), int) and not isinstance(trainer.get(k), bool)}
+        cfg.data.steps_per_batch = self.cadence.steps_per_batch
+        if cfg.data.steps_per_batch < 10 and rank_zero_only.rank == 0:
+            # measured, 4 members: 3000 steps in 4.0 s with blocks of 1 against 0.13 s with 500
+            print(f"note: training in blocks of {cfg.data.steps_per_batch} SGD step(s), the largest that divides "
+                  f"--trainer.val_check_interval {cfg.trainer.get('val_check_interval')} and fits "
+                  f"--trainer.log_every_n_steps {cfg.trainer.get('log_every_n_steps')}; Lightning's cost per block "
+                  "then dominates: round intervals (e.g. 1000 and 500) train much faster", file=sys.stderr)
 
     def instantiate_trainer(self, **kwargs: Any):
         config = {**cli_get(self, self.config_init, "trainer", default={}), **kwargs}
@@ -273,15 +263,8 @@ class CircuitsCLI(LightningCLI):
             callbacks.append(StepProgressBar())
         callbacks += [GracefulInterrupt(keep_after_fit=True), PredictionWriter()]
         config["callbacks"] = callbacks
-        # Lightning counts batches: the SGD-step cadence goes to it in blocks of steps_per_batch.
-        datamodule = cli_get(self, self.config_init, "data")
-        steps = getattr(getattr(datamodule, "hparams", None), "steps_per_batch", None)
-        if steps:
-            intervals = self._step_intervals(config)
-            if "val_check_interval" in intervals:
-                config["val_check_interval"] = intervals["val_check_interval"] // steps
-            if "log_every_n_steps" in intervals:
-                config["log_every_n_steps"] = log_blocks(intervals["log_every_n_steps"], steps)
+        if self.cadence is not None:  # Lightning counts batches: blocks of steps_per_batch
+            config.update(self.cadence.batch_counts())
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
+from circuits_pl.cadence import MAX_STEPS_PER_BATCH, Cadence
 from circuits_pl.compat import record_resolved, restored_batches
 from circuits_pl.errors import CircuitsError
 from circuits_pl.stream import UniformBlocks, fold_into_cone, mix_seed, uniform_inputs
@@ -64,10 +65,13 @@ class CircuitDataModule(pl.LightningDataModule):
     Args:
         task: task name (linked from the top-level ``--task``).
         batch_size: inputs per SGD step (the notebook: 1000).
-        steps_per_batch: SGD steps per Lightning batch (default 100; the CLI picks the largest
-            divisor <= 100 of its validation and logging intervals, which it counts in SGD steps).
-            A plain ``Trainer``'s options that count *batches* (``val_check_interval``,
-            ``log_every_n_steps``) count blocks of this many steps: see ``circuits_pl.cadence``.
+        steps_per_batch: SGD steps per Lightning batch. Default: chosen by the CLI, the largest divisor
+            of trainer.val_check_interval up to trainer.log_every_n_steps and a block limit that
+            shrinks as members and batch size grow: 500 with the defaults (64 members, batch 1000,
+            intervals 1000 and 500), 100 from 513 members, up to 1000 under DDP. From Python
+            (a plain ``Trainer``): 100, and the Trainer's options that count *batches*
+            (``val_check_interval``, ``log_every_n_steps``) count blocks of this many steps
+            (``circuits_pl.cadence``).
         val_size: points in the validation set and in the test set (the notebook's ``test_n``).
         stream_seed: seed of the training stream (default: the run's ``seed_everything``).
         holdout_seed: seed of the validation and test sets (the same for every run, so runs compare).
@@ -89,7 +93,7 @@ class CircuitDataModule(pl.LightningDataModule):
         predict_points: int = 41,
     ):
         super().__init__()
-        steps_per_batch = 100 if steps_per_batch is None else steps_per_batch
+        steps_per_batch = MAX_STEPS_PER_BATCH if steps_per_batch is None else steps_per_batch
         for name, value in [("batch_size", batch_size), ("steps_per_batch", steps_per_batch),
                             ("val_size", val_size), ("predict_points", predict_points)]:
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -134,30 +138,11 @@ class CircuitDataModule(pl.LightningDataModule):
         # Every DDP rank draws the same stream (rank 0's): ranks split the members, not the data
         # (circuits_pl.strategy), so member k's trajectory does not depend on the world size.
         trainer = self.trainer
-        start = trainer.global_step if trainer is not None else 0
-        # Lightning validates after batch b when (b + 1) % V == 0 (V = val_check_batch), counting
-        # batches. After a restore, the first block ends at the first step E > start with
-        # E = (b + 1)·S modulo V·S (b: batches counted so far): batch number n then ends at a step
-        # that is a multiple of V·S exactly when n is a multiple of V, so validations stay on their
-        # SGD-step grid. That covers a run stopped inside a block (max_steps 550: E = 700 for S = 100)
-        # and a run resumed with another block size (saved under DDP with S = 1000, resumed on one
-        # process with S = 100: E = 1200). Where that block would run past a validation step
-        # (stopped at 550 with S = 500: E = 1500, past 1000), it ends at that step instead and is
-        # preceded by empty blocks (zero steps) that bring the batch count to the grid.
-        first_end, empty = None, 0
-        if trainer is not None and start > 0:
-            steps = self.hparams.steps_per_batch
-            done = restored_batches(trainer)  # batches before this fit
-            # Lightning sets val_check_batch only after this loader exists: the Trainer's own argument
-            val_every = trainer.val_check_batch if trainer.val_check_batch is not None else trainer.val_check_interval
-            every = val_every if isinstance(val_every, int) and val_every > 0 else 1
-            period = steps * every
-            first_end = (done + 1) * steps
-            if first_end <= start:
-                first_end += -(-(start + 1 - first_end) // period) * period
-            next_validation = (start // period + 1) * period
-            if first_end > next_validation:
-                first_end, empty = next_validation, -(done + 1) % every
+        start, first_end, empty = 0, None, 0
+        if trainer is not None:  # after a restore, the first block keeps validations on their step grid
+            start = trainer.global_step
+            cadence = Cadence.of_trainer(trainer, self.hparams.steps_per_batch)
+            first_end, empty = cadence.first_block(start, restored_batches(trainer) if start > 0 else 0)
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
         # num_workers=0: a block costs ~5 µs per step to draw; workers would cost more.
         stream = self.train_stream(start, first_block_end=first_end, empty_blocks=empty)

@@ -22,7 +22,7 @@ def report_text(run: Run, member: int, readout: Readout) -> str:
     k_total = module.members
     header = f"{run.checkpoint}: step {run.step}, member {member}"
     if k_total > 1:
-        best = int(module.best_member)
+        best = int(module.population.best_member)
         header += f" of {k_total} ({'the best by validation MSE' if member == best else f'best is {best}'})"
     lines = [header, "", readout.text().rstrip()]
     held = heldout_mse(module, run.data)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torchmetrics import MeanSquaredError
 
 from circuits_pl import plots
 from circuits_pl.data import CircuitDataModule
@@ -21,7 +22,7 @@ from circuits_pl.readout import Readout, describe_member, read_circuit
 
 def member_weights(module: CircuitModule, member: int) -> list[torch.Tensor]:
     """One member's weight matrices (``(out, in)``, input layer first), detached, on the CPU."""
-    return [w[member].detach().cpu() for w in module.net.weights]
+    return [w.detach().cpu() for w in module.net.weights_of(member)]
 
 
 def test_inputs(data: CircuitDataModule) -> torch.Tensor:
@@ -69,10 +70,19 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
     return out
 
 
+@torch.no_grad()
+def members_mse(module: CircuitModule, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-member MSE ``(K,)`` on inputs ``x (N, in)`` and targets ``y (N, 1)`` (torchmetrics)."""
+    metric = MeanSquaredError(num_outputs=module.members).to(module.device)
+    preds = module.net(x.to(module.device)).squeeze(-1).T  # (N, K): one "output" per member
+    metric.update(preds, y.to(module.device).expand(-1, module.members))
+    return metric.compute().reshape(-1).detach()
+
+
 def test_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor:
     """Per-member MSE ``(K,)`` on the fixed test points."""
     x, y = data.fixed_set("test").tensors
-    return module.members_mse(x, y)
+    return members_mse(module, x, y)
 
 
 def heldout_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor | None:
@@ -80,7 +90,7 @@ def heldout_mse(module: CircuitModule, data: CircuitDataModule) -> torch.Tensor 
     if data.cone is None:
         return None
     x, y = data.fixed_set("test", heldout=True).tensors
-    return module.members_mse(x, y)
+    return members_mse(module, x, y)
 
 
 def write_figures(directory: str | Path, module: CircuitModule, member: int,
@@ -92,8 +102,8 @@ def write_figures(directory: str | Path, module: CircuitModule, member: int,
     """
     directory = Path(directory)
     written = []
-    if module.loss_history:
-        written.append(plots.plot_losses(module.loss_history, directory / "losses.png"))
+    if module.population.loss_history:
+        written.append(plots.plot_losses(module.population.loss_history, directory / "losses.png"))
     runs = None
     if module.hparams.bias:  # the weights alone do not describe a net with biases: draw it as it runs
         def runs(z: torch.Tensor) -> torch.Tensor:

@@ -89,6 +89,19 @@ class ReLUMLP(nn.Module):
                 out.append(self.biases[layer][member, :, 0])
         return out
 
+    def weights_of(self, member: int) -> list[torch.Tensor]:
+        """One member's weight matrices ``(out, in)``, input layer first (views)."""
+        return [w[member] for w in self.weights]
+
+    def biases_of(self, member: int) -> list[torch.Tensor] | None:
+        """One member's biases ``(out,)`` per layer (views); None without biases."""
+        return [b[member, :, 0] for b in self.biases] if self.bias else None
+
+    @torch.no_grad()
+    def finite(self) -> torch.Tensor:
+        """Per member: are all its weights (and biases) finite? ``(K,)`` bool."""
+        return torch.stack([torch.isfinite(p).flatten(1).all(1) for p in self.parameters()]).all(0)
+
     def forward(self, x: torch.Tensor, member: int | None = None) -> torch.Tensor:
         """Outputs for inputs ``x`` of shape ``(N, in)``: ``(K, N, 1)``, or ``(N, 1)`` for one member."""
         weights = list(self.weights) if member is None else [w[member : member + 1] for w in self.weights]

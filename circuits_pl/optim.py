@@ -17,12 +17,73 @@ Left out: maximize, amsgrad, and fused/foreach/capturable (implementation switch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 
+from circuits_pl.errors import CircuitsError
+
 RULES = ("sgd", "momentum", "adam")
 STATE_KEYS = {"sgd": (), "momentum": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """The update rule and its hyper-parameters (``--model.*``), checked once, here.
+
+    torch.optim's names, meanings and valid ranges; a bad value is a one-line CircuitsError naming
+    the option. Every rule's fields are kept (an sgd run records momentum 0.9 too), so the
+    checkpoint's param group always has the same keys.
+    """
+
+    rule: str = "sgd"  # the notebook's plain SGD; momentum and adam for comparison
+    lr: float = 0.1  # the notebook: 1e-4; its author later used 0.1, which solves every task
+    momentum: float = 0.9  # for momentum (torch.optim.SGD's)
+    dampening: float = 0.0
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)  # for adam (torch.optim.Adam's)
+    eps: float = 1e-8
+    weight_decay: float = 0.0  # L2 added to the gradient, every rule (torch.optim's, not AdamW's)
+
+    def __post_init__(self) -> None:
+        def number(v: object) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise CircuitsError(f"model.lr must be a positive number, got {self.lr!r}")
+        if self.rule not in RULES:
+            raise CircuitsError(f"model.optimizer must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if not number(self.momentum) or not 0 <= self.momentum < 1:
+            raise CircuitsError(f"model.momentum must be in [0, 1), got {self.momentum!r}")
+        if not number(self.dampening) or not 0 <= self.dampening <= 1:
+            raise CircuitsError(f"model.dampening must be in [0, 1], got {self.dampening!r}")
+        if self.nesterov and (self.rule != "momentum" or self.momentum <= 0 or self.dampening != 0):
+            raise CircuitsError("model.nesterov needs --model.optimizer momentum, a momentum > 0 and dampening 0")
+        betas = list(self.betas)
+        if len(betas) != 2 or not all(number(b) and 0 <= b < 1 for b in betas):
+            raise CircuitsError(f"model.betas must be two numbers in [0, 1), got {betas!r}")
+        if not number(self.eps) or not self.eps > 0:
+            raise CircuitsError(f"model.eps must be a positive number, got {self.eps!r}")
+        if not number(self.weight_decay) or self.weight_decay < 0:
+            raise CircuitsError(f"model.weight_decay must be a number >= 0, got {self.weight_decay!r}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
+
+    def build(self, params: Iterable[torch.Tensor]) -> MemberOptimizer:
+        """The optimizer of these settings over ``params`` (member dimension first)."""
+        return MemberOptimizer(params, **asdict(self))
+
+    def apply_to(self, optimizer: MemberOptimizer) -> None:
+        """Make a restored optimizer (its state and hyper-parameters from a checkpoint) use these
+        settings; its rule cannot change (the state of one rule cannot continue another)."""
+        group = optimizer.param_groups[0]
+        if group["rule"] != self.rule:
+            raise CircuitsError(f"the checkpoint was trained with --model.optimizer {group['rule']}, not "
+                                f"{self.rule}: its optimizer state cannot continue another rule")
+        group.update(lr=float(self.lr), momentum=float(self.momentum), dampening=float(self.dampening),
+                     nesterov=bool(self.nesterov), betas=self.betas, eps=float(self.eps),
+                     weight_decay=float(self.weight_decay))
 
 
 class MemberOptimizer(torch.optim.Optimizer):

@@ -89,8 +89,9 @@ def plot_losses(history: Series | str | Path, out_png: str | Path) -> Path:
     """Train and validation MSE against SGD step, log scale; medians over members dashed if logged.
 
     Args:
-        history: the series to draw, column -> (steps, values) (a module's ``loss_history``, which
-            exists whatever the logger), or a CSVLogger ``metrics.csv`` to read them from.
+        history: the series to draw, column -> (steps, values) (a module's
+            ``population.loss_history``, which exists whatever the logger), or a CSVLogger
+            ``metrics.csv`` to read them from.
         out_png: where to write the figure.
 
     With several members ``train/mse`` is the best member's and ``*/median_mse`` the median
@@ -258,3 +259,52 @@ def _draw_edge(ax: Axes, start: tuple[float, float], end: tuple[float, float], w
     x, y = start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1])
     ax.text(x, y, f"{w:.3f}", ha="center", va="center", fontsize="small", color=colour, zorder=2,
             bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+
+
+# ---------------------------------------------------------------------------------------------
+# Basins: initial units coloured by their member's outcome
+# ---------------------------------------------------------------------------------------------
+
+def plot_basins(first: torch.Tensor, out: torch.Tensor | None, outcomes: Sequence[str],
+                boundaries: Sequence[float], title: str, out_png: str | Path) -> Path:
+    """Every member's first-layer units at initialisation, coloured by what the member ended as.
+
+    Args:
+        first: initial first-layer weights ``(K, h, n)``, n = 1 or 2.
+        out: initial output weights ``(K, h)`` (one hidden layer), or None: the unit's norm is drawn instead.
+        outcomes: one label per member (``found`` or a stuck form; ``circuits_pl.basins.outcome_labels``).
+        boundaries: sector boundaries to mark (degrees; two inputs) — where the target changes sign or piece.
+        title: the figure's title.
+
+    x: the unit's direction (its angle in degrees for two inputs; its weight w for one input, so that
+    the sign, x > 0 or x < 0, is the side it faces); y: its output weight.
+    """
+    first = first.detach().double()
+    k, h, n = first.shape
+    xs = first[..., 0] if n == 1 else torch.rad2deg(torch.atan2(first[..., 1], first[..., 0])) % 360.0
+    ys = out.detach().double() if out is not None else first.norm(dim=-1)
+    order = ["found"] + sorted({o for o in outcomes if o != "found"} - {"other"}) + ["other"]
+    stuck = iter(["tab:red", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"] * 9)
+    colours = {o: "tab:green" if o == "found" else "0.6" if o == "other" else next(stuck) for o in order}
+    fig = _figure(7.0, 4.2)
+    ax = fig.add_subplot()
+    for label in order:
+        rows = [m for m in range(k) if outcomes[m] == label]
+        if not rows:
+            continue
+        ax.scatter(xs[rows].flatten().tolist(), ys[rows].flatten().tolist(), s=6, alpha=0.6,
+                   color=colours[label], label=f"{label} ({len(rows)})", linewidths=0)
+    if n == 1:
+        ax.axvline(0.0, color="0.3", lw=0.8)
+        ax.set_xlabel("initial input weight w (the unit faces x > 0 when w > 0)")
+    else:
+        for b in boundaries:
+            ax.axvline(b % 360.0, color="0.3", lw=0.8, ls="--")
+        ax.set_xlim(0, 360)
+        ax.set_xticks(range(0, 361, 45))
+        ax.set_xlabel("initial direction of the unit's input weights (degrees; dashed: sector boundaries)")
+    ax.axhline(0.0, color="0.8", lw=0.6)
+    ax.set_ylabel("initial output weight" if out is not None else "norm of the input weights")
+    ax.set_title(title)
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    return _save(fig, out_png)

@@ -18,7 +18,7 @@ import torch
 import yaml
 from jsonargparse import Namespace
 
-from circuits_pl.cadence import choose_steps_per_batch, is_step_count
+from circuits_pl.cadence import Cadence, is_step_count
 from circuits_pl.errors import CircuitsError
 from circuits_pl.memory import RunSize, available_bytes, checkpoint_bytes, estimate, gib, largest_fitting
 from circuits_pl.strategy import is_member_parallel
@@ -117,14 +117,14 @@ def check_config_files(argv: Sequence[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 # The parsed configuration, before instantiation
 # ---------------------------------------------------------------------------------------------
-def check_run(cfg: Namespace, subcommand: str | None) -> None:
-    """Every check of a parsed subcommand's options, cheapest first."""
+def check_run(cfg: Namespace, subcommand: str | None, cadence: Cadence | None) -> None:
+    """Every check of a parsed subcommand's options, cheapest first (``cadence``: :func:`run_cadence`'s)."""
     check_trainer_values(cfg.trainer, subcommand)
     check_checkpoint_cadence(cfg.get("checkpoint"))
     check_accelerator(cfg.trainer.accelerator)
     check_logger_installed(cfg.trainer.logger)
     follow_default_root_dir(cfg.trainer)
-    size = run_size(cfg)  # imports and calls a user task: its targets are checked here
+    size = run_size(cfg, cadence)  # imports and calls a user task: its targets are checked here
     if subcommand == "fit" and size is not None:
         check_engine(cfg.model.get("engine"), cfg.trainer.accelerator, size.layer_sizes)
     check_memory(size)
@@ -227,30 +227,35 @@ def follow_default_root_dir(trainer: Namespace) -> None:
     logger.init_args.save_dir = root
 
 
-def chosen_steps_per_batch(cfg: Namespace) -> int:
-    """The data.steps_per_batch the CLI picks when none is given (``cadence.choose_steps_per_batch``
-    on this config's intervals, members, batch size and strategy)."""
+def run_cadence(cfg: Namespace) -> Cadence | None:
+    """The run's cadence in SGD steps and Lightning batches (:class:`circuits_pl.cadence.Cadence`):
+    data.steps_per_batch as given (checked to divide trainer.val_check_interval), or chosen for this
+    config's intervals, members, batch size and strategy. None without a data section, or when
+    data.steps_per_batch is not a positive integer (the data module's own check then says so)."""
+    if "data" not in cfg or "trainer" not in cfg:
+        return None
     trainer, model, data = cfg.trainer, cfg.get("model") or {}, cfg.data
-    val_every, log_every = (trainer.get(k) for k in ("val_check_interval", "log_every_n_steps"))
-    members, batch = model.get("members"), data.get("batch_size")
-    return choose_steps_per_batch(val_every if is_step_count(val_every) else None,
-                                  log_every if is_step_count(log_every) else None,
-                                  members if is_step_count(members) else 1, batch if is_step_count(batch) else 1000,
-                                  distributed=is_member_parallel(trainer.get("strategy")))
+    given = data.get("steps_per_batch")
+    if given is not None and not is_step_count(given):
+        return None
+    val_every, log_every, max_steps = (trainer.get(k) for k in ("val_check_interval", "log_every_n_steps", "max_steps"))
+    log_every = log_every if isinstance(log_every, int) and not isinstance(log_every, bool) else None  # 0: off
+    return Cadence.choose(val_every if is_step_count(val_every) else None, log_every, model.get("members"),
+                          data.get("batch_size"), is_member_parallel(trainer.get("strategy")), given,
+                          max_steps if isinstance(max_steps, int) else -1, option="trainer.val_check_interval")
 
 
-def run_size(cfg: Namespace) -> RunSize | None:
-    """The sizes deciding a run's memory, with the task's default layer sizes filled in; None if a size is
-    not a positive integer (the module's or data module's own check then says so)."""
+def run_size(cfg: Namespace, cadence: Cadence | None) -> RunSize | None:
+    """The sizes deciding a run's memory, with the task's default layer sizes filled in and the block of
+    the run's ``cadence``; None if a size is not a positive integer (the module's or data module's own
+    check then says so)."""
     if cfg.get("task") is None:
         return None
     task = get_task(cfg.task)
     model, data = cfg.model, cfg.data
     sizes = model.get("layer_sizes")
     sizes = task.check_layer_sizes(task.layer_sizes if sizes is None else sizes)
-    steps = data.get("steps_per_batch")
-    if steps is None:
-        steps = chosen_steps_per_batch(cfg)
+    steps = cadence.steps_per_batch if cadence is not None else None
     values = [model.get("members"), data.get("batch_size"), steps, data.get("val_size"),
               data.get("predict_points")]
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):

@@ -168,6 +168,47 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
     path.write_text("\n".join(lines) + "\n")
 
 
+def basins_markdown(results: list[dict[str, Any]]) -> list[str]:
+    """report.md's Basins section: per job, the found rate per class of initial weights
+    (``circuits_pl.basins``) and, for 1-h-1 nets, the dark ceiling 1 − 2^(1−h) beside the measured rates."""
+    from circuits_pl.basins import summary_lines
+
+    lines = ["", "## Basins: the initial weights against the outcome", "",
+             "Sectors: arcs of input directions on which the target is linear and of one sign. A member's first-layer",
+             "units each face one sector; a unit agrees when its output weight has the target's sign there.", ""]
+    for res in results:
+        b = res.get("basins")
+        if not b:
+            continue
+        lines += [f"**{res.get('job', res['task'])}** ({'-'.join(map(str, res['layer_sizes']))}): sectors "
+                  + "; ".join(b["sectors"]), ""]
+        lines += [f"- {line}" for line in summary_lines(b)]
+        lines += ["", "| sectors covered | by an agreeing unit | members | found (95% CI) |", "|---|---|---|---|"]
+        for r in b["table"]:
+            agreeing = "–" if r["agreeing"] is None else r["agreeing"]
+            lines.append(f"| {r['covered']}/{r['sectors']} | {agreeing} | {r['members']} "
+                         f"| {r['found']} ({r['ci95'][0]:.2f}–{r['ci95'][1]:.2f}) |")
+        lines.append("")
+    return lines if len(lines) > 6 else []
+
+
+def plot_basins_of(res: dict[str, Any], path: Path) -> Path | None:
+    """The job's initial units coloured by outcome (``plots.plot_basins``); None where basins are not defined."""
+    from circuits_pl import basins
+    from circuits_pl.plots import plot_basins
+
+    if not res.get("basins"):
+        return None
+    task = get_task(res["task"])
+    weights = basins.initial_weights(res["layer_sizes"], res["members"], res["init_seed"])
+    per = res["per_member"]
+    outcomes = basins.outcome_labels(per["found"], per["rough_formula"])
+    sectors = basins.target_sectors(task) or []
+    out = weights[-1][:, 0, :] if len(weights) == 2 else None
+    title = f"{res.get('job', res['task'])}: initial units, coloured by what their member became"
+    return plot_basins(weights[0], out, outcomes, [s.lo for s in sectors if task.arity == 2], title, path)
+
+
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -362,6 +403,12 @@ def main(argv: list[str]) -> None:
     rows = [report_row(results[job.name]) for job in jobs]  # in the order asked, whatever finished first
     command = f"{program_name()} report " + " ".join(argv)
     write_markdown(rows, out / "report.md", command.strip())
+    ordered = [results[job.name] for job in jobs]
+    with open(out / "report.md", "a") as f:
+        f.write("\n".join(basins_markdown(ordered)))
+    for res in ordered:
+        if res.get("task") and get_task(res["task"]).arity <= 2:
+            plot_basins_of(res, out / f"basins_{res['job']}.png")
     write_csv(rows, out / "report.csv")
     plot_rates(rows, out / "report.png")
     print(f"Report ({len(jobs)} jobs, {time.perf_counter() - start:.0f} s): "

@@ -26,13 +26,15 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
+from circuits_pl import basins
 from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.files import atomic_write_text
 from circuits_pl.interrupts import GracefulInterrupt
 from circuits_pl.logger import run_dir
 from circuits_pl.members import describe_members, heldout_mse, read_member, test_mse, write_figures
-from circuits_pl.module import HISTORY, CircuitModule, live_median
+from circuits_pl.module import CircuitModule
+from circuits_pl.population import HISTORY
 from circuits_pl.success import wilson_interval
 from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, found, verdict
 
@@ -41,12 +43,13 @@ UNLISTED = "an unlisted circuit"
 
 def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]]) -> list[str]:
     """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts)."""
-    hist = module.val_history.cpu().double()
-    solved = module.solved.cpu().tolist()
+    population = module.population
+    hist = population.val_history.cpu().double()
+    solved = population.solved.cpu().tolist()
     out = []
     for k in range(module.members):
         exact = bool(circuits[k]["matched"])  # the readout, whatever the loss: a converging member is found
-        out.append(verdict(bool(solved[k]), exact, hist[:, k].tolist(), diverged=int(module.diverged_at[k]) >= 0))
+        out.append(verdict(bool(solved[k]), exact, hist[:, k].tolist(), diverged=int(population.diverged_at[k]) >= 0))
     return out
 
 
@@ -60,12 +63,12 @@ def _floats(t: torch.Tensor | None) -> list[float | None] | None:
 def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
               stopped_when_solved: bool = False) -> dict[str, Any]:
     """Everything results.json holds, as plain Python values (test MSE must be set: see RunSummary)."""
-    k_total = module.members
-    solved = module.solved.cpu()
+    k_total, population = module.members, module.population
+    solved = population.solved.cpu()
     n_solved = int(solved.sum())
     lo, hi = wilson_interval(n_solved, k_total)
     # A member first seen solved at an off-schedule final validation is solved "at the last step".
-    solved_at = torch.where(solved & (module.solved_at < 0).cpu(), steps, module.solved_at.cpu())
+    solved_at = torch.where(solved & (population.solved_at < 0).cpu(), steps, population.solved_at.cpu())
     at = solved_at[solved_at >= 0].double()
     hp = module.hparams
     data = {k: v for k, v in datamodule.hparams.items() if k != "task" and not k.startswith("_")}
@@ -80,6 +83,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
                              if found(v) and c["formula"] is not None)
     sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
                 if ok and c["sparsity_error"] is not None]
+    basin_of, basin_summary = member_basins(module, [found(v) for v in verdicts])
     return {
         "task": module.task.name,
         "formula": module.task.formula,
@@ -100,17 +104,18 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "success_rate": n_solved / k_total,
         "success_rate_ci95": [lo, hi],
         "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
-        "best_member": int(module.best_member),
+        "best_member": int(population.best_member),
         "circuits_of_found": dict(circuits_found.most_common()),
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
+        "basins": basin_summary,
         "per_member": {
-            "val_mse": _floats(module.val_mse),
-            "test_mse": _floats(module.test_mse),
-            "heldout_mse": _floats(module.heldout_mse),
+            "val_mse": _floats(population.val_mse),
+            "test_mse": _floats(population.test_mse),
+            "heldout_mse": _floats(population.heldout_mse),
             "found": [found(v) for v in verdicts],
             "solved": solved.tolist(),
             "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
-            "diverged_at": [int(v) if v >= 0 else None for v in module.diverged_at.cpu().tolist()],
+            "diverged_at": [int(v) if v >= 0 else None for v in population.diverged_at.cpu().tolist()],
             "verdict": verdicts,
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
@@ -120,6 +125,10 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "family": [c["family"] for c in circuits],
             "unnamed_reason": [c["reason"] for c in circuits],
             "sparsity_error": [c["sparsity_error"] for c in circuits],
+            # the initial weights' class (circuits_pl.basins): sectors of the target some unit faces,
+            # and faced by a unit whose output weight has the target's sign there
+            "sectors_covered": [b.covered for b in basin_of] if basin_of else None,
+            "sectors_agreeing": [b.agreeing for b in basin_of] if basin_of else None,
         },
         "verdict_rules": {
             "found": "the readout is an exact circuit of the task, and validation MSE is below success_mse "
@@ -131,6 +140,18 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "too early": f"fewer than {MIN_VALIDATIONS} scheduled validations",
         },
     }
+
+
+def member_basins(module: CircuitModule, found_flags: list[bool]) -> tuple[list | None, dict | None]:
+    """Every member's basin (its initial weights, recomputed from its seed) and the run's table of
+    found rate per basin (``circuits_pl.basins``); (None, None) for nets with biases or more than two
+    inputs, where basins are not defined."""
+    hp = module.hparams
+    if hp.bias or module.task.arity > 2:
+        return None, None
+    weights = basins.initial_weights(hp.layer_sizes, module.members, int(hp.init_seed))
+    of = basins.classify(module.task, weights)
+    return of, basins.summary(module.task, hp.layer_sizes, of, found_flags)
 
 
 def summary_line(res: dict[str, Any]) -> str:
@@ -167,14 +188,14 @@ def test_members(trainer: pl.Trainer, module: CircuitModule, datamodule: Circuit
     Computed here rather than through ``trainer.test``: this runs inside ``fit`` (a callback), where
     a nested trainer loop cannot run.
     """
-    module.test_mse = test_mse(module, datamodule)
-    module.heldout_mse = heldout_mse(module, datamodule)
-    k = module.selected_member
-    metrics = {"test/mse": float(module.test_mse[k])}
+    population, k = module.population, module.selected_member
+    population.test_mse = test_mse(module, datamodule)
+    population.heldout_mse = heldout_mse(module, datamodule)
+    metrics = {"test/mse": float(population.test_mse[k])}
     if module.members > 1:
-        metrics["test/median_mse"] = float(live_median(module.test_mse, module.alive))
-    if module.heldout_mse is not None:
-        metrics["test/heldout_mse"] = float(module.heldout_mse[k])
+        metrics["test/median_mse"] = float(population.median(population.test_mse))
+    if population.heldout_mse is not None:
+        metrics["test/heldout_mse"] = float(population.heldout_mse[k])
     metrics["step"] = float(trainer.global_step)
     if trainer.is_global_zero:
         for logger in trainer.loggers:

@@ -25,6 +25,8 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed import ReduceOp
 
+from circuits_pl.errors import CircuitsError
+
 
 class MemberParallelStrategy(DDPStrategy):
     """DDPStrategy without the DistributedDataParallel wrapper (see the module docstring)."""
@@ -56,6 +58,15 @@ class MemberParallelStrategy(DDPStrategy):
             size = dist.get_world_size(group)
             return tensor.div_(size) if torch.is_floating_point(tensor) else tensor.copy_(tensor / size)
         return tensor
+
+
+def check_strategy(strategy: Any) -> None:
+    """Refuse a DDP strategy that would wrap the module: it would average gradients of independent members."""
+    if isinstance(strategy, DDPStrategy) and not isinstance(strategy, MemberParallelStrategy):
+        raise CircuitsError(
+            f"strategy {type(strategy).__name__} would average gradients of independent members; use "
+            "circuits_pl.strategy.MemberParallelStrategy() (the CLI's --trainer.strategy ddp does), which "
+            "gives each process its own members")
 
 
 def is_member_parallel(strategy: Any) -> bool:

@@ -1,13 +1,15 @@
-"""One block of S training steps for K stacked networks: gradients by hand, then the update rule.
-Plain PyTorch, no Lightning (called from ``CircuitModule.training_step``).
+"""One block of S training steps for K stacked networks: gradients by hand, then the update rule,
+and what happens to a member whose weights become non-finite. Plain PyTorch, no Lightning.
 
-Two engines run a block. ``torch`` (the reference, and the GPU path): members are processed in
-chunks, a chunk running all S steps of the block while its weights, rule state and activations stay
-in cache, then the next chunk; every op is per member (see ``network.step_gradients`` and ``optim``),
-so the result is bit-identical whatever the chunking. ``fused`` (CPU, numba: ``circuits_pl.fused``):
-one compiled loop per block, forward, gradients and update of each member in one pass over the batch;
-member k is bit-identical whatever K, chunk or member share too, and equal to the torch engine to
-float32 rounding. ``auto`` is fused on the CPU where numba imports, torch elsewhere.
+:class:`TrainedMembers` (the networks and their update rule) is what ``CircuitModule.training_step``
+drives, a block at a time, with one of two engines. ``torch`` (the reference, and the GPU path):
+members are processed in chunks (:func:`train_block`), a chunk running all S steps of the block while
+its weights, rule state and activations stay in cache, then the next chunk; every op is per member
+(see ``network.step_gradients`` and ``optim``), so the result is bit-identical whatever the chunking.
+``fused`` (CPU, numba: ``circuits_pl.fused``): one compiled loop per block, forward, gradients and
+update of each member in one pass over the batch; member k is bit-identical whatever K, chunk or
+member share too, and equal to the torch engine to float32 rounding. ``auto`` is fused on the CPU
+where numba imports, torch elsewhere.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 import torch
 
 from circuits_pl.errors import CircuitsError
-from circuits_pl.network import step_gradients
+from circuits_pl.network import ReLUMLP, step_gradients
 from circuits_pl.optim import MemberOptimizer
 
 # Bytes of one chunk's per-step working set (activations, gradients, masks) aimed at. Measured
@@ -96,8 +98,8 @@ def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt
     """
     params = optimizer.params
     if engine == "auto":
-        engine = resolve_engine(engine, params[0].device.type, [params[0].shape[2]] + [p.shape[1] for p in
-                                                                                       params[:n_weights]])
+        sizes = [params[0].shape[2]] + [p.shape[1] for p in params[:n_weights]]
+        engine = resolve_engine(engine, params[0].device.type, sizes)
     if engine == "fused":
         from circuits_pl.fused import train_members
 
@@ -127,3 +129,78 @@ def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt
             for s, (x, x_t, y) in enumerate(steps):
                 update(step_gradients(weights, weights_t, biases, x, x_t, y), first + s)
     optimizer.set_steps(first - 1 + xt.shape[0])
+
+
+class TrainedMembers:
+    """K networks and the update rule that trains them, a block of steps at a time.
+
+    Everything a step changes has the member dimension first (:meth:`tensors`: the parameters, then
+    the rule's state), so a member can be put back, replayed or exchanged between processes
+    (``strategy.sync_members``) without knowing what the tensors are.
+
+    Args:
+        net: the K networks.
+        optimizer: their update rule, holding its state (built over ``net.parameters()``).
+        engine: what runs the steps: ``torch``, ``fused`` or ``auto`` (see the module docstring).
+    """
+
+    def __init__(self, net: ReLUMLP, optimizer: MemberOptimizer, engine: str = "torch"):
+        self.net, self.optimizer, self.engine = net, optimizer, engine
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Everything a step changes, member dimension first: parameters, then the rule's state."""
+        return list(self.optimizer.params) + [t for ts in self.optimizer.state_tensors() for t in ts]
+
+    def steps(self, x: torch.Tensor, y: torch.Tensor, n: int, share: slice | None = None,
+              chunk: int | None = None) -> None:
+        """The first ``n`` steps of a block ``x (S, B, in)``, ``y (S, B, 1)`` for the members in
+        ``share`` (default all), in member chunks (default: as many as stay in cache)."""
+        if chunk is None:
+            chunk = chunk_members(self.net.layer_sizes, x.shape[1], self.net.members)
+        with torch.no_grad():
+            xt = x[:n].transpose(1, 2).contiguous()  # (n, in, B): the hot path is batch-last
+            yt = y[:n].transpose(1, 2)  # (n, 1, B), a view
+            train_block(self.optimizer, len(self.net.weights), xt, yt, chunk, share, self.engine)
+
+    @torch.no_grad()
+    def guarded_steps(self, x: torch.Tensor, y: torch.Tensor, n: int, start: int, frozen: torch.Tensor,
+                      share: slice | None = None) -> torch.Tensor | None:
+        """:meth:`steps` from SGD step ``start``, keeping ``frozen`` members ``(K,)`` where they were and
+        resetting members whose weights became non-finite to their weights and rule state before
+        the step where they diverged. Returns per member the step it diverged at in this block
+        (``-1``: it did not), or None when no member diverged.
+
+        Frozen members are stepped with the others (every op is per member, so they cannot touch
+        another member's values) and put back to their snapshot. The block is replayed from its
+        snapshot one step at a time to find each diverged member's exact step; this costs one
+        block, and only when something diverged.
+        """
+        tensors = self.tensors()
+        snapshot = [t.detach().clone() for t in tensors]  # the last state known to be finite
+        self.steps(x, y, n, share)
+        if bool(frozen.any()):
+            for t, s in zip(tensors, snapshot):
+                t[frozen] = s[frozen]
+        bad = ~frozen & ~self.net.finite()
+        if not bool(bad.any()):
+            return None
+        step_of = torch.full(frozen.shape, -1, dtype=torch.long, device=frozen.device)
+        result = [t.detach().clone() for t in tensors]  # healthy members keep exactly the real run's values
+        for t, s in zip(tensors, snapshot):
+            t.copy_(s)
+        self.optimizer.set_steps(start)
+        for s in range(n):
+            before = [t.detach().clone() for t in tensors]
+            self.steps(x[s : s + 1], y[s : s + 1], 1, share, chunk=self.net.members)
+            loss = self.net.mse(x[s], y[s])
+            now_bad = bad & (step_of < 0) & ~(self.net.finite() & torch.isfinite(loss))
+            if bool(now_bad.any()):
+                step_of[now_bad] = start + s + 1
+                for r, b in zip(result, before):
+                    r[now_bad] = b[now_bad]  # weights and rule state before the diverging step
+            if bool((step_of[bad] >= 0).all()):
+                break
+        for t, r in zip(tensors, result):
+            t.copy_(r)
+        self.optimizer.set_steps(start + n)
+        return step_of

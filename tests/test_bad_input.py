@@ -82,7 +82,7 @@ def workdir(tmp_path, trained, monkeypatch) -> Path:
     state = torch.load(trained["good"], weights_only=True)
     for w in (k for k in state["state_dict"] if k.startswith("net.weights.")):
         state["state_dict"][w][0].fill_(float("nan"))  # member 0: NaN weights, member 1 intact
-    state["state_dict"]["best_member"] = torch.tensor(0)
+    state["state_dict"]["population.best_member"] = torch.tensor(0)
     torch.save(state, tmp_path / "nan.ckpt")
     zen = torch.load(trained["good"], weights_only=True)
     zen["hyper_parameters"]["task"] = "this:s"  # importing it prints the Zen of Python

@@ -140,6 +140,23 @@ def test_every_option_of_the_short_help_exists_with_the_default_it_quotes(fit_he
     assert "--stop.when " + "|".join(choices) in [o for o, _ in usage.KEY_OPTIONS]
 
 
+def test_the_help_of_data_steps_per_batch_quotes_the_blocks_runs_really_use(fit_help, run_cli, tmp_path):
+    from conftest import results, run_dirs
+
+    from circuits_pl.cadence import Cadence
+
+    block = option_block(fit_help, "--data.steps_per_batch")
+    default = int(re.search(r"(\d+) with the defaults", block).group(1))
+    run_cli("fit", "--task", "identity", "--trainer.max_steps", 1000, *QUIET)  # every other option at its default
+    (run,) = run_dirs(tmp_path)
+    assert results(run)["data"]["steps_per_batch"] == default
+    # the other blocks it quotes: from K members on, and under DDP
+    few, many = (int(v) for v in re.search(r"(\d+) from (\d+) members", block).groups())
+    assert Cadence.choose(1000, 500, many).steps_per_batch == few < Cadence.choose(1000, 500, many - 1).steps_per_batch
+    ddp = int(re.search(r"up to (\d+) under DDP", block).group(1))
+    assert Cadence.choose(1000, 500, 64, distributed=True).steps_per_batch == ddp
+
+
 def test_console_script_is_the_same_entry_as_python_m(tmp_path):
     # tomllib is 3.11+ and the project supports 3.10: the one line of [project.scripts]
     scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0]

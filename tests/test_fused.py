@@ -238,8 +238,8 @@ def test_a_diverging_member_is_frozen_at_the_same_step_by_both_engines(rule):
     fused_module, fused_tensors = _diverging_run(rule, 300, blow_up=True, engine="fused")
     torch_module, _ = _diverging_run(rule, 300, blow_up=True, engine="torch")
     assert fused_module.hparams.engine == "fused" and torch_module.hparams.engine == "torch"
-    assert int(fused_module.diverged_at[1]) > 0
-    assert torch.equal(fused_module.diverged_at, torch_module.diverged_at)
+    assert int(fused_module.population.diverged_at[1]) > 0
+    assert torch.equal(fused_module.population.diverged_at, torch_module.population.diverged_at)
     assert all(bool(torch.isfinite(t).all()) for t in fused_tensors)
 
 

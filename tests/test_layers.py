@@ -16,9 +16,9 @@ README = PACKAGE.parent / "README.md"
 FLOORS = [
     # 1. plain facts: torch only, no Lightning
     {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "fused", "stream",
-     "init", "memory"},
+     "sweep", "init", "memory", "population"},
     # 2. analysis without Lightning
-    {"success", "verdicts", "readout", "plots"},
+    {"success", "verdicts", "readout", "plots", "basins"},
     # 3. Lightning parts
     {"compat", "data", "module", "callbacks", "interrupts", "checkpoint_io", "checkpoints", "logger",
      "preflight", "strategy"},

@@ -45,7 +45,7 @@ def test_figures_do_not_depend_on_the_logger(tmp_path):
     module, _, summary = _fit(tmp_path, False)  # no logger: no metrics.csv, still loss curves
     assert not list(tmp_path.rglob("metrics.csv"))
     assert (tmp_path / "losses.png").stat().st_size > 1000
-    steps, values = module.loss_history["val/mse"]
+    steps, values = module.population.loss_history["val/mse"]
     assert steps == [1000.0, 2000.0] and len(values) == 2
 
 

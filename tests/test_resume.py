@@ -137,3 +137,31 @@ def test_checkpoints_never_hold_non_finite_weights(tmp_path):
         assert state["global_step"] == 1000
         assert all(bool(torch.isfinite(v).all()) for k, v in state["state_dict"].items() if k.startswith("net."))
     assert all(bool(torch.isfinite(w).all()) for w in module.net.weights)  # reset to its last finite state
+
+
+# Written by main at 7174282 (before the per-member state moved into circuits_pl.population):
+#   fit --task abs --model.members 6 --model.optimizer momentum --model.momentum 0.5 --model.lr 3
+#       --data.batch_size 200 --stop.when never --trainer.max_steps 1500
+# Members 3 and 4 diverged (steps 11 and 14), the others were solved at step 1000.
+OLD_CHECKPOINT = Path(__file__).parent / "data" / "main_7174282_abs_momentum_step1500.ckpt"
+OLD_ARGS = ["--task", "abs", "--model.members", 6, "--model.optimizer", "momentum", "--model.momentum", 0.5,
+            "--model.lr", 3, "--data.batch_size", 200, "--stop.when", "never", *QUIET]
+
+
+def test_a_checkpoint_of_the_previous_layout_loads_and_resumes_exactly(run_cli, tmp_path):
+    from circuits_pl.module import CircuitModule
+
+    old = torch.load(OLD_CHECKPOINT, weights_only=True)["state_dict"]
+    module = CircuitModule.load_from_checkpoint(OLD_CHECKPOINT)
+    now = module.state_dict()
+    for key, value in old.items():  # every value of the old file, wherever it lives now
+        (match,) = [k for k in now if k == key or k.endswith("." + key)]
+        assert torch.equal(now[match].nan_to_num(-7.0), value.nan_to_num(-7.0)), key
+    assert module.population.diverged_at.tolist() == [-1, -1, -1, 11, 14, -1]
+    run_cli("fit", *OLD_ARGS, "--ckpt_path", OLD_CHECKPOINT, "--trainer.max_steps", 2000)
+    # the old file was trained by the torch engine (before --model.engine), and resumes with it
+    run_cli("fit", *OLD_ARGS, "--trainer.max_steps", 2000, "--model.engine", "torch")
+    resumed, never_stopped = run_dirs(tmp_path)
+    assert results(resumed)["engine"] == "torch"
+    assert_same_run(never_stopped, resumed)
+    assert results(resumed)["per_member"]["solved_at"] == [1000, 1000, 1000, None, None, 1000]

@@ -80,9 +80,9 @@ def test_one_diverging_member_does_not_kill_the_others():
     from circuits_pl.data import CircuitDataModule
 
     trainer.fit(module, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
-    assert module.diverged_at[1] > 0 and module.diverged_at[0] == -1 and module.diverged_at[2] == -1
+    assert module.population.diverged_at[1] > 0 and module.population.diverged_at[[0, 2]].tolist() == [-1, -1]
     assert all(bool(torch.isfinite(w).all()) for w in module.net.weights)  # reset to its last finite state
-    assert module.best_member != 1 and module.global_step == 300
+    assert module.population.best_member != 1 and module.global_step == 300
 
 
 def _trainer(**kwargs):
@@ -160,8 +160,8 @@ def _diverging_run(rule, max_steps, blow_up, engine="auto"):
 @pytest.mark.parametrize("rule", list(BLOW_UPS))
 def test_a_diverging_member_gets_its_rule_state_back_and_stays_frozen(rule):
     module, tensors = _diverging_run(rule, 300, blow_up=True)
-    step = int(module.diverged_at[1])
-    assert step > 0 and module.diverged_at[0] == -1 and module.diverged_at[2] == -1
+    step = int(module.population.diverged_at[1])
+    assert step > 0 and module.population.diverged_at[0] == -1 and module.population.diverged_at[2] == -1
     assert all(bool(torch.isfinite(t[1]).all()) for t in tensors)
     # the healthy members are exactly those of a run without member 1's blow-up
     for a, b in zip(tensors, _diverging_run(rule, 300, blow_up=False)[1]):
