@@ -87,7 +87,8 @@ def notebook_loop(steps: int) -> float:
 def step_alone(members: int, steps: int, engine: str = "torch") -> float:
     """Seconds per network-step of ``train_block`` (forward, hand-derived gradients and SGD update of
     all members at once, one member chunk), no Lightning, over blocks of distinct batches as large as
-    ``fit`` makes them at this K (at least ``steps`` steps in all)."""
+    ``fit`` makes them at this K (at least ``steps`` steps in all), laid out as ``fit`` hands them over (the
+    transposed view of the stream's block: the torch engine copies it batch-last, the fused one reads it)."""
     from circuits_pl.cadence import steps_per_batch_limit
     from circuits_pl.network import ReLUMLP
     from circuits_pl.optim import MemberOptimizer
@@ -97,8 +98,8 @@ def step_alone(members: int, steps: int, engine: str = "torch") -> float:
     block = steps_per_batch_limit(members, BATCH)
     net = ReLUMLP(LAYER_SIZES, members=members, seed=0)
     optimizer = MemberOptimizer(net.parameters(), lr=LR)
-    xt = uniform_inputs(block * BATCH, 2, seed=1).reshape(block, BATCH, 2).transpose(1, 2).contiguous()
-    yt = xt.sum(1, keepdim=True)  # (S, 1, B)
+    x = uniform_inputs(block * BATCH, 2, seed=1).reshape(block, BATCH, 2)  # a block as the stream draws it
+    xt, yt = x.transpose(1, 2), x.sum(2, keepdim=True).transpose(1, 2)  # (S, in, B), (S, 1, B): views, as fit
     train_block(optimizer, len(net.weights), xt[:1], yt[:1], chunk=members, engine=engine)  # warm-up
     blocks = -(-steps // block)
     start = time.perf_counter()

@@ -103,7 +103,9 @@ def train_members(params: Sequence[Any], states: Sequence[Sequence[Any]], n_weig
         n_weights: how many of ``params`` are weights.
         rule, hyper: the update rule and torch.optim's hyper-parameters (lr, weight_decay, momentum,
             dampening, nesterov, betas, eps).
-        xt: inputs ``(S, in, B)``; yt: targets ``(S, 1, B)`` (batch-last, as the torch engine takes them).
+        xt: inputs ``(S, in, B)``; yt: targets ``(S, 1, B)`` (as the torch engine takes them). The kernels
+            read the inputs sample-major, as the stream draws them: ``xt`` is best the transposed view
+            of an ``(S, B, in)`` block (anything else is copied into that layout).
         members: the members to train (a slice of K with step 1); the others do not move.
         threads: split the members over this many threads (the kernels release the GIL).
     """
@@ -121,7 +123,7 @@ def train_members(params: Sequence[Any], states: Sequence[Sequence[Any]], n_weig
             has = i < len(params) and slot < n_state
             state_arrays.append(_array(states[i][slot].reshape(k_all, -1)) if has else _empty(k_all))
     steps = xt.shape[0]
-    xs = _array(xt.contiguous())
+    xs = _array(xt.transpose(1, 2).contiguous().reshape(steps, -1))  # (S, B * in): no copy if sample-major
     ys = _array(yt.reshape(steps, yt.shape[-1]).contiguous())
     beta1, beta2 = hyper["betas"]
     args = (tuple(flat), tuple(state_arrays), xs, ys, int(first_step), float(hyper["lr"]),
@@ -269,7 +271,8 @@ def _one_hidden(N_IN: int, H: int, BIAS: bool, RULE: int) -> Callable:  # noqa: 
     def block(params, states, xs, ys, first_step, lr, wd, momentum, dampening, nesterov, beta1, beta2, eps,
               lo, hi):
         W1, W2, B1, B2 = params[0], params[1], params[2], params[3]  # noqa: N806
-        n_steps, batch = xs.shape[0], xs.shape[2]
+        n_steps, batch = ys.shape[0], ys.shape[1]
+        x = np.empty((N_IN, batch), np.float32)  # one step's inputs, batch-last
         scale = np.float32(2.0 / batch)  # d/d out of mean((out - y)^2), as torch's step: (out - y) * (2 / B)
         zero = np.float32(0.0)
         g_w1 = _carray(_stack_floats(NW1), NW1)
@@ -278,7 +281,10 @@ def _one_hidden(N_IN: int, H: int, BIAS: bool, RULE: int) -> Callable:  # noqa: 
         g_b2 = _carray(_stack_floats(1), 1)
         h = _carray(_stack_floats(H), H)
         for s in range(n_steps):
-            x, y = xs[s], ys[s]
+            flat, y = xs[s], ys[s]
+            for b in range(batch):  # sample-major (the stream's layout) to batch-last, once for all members
+                for i in range(N_IN):
+                    x[i, b] = flat[b * N_IN + i]
             for k in range(lo, hi):
                 w1, w2, b1, b2 = W1[k], W2[k], B1[k], B2[k]
                 for q in range(NW1):
@@ -328,7 +334,8 @@ def _two_hidden(N_IN: int, H1: int, H2: int, BIAS: bool, RULE: int) -> Callable:
               lo, hi):
         W1, W2, W3 = params[0], params[1], params[2]  # noqa: N806
         B1, B2, B3 = params[3], params[4], params[5]  # noqa: N806
-        n_steps, batch = xs.shape[0], xs.shape[2]
+        n_steps, batch = ys.shape[0], ys.shape[1]
+        x = np.empty((N_IN, batch), np.float32)  # one step's inputs, batch-last
         scale = np.float32(2.0 / batch)
         zero = np.float32(0.0)
         g_w1 = _carray(_stack_floats(NW1), NW1)
@@ -341,7 +348,10 @@ def _two_hidden(N_IN: int, H1: int, H2: int, BIAS: bool, RULE: int) -> Callable:
         h2 = _carray(_stack_floats(H2), H2)
         d2 = _carray(_stack_floats(H2), H2)
         for s in range(n_steps):
-            x, y = xs[s], ys[s]
+            flat, y = xs[s], ys[s]
+            for b in range(batch):  # sample-major (the stream's layout) to batch-last, once for all members
+                for i in range(N_IN):
+                    x[i, b] = flat[b * N_IN + i]
             for k in range(lo, hi):
                 w1, w2, w3, b1, b2, b3 = W1[k], W2[k], W3[k], B1[k], B2[k], B3[k]
                 for q in range(NW1):

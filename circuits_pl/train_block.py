@@ -111,6 +111,7 @@ def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt
         return
     first_member, end, _ = (members or slice(None)).indices(params[0].shape[0])
     chunk = end - first_member if chunk is None else chunk
+    xt = xt.contiguous()  # batch-last in memory: the per-member products run over long rows
     first = optimizer.steps_done + 1
     states = optimizer.state_tensors()
     ys = yt.unbind(0)  # one C++ call instead of an indexing per step
@@ -158,7 +159,7 @@ class TrainedMembers:
         if chunk is None:
             chunk = chunk_members(self.net.layer_sizes, x.shape[1], self.net.members)
         with torch.no_grad():
-            xt = x[:n].transpose(1, 2).contiguous()  # (n, in, B): the hot path is batch-last
+            xt = x[:n].transpose(1, 2)  # (n, in, B), a view: each engine lays it out as it reads it
             yt = y[:n].transpose(1, 2)  # (n, 1, B), a view
             train_block(self.optimizer, len(self.net.weights), xt, yt, chunk, share, self.engine)
 
