@@ -19,6 +19,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if status is not None:
         return status
     _exit_cleanly_on_signals()  # importing torch and Lightning takes seconds: nothing is written yet
+    from circuits_pl.fused import warm_up_for
+
+    warm_up_for(list(sys.argv[1:] if argv is None else argv))  # the fused kernel compiles meanwhile, if needed
     from circuits_pl.cli import main as run_command
 
     run_command(None if argv is None else list(argv))  # errors leave through SystemExit

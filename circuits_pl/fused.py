@@ -31,12 +31,17 @@ their memory on the CPU.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np  # torch imports it anyway; the kernels use its float32 scalars
@@ -61,6 +66,10 @@ class Spec:
     layer_sizes: tuple[int, ...]
     bias: bool
     rule: str
+
+    @property
+    def key(self) -> str:
+        return f"{'-'.join(map(str, self.layer_sizes))}_{'bias' if self.bias else 'nobias'}_{self.rule}"
 
 
 def unsupported(layer_sizes: Sequence[int]) -> str | None:
@@ -173,14 +182,120 @@ def _run_split(kernel: Callable, args: tuple, lo: int, hi: int, threads: int) ->
 # ------------------------------------------------------------------------------------------------
 @cache
 def compiled(spec: Spec) -> Callable:
-    """The numba kernel of ``spec`` (compiled on its first call, or loaded from numba's cache)."""
+    """The numba kernel of ``spec``, compiled (or loaded from numba's cache) before it is returned.
+
+    If :func:`warm_up_for` started a process compiling this kernel, it is waited for first: its
+    result is then in numba's cache and only loaded here.
+    """
     reason = unsupported(spec.layer_sizes)
     if reason is not None:
         raise ValueError(f"the fused engine cannot train this network: {reason}")
+    warming = _warming.pop(spec, None)
+    if warming is not None:
+        try:
+            warming.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            warming.kill()
     _load_numba()
     hidden = len(spec.layer_sizes) - 2
     make = _one_hidden if hidden == 1 else _two_hidden
-    return _jit(make(*spec.layer_sizes[:-1], spec.bias, RULE_CODES[spec.rule]))
+    kernel = _jit(make(*spec.layer_sizes[:-1], spec.bias, RULE_CODES[spec.rule]))
+    _compile_now(kernel, spec)
+    _mark_warm(spec)
+    return kernel
+
+
+def _compile_now(kernel: Callable, spec: Spec) -> None:
+    """Compile (or load) ``kernel`` for the argument types every call passes, with a block of no steps."""
+    n_params = 2 * (len(spec.layer_sizes) - 1)
+    empty = np.empty((1, 0), np.float32)
+    xs, ys = np.empty((0, spec.layer_sizes[0]), np.float32), np.empty((0, 1), np.float32)  # 0 steps of batch 1
+    kernel(tuple([empty] * n_params), tuple([empty] * 2 * n_params), xs, ys, 1, 0.1, 0.0, 0.0, 0.0, False, 0.9,
+           0.999, 1e-8, 0, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# The first run after an install: compiling while torch and Lightning import
+# ------------------------------------------------------------------------------------------------
+_warming: dict[Spec, subprocess.Popen] = {}
+
+
+def warm_up_for(argv: Sequence[str]) -> None:
+    """Start compiling the kernel that ``fit`` with these command-line arguments will need, in a
+    background process, unless it was compiled before (``python -m circuits_pl`` calls this first).
+
+    A fresh install has no compiled kernel, and compiling one takes about as long as the training of
+    a default ``fit`` saves; importing torch and Lightning takes longer still and uses one core, so the
+    compile runs beside it and :func:`compiled` only loads the result from numba's cache. Only what
+    the command line says is predicted (task, layer sizes, bias, optimizer); a run configured
+    otherwise (``--config``, ``--ckpt_path``) compiles when it first trains, as without this.
+    """
+    spec = spec_from_argv(argv)
+    if spec is None or _is_marked_warm(spec) or os.environ.get("LOCAL_RANK") not in (None, "0"):
+        return
+    code = (f"from circuits_pl.fused import Spec, compiled; "
+            f"compiled(Spec({spec.layer_sizes!r}, {spec.bias!r}, {spec.rule!r}))")
+    try:
+        _warming[spec] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        pass  # no process to spare: the kernel compiles when the run first trains
+
+
+def spec_from_argv(argv: Sequence[str]) -> Spec | None:
+    """The kernel a ``fit`` command line will need, or None if the command line alone does not say."""
+    from circuits_pl.usage import BUILTIN_TASKS
+
+    args = list(argv)
+    if not args or args[0] != "fit" or any(a.startswith(("--config", "--ckpt_path")) for a in args):
+        return None
+    options: dict[str, str] = {}
+    for i, arg in enumerate(args[1:], 1):
+        if arg.startswith("--"):
+            key, eq, value = arg.partition("=")
+            options[key] = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+    if options.get("--model.engine", "auto") not in ("auto", "fused"):
+        return None
+    if options.get("--trainer.accelerator", "auto") not in ("auto", "cpu"):
+        return None
+    defaults = {name: sizes for name, _, sizes in BUILTIN_TASKS}
+    sizes_text = options.get("--model.layer_sizes") or defaults.get(options.get("--task", ""))
+    try:
+        sizes = tuple(int(s) for s in sizes_text.strip("[]() ").replace(",", "-").replace(" ", "").split("-"))
+    except (AttributeError, ValueError):
+        return None
+    bias = options.get("--model.bias", "false").lower() in ("true", "1", "yes")
+    rule = options.get("--model.optimizer", "sgd")
+    if rule not in ("sgd", "momentum", "adam") or unsupported(sizes) or min(sizes) < 1:
+        return None
+    return Spec(sizes, bias, rule)
+
+
+def _marker(spec: Spec) -> Path | None:
+    """A file saying that this spec's kernel is in numba's cache (so no warm-up is needed): beside the
+    cache numba writes first, named by the spec, this file's source, numba's and Python's version."""
+    numba_spec = importlib.util.find_spec("numba")
+    if numba_spec is None or numba_spec.origin is None:
+        return None
+    stamp = hashlib.sha1()
+    stamp.update(Path(__file__).read_bytes())
+    stamp.update(f"{sys.version}{os.stat(numba_spec.origin).st_mtime_ns}".encode())
+    folder = os.environ.get("NUMBA_CACHE_DIR") or str(Path(__file__).parent / "__pycache__")
+    return Path(folder) / f"circuits_pl-fused-{spec.key}-{stamp.hexdigest()[:16]}.warm"
+
+
+def _is_marked_warm(spec: Spec) -> bool:
+    marker = _marker(spec)
+    return marker is not None and marker.exists()
+
+
+def _mark_warm(spec: Spec) -> None:
+    try:
+        marker = _marker(spec)
+        if marker is not None and marker.parent.is_dir():
+            marker.touch()
+    except OSError:
+        pass  # a read-only place: the next run just starts a warm-up it did not need
 
 
 def _jit(fn: Callable) -> Callable:

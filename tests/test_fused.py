@@ -298,3 +298,39 @@ def test_found_rates_of_both_engines_agree_over_512_seeds(run_cli, tmp_path, tas
     for a, b in ((fused_run, torch_run), (torch_run, fused_run)):
         lo, hi = b["found_rate_ci95"]
         assert lo <= a["found_rate"] <= hi, (task, fused_run["found"], torch_run["found"])
+
+
+# ------------------------------------------------------------------------------------------------
+# The first run after an install: the kernel compiles while torch and Lightning import
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, spec", [
+    (["fit", "--task", "min"], fused.Spec((2, 3, 1), False, "sgd")),
+    (["fit", "--task", "abs", "--model.optimizer", "adam", "--model.bias", "true"],
+     fused.Spec((1, 2, 1), True, "adam")),
+    (["fit", "--task", "add", "--model.layer_sizes", "[2, 8, 1]"], fused.Spec((2, 8, 1), False, "sgd")),
+    (["fit", "--task", "add", "--model.layer_sizes=2-3-2-1", "--model.optimizer=momentum"],
+     fused.Spec((2, 3, 2, 1), False, "momentum")),
+    (["fit", "--task", "add", "--model.engine", "torch"], None),  # no kernel needed
+    (["fit", "--task", "add", "--trainer.accelerator", "gpu"], None),
+    (["fit", "--config", "run/config.yaml"], None),  # the command line alone does not say
+    (["fit", "--task", "add", "--ckpt_path", "last.ckpt"], None),
+    (["fit", "--task", "mypkg.tasks:f"], None),
+    (["validate", "--task", "add"], None),
+    (["fit", "--task", "add", "--model.layer_sizes", "[2, 3, 3, 3, 1]"], None),  # no kernel for it
+])
+def test_the_kernel_a_command_line_needs_is_predicted(argv, spec):
+    assert fused.spec_from_argv(argv) == spec
+
+
+def test_a_fresh_cache_is_filled_by_the_first_run_and_marked(tmp_path):
+    cache = tmp_path / "numba_cache"
+    cmd = [sys.executable, "-m", "circuits_pl", "fit", "--task", "abs", "--model.members", "2", "--trainer.max_steps",
+           "200", "--figures", "false", "--trainer.default_root_dir", str(tmp_path)]
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    spec = fused.Spec((1, 2, 1), False, "sgd")
+    subprocess.run(cmd, check=True, capture_output=True, env=env)
+    assert list(cache.rglob("fused._one_hidden*.nbc")) and list(cache.glob(f"circuits_pl-fused-{spec.key}-*.warm"))
+    subprocess.run(cmd, check=True, capture_output=True, env=env)  # warm: loaded from the cache
+    first, second = run_dirs(tmp_path)
+    assert results(first)["engine"] == results(second)["engine"] == "fused"
+    assert results(first)["per_member"]["val_mse"] == results(second)["per_member"]["val_mse"]
