@@ -360,7 +360,8 @@ def main() -> None:
 
 
 def ddp2_vs_single(rounds: int) -> float:
-    """K = 128 of 2-2-1 trained by one process and by two DDP ranks (benchmarks/scale.py), same run."""
+    """K = 128 of 2-2-1 trained by one process and by two DDP ranks (benchmarks/scale.py), same run
+    (the default engine: fused)."""
     from scale import DEFAULT_STEPS, train_seconds  # benchmarks/ is the script's directory, first on sys.path
 
     times: dict[int, list[float]] = {1: [], 2: []}

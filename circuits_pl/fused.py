@@ -201,8 +201,66 @@ def compiled(spec: Spec) -> Callable:
     make = _one_hidden if hidden == 1 else _two_hidden
     kernel = _jit(make(*spec.layer_sizes[:-1], spec.bias, RULE_CODES[spec.rule]))
     _compile_now(kernel, spec)
+    _uniform_kernel()  # the stream's draws of a fused run (fill_uniform)
     _mark_warm(spec)
     return kernel
+
+
+# ------------------------------------------------------------------------------------------------
+# The training stream's draws
+# ------------------------------------------------------------------------------------------------
+def fill_uniform(out: Any, seed: int) -> Any:
+    """Fill ``out`` (a contiguous float32 CPU tensor) in place with U[-1, 1) exactly as
+    ``stream.fill_uniform`` does with torch's CPU generator seeded with ``seed``, bit for bit.
+
+    torch's generator is a standard mt19937 (seeded with the low 32 bits of the seed), and a float32
+    ``uniform_(-1, 1)`` takes one 32-bit output r per value: ``(r & 0xFFFFFF) * 2^-24 * 2 - 1``, exact
+    in float32 (see ``circuits_pl.init``). torch generates them one at a time (~2.4 ns a value here);
+    this loop twists and tempers the whole state vectorised, for the fused engine's runs, whose step is
+    by then cheaper than their data.
+    """
+    _uniform_kernel()(np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF), _array(out.reshape(-1)))
+    return out
+
+
+@cache
+def _uniform_kernel() -> Callable:
+    kernel = _jit(_mt19937_uniform_py)
+    kernel(np.uint64(0), np.empty(0, np.float32))  # compile (or load) now
+    return kernel
+
+
+def _mt19937_uniform_py(seed, out):
+    """mt19937 (as C++'s std::mt19937 and torch's ``at::mt19937``) from ``seed``'s low 32 bits; each output r
+    becomes the float32 ``(r & 0xFFFFFF) * 2^-23 - 1``."""
+    n_state, shift = 624, 397
+    upper, lower, matrix = np.uint32(0x80000000), np.uint32(0x7FFFFFFF), np.uint32(0x9908B0DF)
+    s = np.empty(n_state, np.uint32)
+    s[0] = np.uint32(seed & np.uint64(0xFFFFFFFF))
+    for j in range(1, n_state):
+        s[j] = np.uint32(1812433253) * (s[j - 1] ^ (s[j - 1] >> np.uint32(30))) + np.uint32(j)
+    done, n = 0, out.shape[0]
+    scale, one = np.float32(2.0**-23), np.float32(1.0)
+    while done < n:
+        # the twist: word i from words i, i + 1 and i + 397 (mod 624), the latter already new from i = 227 on;
+        # two loops without a branch, so that each is vectorised
+        for i in range(n_state - shift):
+            y = (s[i] & upper) | (s[i + 1] & lower)
+            s[i] = s[i + shift] ^ (y >> np.uint32(1)) ^ ((y & np.uint32(1)) * matrix)
+        for i in range(n_state - shift, n_state - 1):
+            y = (s[i] & upper) | (s[i + 1] & lower)
+            s[i] = s[i + shift - n_state] ^ (y >> np.uint32(1)) ^ ((y & np.uint32(1)) * matrix)
+        y = (s[n_state - 1] & upper) | (s[0] & lower)
+        s[n_state - 1] = s[shift - 1] ^ (y >> np.uint32(1)) ^ ((y & np.uint32(1)) * matrix)
+        m = min(n_state, n - done)
+        for i in range(m):  # tempering, then torch's float32 uniform_real on [-1, 1)
+            y = s[i]
+            y ^= y >> np.uint32(11)
+            y ^= (y << np.uint32(7)) & np.uint32(0x9D2C5680)
+            y ^= (y << np.uint32(15)) & np.uint32(0xEFC60000)
+            y ^= y >> np.uint32(18)
+            out[done + i] = np.float32(np.int32(y & np.uint32(0xFFFFFF))) * scale - one
+        done += m
 
 
 def _compile_now(kernel: Callable, spec: Spec) -> None:

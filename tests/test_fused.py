@@ -334,3 +334,21 @@ def test_a_fresh_cache_is_filled_by_the_first_run_and_marked(tmp_path):
     first, second = run_dirs(tmp_path)
     assert results(first)["engine"] == results(second)["engine"] == "fused"
     assert results(first)["per_member"]["val_mse"] == results(second)["per_member"]["val_mse"]
+
+
+def test_the_fused_draws_are_torchs_stream_bit_for_bit():
+    """circuits_pl.fused.fill_uniform reproduces torch's generator; the stream is the same whatever draws it."""
+    from circuits_pl.stream import UniformBlocks, fill_uniform
+    from circuits_pl.tasks import get_task
+
+    for seed in (0, 1, 2**32 + 5, 2**64 - 1, 0x9E3779B97F4A7C15):
+        for n in (1, 623, 624, 625, 1249, 20_000):
+            want, got = torch.empty(n), torch.empty(n)
+            fill_uniform(want, seed)
+            fused.fill_uniform(got, seed)
+            assert torch.equal(got, want), (seed, n)
+    for task, cone in (("min", None), ("abs", [1.0])):
+        streams = [UniformBlocks(get_task(task), 300, 40, seed=9, start_step=13, cone=cone, draws=d)
+                   for d in ("torch", "fused")]
+        for (xa, ya), (xb, yb), _ in zip(*streams, range(3)):  # a partial first block, then whole ones
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
