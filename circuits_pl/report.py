@@ -365,6 +365,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="fits run at once, one process and one torch thread each (default: CPU cores)")
     parser.add_argument("--out", default="reports", help="reports go to OUT/version_N (default: reports)")
+    parser.add_argument("--engine", default="auto", choices=["auto", "fused", "torch"],
+                        help="--model.engine of every fit (default auto: fused on the CPU)")
     args = parser.parse_args(argv)
     if args.members < 1:
         raise CircuitsError(f"--members must be a positive integer, got {args.members}")
@@ -375,6 +377,9 @@ def main(argv: list[str]) -> None:
     if args.jobs < 1:
         raise CircuitsError(f"--jobs must be a positive integer, got {args.jobs}")
     jobs = make_jobs(args)
+    if args.engine != "auto":
+        for job in jobs:
+            job.extra += ["--model.engine", args.engine]
     if args.success_mse is not None:
         for job in jobs:
             job.extra += ["--model.success_mse", repr(args.success_mse)]

@@ -68,13 +68,18 @@ def engine_problem(engine: str, device: str, layer_sizes: Sequence[int]) -> str 
 def resolve_engine(engine: str, device: str, layer_sizes: Sequence[int]) -> str:
     """``fused`` or ``torch`` for ``engine`` (fused|torch|auto) on ``device`` (cpu, cuda, ...).
 
-    ``auto`` is fused where it can run (the CPU, numba importable, one or two hidden layers), else
-    torch. An explicit ``fused`` that cannot run raises CircuitsError (:func:`engine_problem`).
+    ``auto`` is fused where it can run (the CPU, numba importable, one or two hidden layers) and is
+    the faster (``fused.slower_than_torch``), else torch. An explicit ``fused`` that cannot run raises
+    CircuitsError (:func:`engine_problem`).
     """
     if engine not in ENGINES:
         raise CircuitsError(f"model.engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "auto":
-        return "torch" if engine_problem("fused", device, layer_sizes) else "fused"
+        if engine_problem("fused", device, layer_sizes):
+            return "torch"
+        from circuits_pl import fused
+
+        return "torch" if fused.slower_than_torch(layer_sizes) else "fused"
     problem = engine_problem(engine, device, layer_sizes)
     if problem:
         raise CircuitsError(problem)

@@ -148,6 +148,9 @@ def test_auto_is_fused_on_the_cpu_and_torch_elsewhere(monkeypatch):
     assert resolve_engine("auto", "cpu", (2, 3, 1)) == "fused"
     assert resolve_engine("auto", "cuda", (2, 3, 1)) == "torch"
     assert resolve_engine("auto", "cpu", (2, 3, 3, 3, 1)) == "torch"  # three hidden layers: no kernel
+    assert resolve_engine("auto", "cpu", (2, 8, 8, 1)) == "fused"
+    assert resolve_engine("auto", "cpu", (2, 16, 16, 1)) == "torch"  # the torch engine is faster there
+    assert resolve_engine("fused", "cpu", (2, 16, 16, 1)) == "fused"  # but fused trains it if asked
     assert resolve_engine("torch", "cpu", (2, 3, 1)) == "torch"
     monkeypatch.setattr(fused, "import_error", lambda: "No module named 'numba'")
     assert resolve_engine("auto", "cpu", (2, 3, 1)) == "torch"
@@ -317,6 +320,9 @@ def test_found_rates_of_both_engines_agree_over_512_seeds(run_cli, tmp_path, tas
     (["fit", "--task", "mypkg.tasks:f"], None),
     (["validate", "--task", "add"], None),
     (["fit", "--task", "add", "--model.layer_sizes", "[2, 3, 3, 3, 1]"], None),  # no kernel for it
+    (["fit", "--task", "add", "--model.layer_sizes", "[2, 16, 16, 1]"], None),  # auto: torch is faster
+    (["fit", "--task", "add", "--model.layer_sizes", "[2, 16, 16, 1]", "--model.engine", "fused"],
+     fused.Spec((2, 16, 16, 1), False, "sgd")),
 ])
 def test_the_kernel_a_command_line_needs_is_predicted(argv, spec):
     assert fused.spec_from_argv(argv) == spec
