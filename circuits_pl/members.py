@@ -17,7 +17,8 @@ from torchmetrics import MeanSquaredError
 from circuits_pl import plots
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.module import CircuitModule
-from circuits_pl.readout import Readout, describe_member, read_circuit
+from circuits_pl.readout import Readout, certify, describe_member, read_circuit
+from circuits_pl.verdicts import Decision, decide
 
 
 def member_weights(module: CircuitModule, member: int) -> list[torch.Tensor]:
@@ -30,20 +31,43 @@ def test_inputs(data: CircuitDataModule) -> torch.Tensor:
     return data.fixed_set("test").tensors[0].to(torch.float64)
 
 
-def read_member(module: CircuitModule, data: CircuitDataModule, member: int | None = None) -> Readout:
-    """The full readout of one member (default: the selected member) on the run's test set."""
+def target_bounds(module: CircuitModule) -> certify.Distance | None:
+    """Every member's distance to the target over the input box, at once: certified for 1 or 2 inputs and a
+    piecewise-linear target, else sampled (``certify.to_target``); None for nets with biases."""
+    if module.hparams.bias:
+        return None
+    return certify.to_target(module.task, certify.stack(module.net.weights))
+
+
+def member_decisions(module: CircuitModule, matched: list[bool], bounds: certify.Distance | None) -> list[Decision]:
+    """Solved and exact for every member, by ``circuits_pl.verdicts.decide``: the certified MSE over the box
+    where there is one, else the validation MSE. What results.json, the Circuit line and inspect all say."""
+    val = module.population.val_mse.cpu().double().tolist()
+    out = []
+    for k in range(module.members):
+        box = float(bounds.mse[k]) if bounds is not None and bounds.certified else None
+        out.append(decide(matched[k], module.success_mse, box, val[k]))
+    return out
+
+
+def read_member(module: CircuitModule, data: CircuitDataModule, member: int | None = None,
+                bounds: certify.Distance | None = None) -> Readout:
+    """The full readout of one member (default: the selected member) on the run's test set; solved and
+    exact decided as for results.json (``bounds``: :func:`target_bounds`, computed here if not given)."""
     k = module.selected_member if member is None else member
+    bounds = target_bounds(module) if bounds is None else bounds
 
     def net(z: torch.Tensor) -> torch.Tensor:  # the member as it runs (biases included), on its device
         with torch.no_grad():
             return module.net(z.to(module.device, torch.float32), member=k).to("cpu", torch.float64)
 
     return read_circuit(member_weights(module, k), module.task, test_inputs(data), fn=net,
-                        success_mse=module.success_mse)
+                        success_mse=module.success_mse, val_mse=float(module.population.val_mse[k]),
+                        target_bound=bounds.member(k))
 
 
 NO_CIRCUIT = {"formula": None, "rough_formula": None, "circuit": None, "matched": False, "family": None,
-              "sparsity_error": None, "reason": None}
+              "sparsity_error": None, "reason": None, "formula_max_error": None}
 
 
 def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dict[str, Any]]:
@@ -58,15 +82,23 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
         return [dict(NO_CIRCUIT) for _ in range(module.members)]
     x = test_inputs(data)
     out = []
+    nets, formulas = [], []  # of the finite members: their distances to their formulas are measured at once
     for k in range(module.members):
         weights = member_weights(module, k)
         if not all(bool(torch.isfinite(w).all()) for w in weights):
             out.append(dict(NO_CIRCUIT, reason="non-finite weights"))
             continue
-        d = describe_member(weights, module.task, x).as_dict()
+        member = describe_member(weights, module.task, x, to_formula=False)
+        d = member.as_dict()
         out.append({"formula": d["formula"], "rough_formula": d["rough_formula"], "circuit": d["label"],
                     "matched": bool(d["exact"]), "family": d["family"], "sparsity_error": d["sparsity_error"],
-                    "reason": d["reason"]})
+                    "reason": d["reason"], "formula_max_error": k})
+        nets.append(weights)
+        formulas.append(member.formula_weights)
+    if nets:
+        distances = certify.between_each(nets, formulas).max_error.tolist()
+        for c, dist in zip((c for c in out if c["formula"] is not None), distances, strict=True):
+            c["formula_max_error"] = dist
     return out
 
 

@@ -121,6 +121,9 @@ def report_row(res: dict[str, Any]) -> dict[str, Any]:
         "median_solved_at": res["median_solved_at"],
         **{v.replace(" ", "_"): verdicts.get(v, 0) for v in VERDICTS},
         "max_sparsity_error_solved": res["max_sparsity_error_of_solved"],
+        # runs from before the certified readout have neither: their report reads as it did
+        "max_certified_error_exact": res.get("max_certified_error_of_exact"),
+        "certified_over": res.get("certified_over"),
         "circuits": "; ".join(f"{n}× {c}" for c, n in res["circuits_of_found"].items()),
         "common_stuck": "; ".join(f"{n}× {f}" for f, n in stuck.most_common(2)),
         "run_dir": res["run_dir"],
@@ -162,10 +165,19 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
     lines += ["", "## Circuits found", ""]
     for r in rows:
         lines.append(f"- **{r['task']}** ({r['layer_sizes']}, lr {r['lr']:g}): {r['circuits'] or 'none solved'}"
+                     + _certified_text(r)
                      + (f"; most common stuck: {r['common_stuck']}" if r["common_stuck"] else ""))
     lines += ["", "Runs (config.yaml, metrics.csv, checkpoints, results.json of each):", ""]
     lines += [f"- {r['job']}: `{r['run_dir']}`" for r in rows]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _certified_text(row: dict[str, Any]) -> str:
+    """``; certified max error 3.4e-05 over [-1, 1]² (the largest of the exact members)``, or nothing."""
+    if row.get("max_certified_error_exact") is None:
+        return ""
+    return (f"; certified max error {row['max_certified_error_exact']:.2g} over {row['certified_over']} "
+            "(the largest of the exact members)")
 
 
 def basins_markdown(results: list[dict[str, Any]]) -> list[str]:

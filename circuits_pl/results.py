@@ -32,24 +32,33 @@ from circuits_pl.data import CircuitDataModule
 from circuits_pl.files import atomic_write_text
 from circuits_pl.interrupts import GracefulInterrupt
 from circuits_pl.logger import run_dir
-from circuits_pl.members import describe_members, heldout_mse, read_member, test_mse, write_figures
+from circuits_pl.members import (
+    describe_members,
+    heldout_mse,
+    member_decisions,
+    read_member,
+    target_bounds,
+    test_mse,
+    write_figures,
+)
 from circuits_pl.module import CircuitModule
 from circuits_pl.population import HISTORY
+from circuits_pl.readout.certify import box_text
 from circuits_pl.success import wilson_interval
-from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, found, verdict
+from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, Decision, found, verdict
 
 UNLISTED = "an unlisted circuit"
 
 
-def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]]) -> list[str]:
+def member_verdicts(module: CircuitModule, circuits: list[dict[str, Any]], decisions: list[Decision]) -> list[str]:
     """Per member: converged / converging / slow / stuck / too early / diverged (see circuits_pl.verdicts)."""
     population = module.population
     hist = population.val_history.cpu().double()
-    solved = population.solved.cpu().tolist()
     out = []
     for k in range(module.members):
         exact = bool(circuits[k]["matched"])  # the readout, whatever the loss: a converging member is found
-        out.append(verdict(bool(solved[k]), exact, hist[:, k].tolist(), diverged=int(population.diverged_at[k]) >= 0))
+        out.append(verdict(decisions[k].solved, exact, hist[:, k].tolist(),
+                           diverged=int(population.diverged_at[k]) >= 0))
     return out
 
 
@@ -64,16 +73,24 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
               stopped_when_solved: bool = False) -> dict[str, Any]:
     """Everything results.json holds, as plain Python values (test MSE must be set: see RunSummary)."""
     k_total, population = module.members, module.population
-    solved = population.solved.cpu()
-    n_solved = int(solved.sum())
-    lo, hi = wilson_interval(n_solved, k_total)
-    # A member first seen solved at an off-schedule final validation is solved "at the last step".
-    solved_at = torch.where(solved & (population.solved_at < 0).cpu(), steps, population.solved_at.cpu())
-    at = solved_at[solved_at >= 0].double()
     hp = module.hparams
     data = {k: v for k, v in datamodule.hparams.items() if k != "task" and not k.startswith("_")}
     circuits = describe_members(module, datamodule)
-    verdicts = member_verdicts(module, circuits)
+    bounds = target_bounds(module)
+    decisions = member_decisions(module, [bool(c["matched"]) for c in circuits], bounds)
+    solved = torch.tensor([d.solved for d in decisions], dtype=torch.bool)
+    n_solved = int(solved.sum())
+    lo, hi = wilson_interval(n_solved, k_total)
+    # solved_at: the first validation below the threshold; a member solved by the decision but never below
+    # it at a scheduled validation (an off-schedule final one, or a certified MSE below it) is solved "at the
+    # last step"; a member not solved has none
+    solved_at = torch.where(solved & (population.solved_at < 0).cpu(), steps, population.solved_at.cpu())
+    solved_at = torch.where(solved, solved_at, -1)
+    at = solved_at[solved_at >= 0].double()
+    verdicts = member_verdicts(module, circuits, decisions)
+    certified = bounds is not None and bounds.certified
+    box = box_text(module.task.arity)
+    exact_errors = [float(bounds.max_error[k]) for k, d in enumerate(decisions) if d.exact and certified]
     n_found = sum(found(v) for v in verdicts)
     found_lo, found_hi = wilson_interval(n_found, k_total)
     # A solved member whose weights match no listed form (wide nets spread a circuit over pairs of
@@ -105,6 +122,10 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "success_rate_ci95": [lo, hi],
         "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
         "best_member": int(population.best_member),
+        "decided_on": f"exact MSE over {box}" if certified else "validation MSE",  # solved: this < success_mse
+        "certified_over": box if certified else None,
+        "why_not_certified": None if certified else (bounds.why_sampled if bounds is not None else "biases"),
+        "max_certified_error_of_exact": max(exact_errors) if exact_errors else None,
         "circuits_of_found": dict(circuits_found.most_common()),
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
         "basins": basin_summary,
@@ -125,17 +146,22 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
             "family": [c["family"] for c in circuits],
             "unnamed_reason": [c["reason"] for c in circuits],
             "sparsity_error": [c["sparsity_error"] for c in circuits],
+            # max |net − target| over the box (certified when certified_over is set, else on sample points),
+            # the exact MSE over the box (certified runs), max |net − printed formula| over the box
+            "max_error": _floats(None if bounds is None else torch.as_tensor(bounds.max_error)),
+            "box_mse": _floats(torch.as_tensor(bounds.mse)) if certified else None,
+            "formula_max_error": [c["formula_max_error"] for c in circuits],
             # the initial weights' class (circuits_pl.basins): sectors of the target some unit faces,
             # and faced by a unit whose output weight has the target's sign there
             "sectors_covered": [b.covered for b in basin_of] if basin_of else None,
             "sectors_agreeing": [b.agreeing for b in basin_of] if basin_of else None,
         },
         "verdict_rules": {
-            "found": "the readout is an exact circuit of the task, and validation MSE is below success_mse "
+            "found": "the readout is an exact circuit of the task, and the member is solved (see decided_on) "
                      f"or each of the last two validations is at most {GEOMETRIC_RATIO:g}x the one before",
-            "converged": "validation MSE below success_mse",
-            "exact": "the readout is an exact circuit of the task (named in circuit) and validation MSE is below "
-                     "success_mse; a member above it with a circuit named is approaching that circuit",
+            "converged": "solved: the MSE named in decided_on below success_mse",
+            "exact": "the readout is an exact circuit of the task (named in circuit) and the member is solved; "
+                     "a member not solved with a circuit named is approaching that circuit",
             "stuck": f"validation MSE fell by less than {STUCK_PROGRESS:.0%} over the last {HISTORY} validations",
             "too early": f"fewer than {MIN_VALIDATIONS} scheduled validations",
         },
@@ -231,7 +257,8 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     else:
         readout = read_member(module, datamodule, best)
         say(f"Circuit: {readout.formula} — {readout.circuit_text()}")
-    say(summary_line(res) + f"; {steps} steps (solved: validation MSE < {res['success_mse']:.3g})")
+        say(f"Solved: {readout.solved_text()}")
+    say(summary_line(res) + f"; {steps} steps (solved: {res['decided_on']} < {res['success_mse']:.3g})")
     if "train_seconds" in res:
         say(f"Trained {res['train_steps']} steps in {res['train_seconds']:.2f} s "
             f"({res['member_steps_per_second']:,.0f} member-steps/s, validation and checkpoints included)")

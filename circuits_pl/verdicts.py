@@ -17,6 +17,11 @@ The verdict of a member is one word::
     too early   fewer than 3 scheduled validations: a plateau cannot be told from slow progress yet
     diverged    its loss became non-finite; reset to its last finite weights and frozen
 
+Whether a member is solved, and so exact, is decided in one place, :func:`decide`, from one number: the
+exact MSE over the whole input box where the readout certifies it (1 or 2 inputs, a piecewise-linear
+target: :mod:`circuits_pl.readout.certify`), else the validation MSE. results.json, the Circuit line of
+``fit``, ``inspect`` and ``report`` all take it from there.
+
 Pure Python and torch (no Lightning), so the rules are tested on synthetic histories.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 GEOMETRIC_RATIO = 0.9  # "falling geometrically": each validation at most 90% of the one before
 STUCK_PROGRESS = 0.01  # relative decrease over the kept validations below which a member is stuck
@@ -72,3 +78,34 @@ def verdict(converged: bool, exact: bool, history: Sequence[float], diverged: bo
 def found(verdict_: str) -> bool:
     """Did the member find the circuit (converged, or found and converging)?"""
     return verdict_ in ("converged", "converging")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Is a member solved, and is its circuit exact? (see :func:`decide`)
+
+    Args:
+        solved: the deciding MSE is below the success threshold.
+        exact: solved, and the readout names an exact circuit of the task.
+        mse: the MSE that decided.
+        certified: that MSE is the exact mean over the whole input box (else a validation MSE on points).
+    """
+
+    solved: bool
+    exact: bool
+    mse: float
+    certified: bool
+
+
+def decide(matched: bool, success_mse: float, certified_mse: float | None, val_mse: float) -> Decision:
+    """The one decision of solved and exact, for every place that prints or saves them.
+
+    Args:
+        matched: the readout names an exact circuit of the task (whatever the loss).
+        success_mse: the threshold (circuits_pl.success).
+        certified_mse: the exact MSE over the input box, where the readout certifies it; else None.
+        val_mse: the member's validation MSE: decides when there is no certified MSE.
+    """
+    mse, certified = (certified_mse, True) if certified_mse is not None else (val_mse, False)
+    solved = bool(mse < success_mse)  # NaN: not solved
+    return Decision(solved, solved and bool(matched), float(mse), certified)

@@ -116,8 +116,8 @@ def test_a_dark_half_line_is_never_found(tmp_path):
     module = CircuitModule(task="abs", members=64, init_seed=0)
     run = RunSummary(figures=False)
     trainer = pl.Trainer(max_steps=2000, val_check_interval=10, check_val_every_n_epoch=None, logger=False,
-                         default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[run])
+                         default_root_dir=tmp_path, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[run])
     trainer.fit(module, CircuitDataModule(task="abs", steps_per_batch=100))
     basins = classify(get_task("abs"), initial_weights([1, 2, 1], 64, 0))
     per = run.results["per_member"]  # results.json carries every member's class and the table

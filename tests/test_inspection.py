@@ -22,7 +22,8 @@ def test_inspect_reads_the_exact_circuit_of_a_solved_run(run_cli, tmp_path, caps
     out = capsys.readouterr().out
     formulas = [c.formula.replace("-", "\u2212") for c in get_task(task).circuits]
     assert any(f"Circuit: matches the exact circuit {f} " in out for f in formulas), out
-    assert "Homogeneity f(c·x) = c·f(x): OK" in out and "(solved: threshold" in out
+    assert "Homogeneity f(c·x) = c·f(x): OK" in out and "Solved: yes, by the exact MSE over [-1, 1]" in out
+    assert "certified max error " in out and "Formula vs the net: certified max error " in out
     for name in ("losses.png", f"function_member{res['best_member']}.png", f"circuit_member{res['best_member']}.png"):
         assert (run / name).stat().st_size > 1000
     # results.json names the circuit of every solved member: a listed one, at these minimal sizes
@@ -60,6 +61,7 @@ def test_inspect_a_stuck_member_says_where_it_is_wrong(run_cli, tmp_path, capsys
     out = capsys.readouterr().out
     assert f"member {stuck} of 8" in out and "Circuit: matches no known circuit" in out
     assert "Where it is wrong: wrong where x " in out and "Worst inputs:" in out
+    assert "Solved: no, by the exact MSE over [-1, 1] " in out
     assert not list(run.glob(f"*member{stuck}.png"))
 
 
@@ -105,3 +107,27 @@ def test_an_unfinished_member_is_approaching_its_circuit_in_fit_inspect_and_resu
         (line,) = [s for s in out.splitlines() if s.startswith("Circuit: ")]
         assert "approaching the exact circuit r(a + b) \u2212 r(\u2212a \u2212 b)" in line, line
         assert "exactly" not in line and "not one listed" not in line
+
+
+def test_results_json_the_circuit_line_and_inspect_decide_alike(run_cli, tmp_path, capsys):
+    """One decision of solved and exact per member, everywhere: results.json, fit's printed Circuit/Solved
+    lines and inspect (each member read through the CLI), all from the certified MSE over the box."""
+    run_cli("fit", "--task", "add", "--model.members", 6, "--trainer.max_steps", 3000, "--stop.when", "never",
+            *QUIET)
+    out = capsys.readouterr().out
+    (run,) = run_dirs(tmp_path)
+    res = results(run)
+    per = res["per_member"]
+    assert res["decided_on"] == "exact MSE over [-1, 1]²" and res["certified_over"] == "[-1, 1]²"
+    assert per["solved"] == [m < res["success_mse"] for m in per["box_mse"]]
+    assert res["solved"] == sum(per["solved"]) and 0 < res["solved"] < 6  # both kinds present
+    best = res["best_member"]
+    fit_says = next(line for line in out.splitlines() if line.startswith("Solved: "))
+    assert fit_says.startswith("Solved: yes" if per["solved"][best] else "Solved: no")
+    for k in range(6):
+        run_cli("inspect", run, "--member", k, "--figures", "false")
+        said = capsys.readouterr().out
+        assert f"Solved: {'yes' if per['solved'][k] else 'no'}, by the exact MSE over [-1, 1]² " in said
+        assert f"certified max error {per['max_error'][k]:.2g} over [-1, 1]²" in said
+        assert ("Circuit: matches the exact circuit" in said) == per["exact"][k]
+        assert f"Formula vs the net: certified max error {per['formula_max_error'][k]:.2g}" in said

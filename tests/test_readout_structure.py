@@ -109,7 +109,7 @@ def test_add_as_two_axis_pairs_and_its_family():
     member = describe_member(disguise(net, 3), BUILTIN_TASKS["add"])
     assert member.label == "a + b through 2 linear pairs" and member.family == "a + b" and member.exact
     assert set(member.as_dict()) == {"formula", "rough_formula", "label", "exact", "family", "sparsity_error",
-                                     "reason"}
+                                     "reason", "formula_max_error"}
 
 
 def test_near_exact_products_are_exact_and_off_coefficients_are_not():

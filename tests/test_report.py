@@ -38,6 +38,9 @@ def test_report_tables_every_task_and_parallel_jobs_give_the_serial_results(run_
         assert int(row["found"]) == sum(res["per_member"]["found"]) >= int(row["converged"])
     md = (tmp_path / "reports" / "version_0" / "report.md").read_text()
     assert "| abs | 1-2-1 | 0.1 | 2000 | " in md and "r(x) + r(\u2212x)" in md
+    res = json.loads((tmp_path / parallel[0]["run_dir"] / "results.json").read_text())
+    worst = max(e for e, exact in zip(res["per_member"]["max_error"], res["per_member"]["exact"]) if exact)
+    assert f"certified max error {worst:.2g} over [-1, 1] (the largest of the exact members)" in md
     assert (tmp_path / "reports" / "version_0" / "report.png").stat().st_size > 1000
 
 
@@ -59,3 +62,23 @@ def test_progress_lines_start_with_the_job_name_unpadded():
            "solved": 10, "median_solved_at": 1000.0, "circuits": "10× r(x) + r(−x)"}
     assert progress_line(row) == ("abs: 10/32 found the circuit (0.18–0.49), 10 solved, median at 1000 steps; "
                                   "10× r(x) + r(−x)")
+
+
+def test_a_results_json_from_before_the_certified_readout_reports_as_before(tmp_path):
+    from circuits_pl.report import report_row, write_markdown
+
+    old = {"task": "add", "layer_sizes": [2, 2, 1], "lr": 0.1, "data": {"batch_size": 1000}, "steps": 2000,
+           "members": 4, "found": 2, "found_rate": 0.5, "found_rate_ci95": [0.15, 0.85], "solved": 2,
+           "success_rate": 0.5, "success_rate_ci95": [0.15, 0.85], "median_solved_at": 1000.0,
+           "max_sparsity_error_of_solved": 1e-6, "circuits_of_found": {"r(a + b) − r(−a − b)": 2},
+           "per_member": {"verdict": ["converged", "converged", "stuck", "stuck"],
+                          "rough_formula": [None, None, "y = 1.0·r(a + b)", "y = 1.0·r(a + b)"]},
+           "run_dir": "runs/add", "job": "add"}
+    new = dict(old, job="add-new", max_certified_error_of_exact=3.4e-05, certified_over="[-1, 1]²")
+    rows = [report_row(old), report_row(new)]
+    write_markdown(rows, tmp_path / "report.md", "report")
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    bullets = [ln for ln in lines if ln.startswith("- **add**")]
+    assert bullets[0] == "- **add** (2-2-1, lr 0.1): 2× r(a + b) − r(−a − b); most common stuck: 2× y = 1.0·r(a + b)"
+    assert bullets[1] == ("- **add** (2-2-1, lr 0.1): 2× r(a + b) − r(−a − b); certified max error 3.4e-05 over "
+                          "[-1, 1]² (the largest of the exact members); most common stuck: 2× y = 1.0·r(a + b)")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from circuits_pl.readout.canonical import Canonical
+from circuits_pl.readout.certify import Cone
 from circuits_pl.readout.matrices import MINUS, Fn, input_names
 from circuits_pl.stream import fill_uniform
 from circuits_pl.tasks import Task
@@ -124,6 +125,36 @@ def describe_errors(fn: Fn, task: Task, x: torch.Tensor, names: Sequence[str] | 
     outside = sq[~inside]
     rest = f"{float(outside.mean()):.3g}" if outside.numel() else "no inputs"
     return f"wrong where {label} (MSE {float(sq[inside].mean()):.3g} there, {rest} elsewhere)"
+
+
+CONES_SHOWN = 3  # at most this many of a net's cones are named, largest share of the squared error first
+CONES_ENOUGH = 0.9  # ... and no more once they hold this share of it
+
+
+def describe_cones(cones: Sequence[Cone], names: Sequence[str]) -> str:
+    """Where a net with two inputs is wrong, exactly, in its own linear pieces: the cones holding most of the
+    squared error, each with its share of it, its share of the inputs, its MSE, and whether it is dark
+    (no unit active, the net outputs 0), e.g. ``0.216·a − b > 0 and 0.154·a − b < 0 (dark: no unit active;
+    86% of the squared error on 20% of the inputs, MSE 0.21 there)``."""
+    ranked = sorted(cones, key=lambda c: -c.error)
+    shown, held = [], 0.0
+    for cone in ranked[:CONES_SHOWN]:
+        if held >= CONES_ENOUGH or cone.error <= 0:
+            break
+        shown.append(cone)
+        held += cone.error
+    if not shown:
+        return "no error over the box"
+    parts = []
+    for c in shown:
+        span = (c.hi - c.lo) % (2 * math.pi) or 2 * math.pi
+        where = "everywhere" if span >= 2 * math.pi else _cone_label(c.lo, c.hi, span, names)
+        dark = "dark: no unit active; " if c.dark else ""
+        parts.append(f"{where} ({dark}{c.error:.0%} of the squared error on {c.area:.0%} of the inputs, "
+                     f"MSE {c.mse:.3g} there)")
+    rest = len(cones) - len(shown)
+    tail = f"; the other {rest} cone{'s' if rest > 1 else ''}: {1 - held:.0%}" if rest and held < 0.995 else ""
+    return "; ".join(parts) + tail
 
 
 def _crease_rays(weights: Sequence[torch.Tensor], task: Task) -> list[float]:

@@ -35,6 +35,37 @@ def formula(canonical: Canonical, names: Sequence[str] | None = None, decimals: 
     return formula_of(merge_printed(canonical.merged, decimals), names, decimals)
 
 
+def formula_weights(canonical: Canonical, decimals: int = 3) -> list[torch.Tensor]:
+    """The net the printed :func:`formula` denotes: the merged circuit, units that print alike merged, every
+    weight rounded to ``decimals`` as printed. Its distance to the net is what the formula leaves out."""
+    return [torch.round(w, decimals=decimals) for w in merge_printed(canonical.merged, decimals)]
+
+
+def left_out(canonical: Canonical, decimals: int = 3) -> list[str]:
+    """What the formula drops or merges, unit by unit, with sizes: ``unit 3 (silent: outgoing 0.0043)``,
+    ``unit 4 merged into unit 2 (incoming weights 0.0061 apart)``, ``unit 2 (dead on the test inputs)``."""
+    out = []
+    deep = len(canonical.weights) > 2
+    for layer in range(len(canonical.weights) - 1):
+        w_in, w_out = canonical.weights[layer], canonical.weights[layer + 1]
+
+        prefix = f"layer {layer + 1} " if deep else ""
+        for i in range(w_in.shape[0]):
+            if bool(canonical.dead[layer][i]):
+                out.append(f"{prefix}unit {i + 1} (dead: never active on the test inputs)")
+            elif (j := canonical.duplicate_of[layer][i]) is not None:
+                gap = float((w_in[i] - w_in[j]).abs().max())
+                out.append(f"{prefix}unit {i + 1} merged into unit {j + 1} (incoming weights {gap:.2g} apart)")
+            elif bool(canonical.silent[layer][i]):
+                out.append(f"{prefix}unit {i + 1} (silent: outgoing {float(w_out[:, i].abs().max()):.2g})")
+    printed = merge_printed(canonical.merged, decimals)
+    merged = sum(a.shape[0] - b.shape[0] for a, b in zip(canonical.merged[:-1], printed[:-1], strict=True))
+    if merged:
+        out.append(f"{merged} more unit{'s' if merged > 1 else ''} merged or dropped as printed at {decimals} "
+                   "decimals")
+    return out
+
+
 def formula_of(mats: Sequence[torch.Tensor], names: Sequence[str] | None = None, decimals: int = 3) -> str:
     terms = list(names) if names is not None else input_names(mats[0].shape[1])
     named = len(mats) - 2  # hidden layers before the last one

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from circuits_pl.readout.canonical import canonicalize
+from circuits_pl.readout.certify import between
 from circuits_pl.readout.diagnostics import sparsity_error
-from circuits_pl.readout.formula import formula
+from circuits_pl.readout.formula import formula, formula_weights
 from circuits_pl.readout.rules import match_circuit, why_unnamed
 from circuits_pl.readout.structure import Structure, structure_of
 from circuits_pl.tasks import Task
@@ -31,6 +32,8 @@ class MemberDescription:
         sparsity_error: max_w min(|w|, |1 − |w||) over the merged canonical weights.
         reason: why the net is not named (None when it is).
         structure: the structural reading (not in :meth:`as_dict`).
+        formula_max_error: max |net − formula| over the input box: what the printed formula leaves out
+            (certified for 1 or 2 inputs, else on sample points).
     """
 
     formula: str
@@ -41,20 +44,24 @@ class MemberDescription:
     sparsity_error: float
     reason: str | None = None
     structure: Structure | None = None
+    formula_max_error: float | None = None
+    formula_weights: list[torch.Tensor] | None = None  # the net the printed formula denotes (not in as_dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"formula": self.formula, "rough_formula": self.rough_formula, "label": self.label,
                 "exact": self.exact, "family": self.family, "sparsity_error": self.sparsity_error,
-                "reason": self.reason}
+                "reason": self.reason, "formula_max_error": self.formula_max_error}
 
 
-def describe_member(weights: Sequence, task: Task, x: torch.Tensor | None = None) -> MemberDescription:
+def describe_member(weights: Sequence, task: Task, x: torch.Tensor | None = None,
+                    to_formula: bool = True) -> MemberDescription:
     """Canonical form, formula, structural form and label of one bias-free net (~2–4 ms).
 
     Args:
         weights: ``(out, in)`` matrices, input layer first, bias-free, one output.
         task: the task it was trained on.
         x: test inputs; a unit never active on them is dead (default: only all-zero units are).
+        to_formula: measure ``formula_max_error`` here (``describe_members`` does it for all members at once).
     """
     canonical = canonicalize(weights, x)
     structure = structure_of(canonical.weights)
@@ -65,5 +72,7 @@ def describe_member(weights: Sequence, task: Task, x: torch.Tensor | None = None
     else:
         label, reason = None, why_unnamed(structure, task)
         family = structure.form.text() if structure.form is not None else rough
+    printed = formula_weights(canonical)
+    distance = between(canonical.weights, printed).member(0).max_error if to_formula else None
     return MemberDescription(formula(canonical), rough, label, match is not None, family,
-                             sparsity_error(canonical), reason, structure)
+                             sparsity_error(canonical), reason, structure, distance, printed)

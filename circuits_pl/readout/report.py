@@ -8,21 +8,25 @@ from dataclasses import dataclass
 import torch
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.readout import certify
 from circuits_pl.readout.canonical import DUPLICATE_TOL, Canonical, canonicalize, merge_printed
+from circuits_pl.readout.certify import Bound, Cone
 from circuits_pl.readout.diagnostics import (
     WorstInputs,
+    describe_cones,
     describe_errors,
     errors_of,
     homogeneity_check,
     sparsity_error,
     worst_inputs,
 )
-from circuits_pl.readout.formula import formula
+from circuits_pl.readout.formula import formula, formula_weights, left_out
 from circuits_pl.readout.matrices import Fn, as_matrices, forward, input_names, layer_sizes, random_inputs, weights_text
 from circuits_pl.readout.rules import CircuitMatch, match_circuit, why_unnamed
 from circuits_pl.readout.structure import Structure, structure_of
 from circuits_pl.success import success_threshold
 from circuits_pl.tasks import Task
+from circuits_pl.verdicts import Decision, decide
 
 
 @dataclass(frozen=True)
@@ -40,15 +44,21 @@ class Readout:
     test_mse: float
     n_test: int
     success_mse: float
+    val_mse: float | None  # the member's validation MSE, if known (decides when the box is not certified)
     errors: str | None  # where the net is wrong, when it is not solved
     worst: WorstInputs | None
+    decision: Decision  # solved and exact: circuits_pl.verdicts.decide, as results.json
+    target_bound: Bound  # |net − target| over the box: certified (1 or 2 inputs), else sampled
+    formula_bound: Bound  # |net − printed formula| over the box
+    left_out: list[str]  # what the formula drops or merges
     structure: Structure | None = None  # the function's unique form and how the units make it
+    cones: list[Cone] | None = None  # the net's cones with their shares of the squared error (2 inputs)
 
     @property
     def exact(self) -> bool:
         """The circuit IS the task's function (a listed circuit, or a structural form equal to the task's)
         and the net is solved: a net still above the threshold is only approaching its circuit."""
-        return self.match is not None and self.solved
+        return self.decision.exact
 
     @property
     def label(self) -> str | None:
@@ -57,7 +67,16 @@ class Readout:
 
     @property
     def solved(self) -> bool:
-        return self.test_mse < self.success_mse
+        """Decided by :func:`circuits_pl.verdicts.decide` (the certified MSE over the box, else validation)."""
+        return self.decision.solved
+
+    def solved_text(self) -> str:
+        """``yes, by the exact MSE over [-1, 1]² 3.1e-11 < 1.66e-10 (certified max error 5.6e-05 over [-1, 1]²)``."""
+        d = self.decision
+        by = (f"the exact MSE over {certify.box_text(self.task.arity)}" if d.certified
+              else "the validation MSE" if self.val_mse is not None else f"the test MSE on {self.n_test} inputs")
+        return (f"{'yes' if d.solved else 'no'}, by {by} {d.mse:.3g} {'<' if d.solved else '≥'} "
+                f"{self.success_mse:.3g} ({self.target_bound.text()})")
 
     def circuit_text(self) -> str:
         """Which circuit, in words: a listed one, or none; a solved net that matches no listed form
@@ -76,6 +95,8 @@ class Readout:
                  "Raw weights:", weights_text(self.raw)]
         lines += _canonical_lines(self.canonical, input_names(self.task.arity))
         lines += ["", "Formula:", self.formula]
+        lines.append(f"Formula vs the net: {self.formula_bound.text()}"
+                     + (f"; left out: {'; '.join(self.left_out)}" if self.left_out else ""))
         rough = merge_printed(self.canonical.merged, 1)
         if layer_sizes(rough) != self.canonical.merged_sizes:
             lines.append("Rounded (1 decimal, units that print alike merged; how report.md groups stuck members): "
@@ -86,11 +107,11 @@ class Readout:
         homogeneity = "OK" if self.homogeneous else "FAILED (not bias-free; the circuit above ignores that)"
         lines.append(f"Homogeneity f(c·x) = c·f(x): {homogeneity}, "
                      f"max relative error {self.homogeneity_error:.2g}")
-        verdict = "solved" if self.solved else "not solved"
-        lines.append(f"Test MSE: {self.test_mse:.4g} on {self.n_test} inputs "
-                     f"({verdict}: threshold {self.success_mse:.3g})")
+        lines.append(f"Test MSE: {self.test_mse:.4g} on {self.n_test} inputs")
+        lines.append(f"Solved: {self.solved_text()}")
         if self.errors:
-            lines.append(f"Where it is wrong: {self.errors}")
+            where = "Where the error is (exact, over the net's own cones)" if self.cones else "Where it is wrong"
+            lines.append(f"{where}: {self.errors}")
         if self.worst is not None:
             lines.append("Worst inputs:")
             names = input_names(self.task.arity)
@@ -132,7 +153,8 @@ def _worst_line(worst: WorstInputs, i: int, names: Sequence[str]) -> str:
 
 
 def read_circuit(weights: Sequence, task: Task, x: torch.Tensor | None = None, fn: Fn | None = None,
-                 tol: float = DUPLICATE_TOL, k: int = 5, success_mse: float | None = None) -> Readout:
+                 tol: float = DUPLICATE_TOL, k: int = 5, success_mse: float | None = None,
+                 val_mse: float | None = None, target_bound: Bound | None = None) -> Readout:
     """Read one network's circuit: canonical form, formula, match, and checks as a :class:`Readout`.
 
     Args:
@@ -144,6 +166,10 @@ def read_circuit(weights: Sequence, task: Task, x: torch.Tensor | None = None, f
         tol: duplicate/silent tolerance of :func:`canonicalize`.
         k: worst inputs listed when the net is not solved.
         success_mse: the "solved" threshold; default the task's (see :mod:`circuits_pl.success`).
+        val_mse: the member's validation MSE: decides "solved" where the box is not certified (default: the
+            test MSE on ``x``).
+        target_bound: its distance to the target, as computed for its whole run
+            (:func:`circuits_pl.readout.certify.to_target`); default: computed here.
     """
     mats = as_matrices(weights)
     if mats[0].shape[1] != task.arity:
@@ -156,12 +182,23 @@ def read_circuit(weights: Sequence, task: Task, x: torch.Tensor | None = None, f
     structure = structure_of(canonical.weights)
     mse = float(sq.mean())
     threshold = success_threshold(task, layer_sizes(mats)) if success_mse is None else success_mse
-    unsolved = not mse < threshold  # NaN too
+    match = match_circuit(canonical, task, structure=structure)
+    if target_bound is None:
+        target_bound = certify.to_target(task, certify.stack([mats])).member(0)
+    decision = decide(match is not None, threshold, target_bound.mse if target_bound.certified else None,
+                      mse if val_mse is None else val_mse)
+    unsolved = not decision.solved
+    cones = certify.error_cones(mats, task) if unsolved else None
+    if cones is not None:
+        errors = describe_cones(cones, input_names(task.arity))
+    else:
+        errors = describe_errors(net, task, x, weights=mats) if unsolved else None
     return Readout(
         task=task, raw=mats, canonical=canonical, formula=formula(canonical),
-        match=match_circuit(canonical, task, structure=structure), structure=structure,
+        match=match, structure=structure,
         sparsity_error=sparsity_error(canonical), homogeneous=ok, homogeneity_error=homog_err, test_mse=mse,
-        n_test=x.shape[0], success_mse=threshold,
-        errors=describe_errors(net, task, x, weights=mats) if unsolved else None,
-        worst=worst_inputs(net, task, x, k) if unsolved else None,
+        n_test=x.shape[0], success_mse=threshold, val_mse=val_mse, errors=errors,
+        worst=worst_inputs(net, task, x, k) if unsolved else None, decision=decision, target_bound=target_bound,
+        formula_bound=certify.between(mats, formula_weights(canonical)).member(0), left_out=left_out(canonical),
+        cones=cones,
     )
