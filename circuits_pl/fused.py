@@ -5,7 +5,7 @@ sum, then the update rule is applied; the torch engine (``network.step_gradients
 about a dozen tensor ops per step instead, each a µs or two of dispatch at these sizes. Same maths
 (hand-derived gradients of each member's MSE, torch.optim's sgd/momentum/adam), float32 throughout::
 
-    for each step s of the block:             the step's inputs (in, B) stay in L1 for every member
+    for each step s of the block:             its inputs made batch-last (in, B) once, in L1 for every member
         for each member k in [lo, hi):
             for each sample b (vectorised):   hidden units, output, error, gradient sums (registers)
             update rule on member k's weights and state, in place
