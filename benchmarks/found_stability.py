@@ -55,7 +55,7 @@ class Recorder(pl.Callback):
             return
         self.steps.append(int(trainer.global_step))
         self.val_mse.append(module.population.val_mse.double().tolist())
-        self.weights.append([w.detach().clone() for w in module.net.weights])
+        self.weights.append([w.detach().clone() for w in module.net.groups[0].weights])
 
 
 def record(task: str, sizes: tuple[int, ...], lr: float, members: int, steps: int) -> dict:
@@ -72,7 +72,8 @@ def record(task: str, sizes: tuple[int, ...], lr: float, members: int, steps: in
     x = data.fixed_set("test").tensors[0].double()
     matched = [[describe_member([w[k] for w in ws], module.task, x).exact for k in range(members)]
                for ws in rec.weights]
-    return {"task": task, "sizes": list(sizes), "lr": lr, "members": members, "success_mse": module.success_mse,
+    return {"task": task, "sizes": list(sizes), "lr": lr, "members": members,
+            "success_mse": float(module.population.success_mse[0]),
             "steps": rec.steps, "val_mse": rec.val_mse, "matched": matched, "train_seconds": seconds}
 
 

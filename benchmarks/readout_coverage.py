@@ -64,7 +64,7 @@ def coverage(run: Path, task_name: str) -> tuple[int, int, Counter, float, Count
     labels: Counter = Counter()
     seconds = 0.0
     for k in range(module.members):
-        weights = [w[k].detach().to(torch.float64) for w in module.net.weights]
+        weights = [w.detach().to(torch.float64) for w in module.net.weights_of(k)]
         out = grid
         for layer, w in enumerate(weights):
             out = out @ w.T

@@ -157,9 +157,11 @@ def classify(task: Task, weights: Sequence[torch.Tensor], sectors: list[Sector] 
             for c, a, i, ag in zip(covered, agreeing, index.tolist(), agree_rows)]
 
 
-def initial_weights(layer_sizes: Sequence[int], members: int, init_seed: int, bias: bool = False) -> list[torch.Tensor]:
-    """The initial weights of a run's members, as training began (member k from seed ``init_seed + k``)."""
-    net = ReLUMLP(list(layer_sizes), members, bias, init_seed)
+def initial_weights(layer_sizes: Sequence[int], members: int, init_seed: int, bias: bool = False,
+                    init_scale: float = 1.0) -> list[torch.Tensor]:
+    """The initial weights of a run's (or a cell's) members, as training began (member k from seed
+    ``init_seed + k``, times ``init_scale``)."""
+    net = ReLUMLP(list(layer_sizes), members, bias, init_seed, init_scale)
     return [w.detach() for w in net.weights]
 
 

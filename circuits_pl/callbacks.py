@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, Mod
 from tqdm import tqdm
 
 from circuits_pl.compat import last_save, set_last_save
-from circuits_pl.files import atomic_link
+from circuits_pl.files import atomic_link, atomic_open
 from circuits_pl.logger import run_dir
 
 
@@ -24,7 +24,8 @@ class StopWhenSolved(EarlyStopping):
     """Lightning's EarlyStopping on the number of solved members.
 
     Args:
-        when: ``best`` stops once any member is solved (the answer "can it be done?", the default);
+        when: ``best`` stops once any member is solved (the answer "can it be done?", the default;
+            in a run of several cells, ``circuits_pl.sweep``: once every cell has a solved member);
             ``all`` once every live member is solved; ``never`` trains every member for the whole
             ``max_steps`` (a study: success rates and solved-at steps over a fixed budget).
     """
@@ -39,6 +40,14 @@ class StopWhenSolved(EarlyStopping):
         monitor, mode = ("val/unsolved", "min") if when == "all" else ("val/solved", "max")
         super().__init__(monitor=monitor, mode=mode, stopping_threshold=0.5, patience=2**31 - 1,
                          check_finite=False, verbose=False)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        population = getattr(pl_module, "population", None)
+        if self.when == "best" and getattr(population, "cells", 1) > 1:
+            # "can it be done?" asked of every cell: stop once no cell is left without a solved member
+            self.monitor, self.mode = "val/unsolved_cells", "min"
+            self.best_score = torch.tensor(torch.inf)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.when != "never":
@@ -190,9 +199,8 @@ class PredictionWriter(BasePredictionWriter):
         x = torch.cat([p["x"] for p in predictions]).cpu()
         target = torch.cat([p["target"] for p in predictions]).cpu().flatten()
         pred = torch.cat([p["prediction"] for p in predictions]).cpu().flatten()
-        os.makedirs(root, exist_ok=True)
         self.path = os.path.join(root, self.filename)
-        with open(self.path, "w", newline="") as f:
+        with atomic_open(self.path, "w") as f:  # whole or absent, whatever stops the write
             writer = csv.writer(f)
             writer.writerow([f"x{i + 1}" for i in range(x.shape[1])] + ["target", "prediction"])
             for xi, ti, pi in zip(x.tolist(), target.tolist(), pred.tolist()):

@@ -5,7 +5,8 @@ and then moves it: when the run directory is on another filesystem the move is a
 file, and a kill or a full disk in the middle leaves a truncated ``last.ckpt`` (issue 9). This
 plugin writes the checkpoint to a temporary file in the target's own directory, fsyncs it and
 renames it over the target (:func:`circuits_pl.files.atomic_open`), so ``last.ckpt`` is always a
-complete checkpoint, the previous one or the new one.
+complete checkpoint, the previous one or the new one. Loads check every record's CRC-32 first
+(:func:`circuits_pl.checkpoints.load_verified`).
 
 Usage: ``Trainer(plugins=[AtomicCheckpointIO()])``; the CLI adds it to every Trainer.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
+from circuits_pl.checkpoints import load_verified
 from circuits_pl.files import atomic_open, remove_stray_temps, save_failed
 
 
@@ -35,15 +37,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with atomic_open(path, "wb") as f:
                 self.write(checkpoint, f)
         except RuntimeError as err:  # torch.save reports a failed write of its zip stream this way
-            if "write" not in str(err).lower():
+            cause = _os_error(err)  # a full disk: ENOSPC inside, then "unexpected pos" from the zip's end
+            if cause is None and not any(s in str(err).lower() for s in ("write", "unexpected pos")):
                 raise
-            raise save_failed(path, err) from err
+            raise save_failed(path, cause or err) from err
 
     def write(self, checkpoint: dict[str, Any], f: Any) -> None:
         """Serialise into the open temporary file (a test subclass slows or breaks this)."""
         torch.save(checkpoint, f)
 
-    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        if "://" not in str(path):
-            remove_stray_temps(Path(path).parent)  # leftovers of a save that was killed
-        return super().load_checkpoint(path, *args, **kwargs)
+    def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """Lightning's load, with every record's CRC-32 checked first (circuits_pl.checkpoints.load_verified:
+        torch's reader does not check them); a damaged file is one CircuitsError."""
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location, weights_only)
+        remove_stray_temps(Path(path).parent)  # leftovers of a save that was killed
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Checkpoint file not found: {path}")
+        with open(path, "rb") as f:
+            return load_verified(f, path, map_location=map_location, weights_only=weights_only)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind an exception (its cause or context chain), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -20,7 +20,6 @@ import signal
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,19 +30,20 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from circuits_pl import preflight
+from circuits_pl import preflight, signals
 from circuits_pl.cadence import Cadence
 from circuits_pl.callbacks import FrozenHeap, LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
 from circuits_pl.checkpoint_io import AtomicCheckpointIO
-from circuits_pl.checkpoints import load_checked_checkpoint
+from circuits_pl.checkpoints import check_finite, check_state_dict, load_checked_checkpoint, saved_sweep
 from circuits_pl.compat import cli_get, cli_instantiate_trainer, cli_parser
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, SaveFailed, TrainingDiverged
 from circuits_pl.files import atomic_write_text
-from circuits_pl.interrupts import END, SANITY, GracefulInterrupt, RunInterrupted, release_all
+from circuits_pl.interrupts import GracefulInterrupt, RunInterrupted, interrupt_message, release_all
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.results import RunSummary
+from circuits_pl.sweep import Sweep
 from circuits_pl.tasks import task_names
 from circuits_pl.usage import front_door, program_name
 
@@ -67,8 +67,10 @@ DESCRIPTION = (
 )
 
 
-# Hyper-parameters that define the weights in a checkpoint: they must match it.
-ARCHITECTURE = ("layer_sizes", "bias", "members", "init_seed")
+# Hyper-parameters that define the weights in a checkpoint: they must match it (init_scale and
+# cells: as a checkpoint from before sweeps has them when it lacks them).
+ARCHITECTURE = ("layer_sizes", "bias", "members", "init_seed", "init_scale", "cells")
+BEFORE_SWEEPS = {"init_scale": 1.0, "cells": None}
 # --ckpt_path UNTRAINED: validate/test/predict the random initial weights, on purpose.
 UNTRAINED = "untrained"
 
@@ -104,6 +106,17 @@ class CircuitsCLI(LightningCLI):
                             help="fit: write losses.png and the best member's function and circuit PNGs")
         parser.link_arguments("task", "model.task")
         parser.link_arguments("task", "data.task")
+        # Members that differ (circuits_pl.sweep): every combination is a cell, trained with
+        # --model.members seeds; resolved into model.cells before anything is built (preflight.resolve_sweep).
+        parser.add_argument("--sweep.sizes", type=str | list[list[int]] | None, default=None,
+                            help="fit: train every one of these layer sizes side by side, e.g. 1-2-1,1-4-1,1-8-1 "
+                                 "(with --sweep.lr and --sweep.init_scale: every combination is a cell, "
+                                 "--model.members seeds each; model.cells lists cells one by one)")
+        parser.add_argument("--sweep.lr", type=str | float | list[float] | None, default=None,
+                            help="fit: learning rates to train side by side, e.g. 0.03,0.1,0.3")
+        parser.add_argument("--sweep.init_scale", type=str | float | list[float] | None, default=None,
+                            help="fit: initial-weight scales to train side by side (a factor on nn.Linear's "
+                                 "init bound), e.g. 0.1,1")
         parser.add_lightning_class_args(StopWhenSolved, "stop")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
@@ -130,14 +143,31 @@ class CircuitsCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Lightning's, after :mod:`circuits_pl.preflight` checked the config files and rewrote
         ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``."""
+        self._typed_config: Namespace | None = None
         if args is None or isinstance(args, (list, tuple)):
             argv = preflight.normalise_argv(sys.argv[1:] if args is None else [str(a) for a in args])
             preflight.check_config_files(argv)
+            self._argv = argv
             if args is None:  # Lightning's would warn that args and sys.argv are both given
                 self.config = parser.parse_args(argv)
                 return
             args = argv
         super().parse_arguments(parser, args)
+
+    def _typed(self, section: str) -> Namespace:
+        """The --model.* (or --data.*) options the user gave, on the command line or in a --config file,
+        not the defaults: jsonargparse parses the same arguments again without defaults. With
+        --ckpt_path every other one is taken from the checkpoint."""
+        argv = getattr(self, "_argv", None)
+        if argv is None:  # a dict or Namespace given in Python: everything in it was chosen
+            return self._active_config().get(section) or Namespace()
+        if getattr(self, "_typed_config", None) is None:
+            sub = self.config.get("subcommand")
+            seed = Namespace()
+            seed[f"{sub}.task" if sub else "task"] = None  # the task links need a source, given or not
+            typed = self.parser.parse_args(argv, namespace=seed, defaults=False)
+            self._typed_config = typed.get(sub) if sub else typed
+        return self._typed_config.get(section) or Namespace()
 
     def _parse_ckpt_path(self) -> None:
         """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it.
@@ -160,6 +190,7 @@ class CircuitsCLI(LightningCLI):
             )
         if not cfg.get("ckpt_path"):
             self._check_task()
+            self._resolve_sweep(cfg, cfg.task)
         else:
             self._take_from_checkpoint(cfg)
         # Here, not in before_instantiate_classes: Lightning's "Seed set to 0" line comes in between,
@@ -175,28 +206,59 @@ class CircuitsCLI(LightningCLI):
                 "training (no optimizer or loop state); resume from the run's last.ckpt, or use this one "
                 "with validate, test, predict or inspect"
             )
+        saved_cells = saved_sweep(cfg.ckpt_path, hp)
+        typed = self._typed("model")
+        swept = self._resolve_sweep(cfg, hp["task"] if cfg.task is None else cfg.task)
+        if swept is not None and swept.cells != saved_cells.cells:
+            raise CircuitsError(f"checkpoint {cfg.ckpt_path} trains {_cells_text(saved_cells)}, not "
+                                f"{_cells_text(swept)}: drop --sweep.* or match it")
         wanted = cfg.model.get("layer_sizes")
-        if wanted is not None and list(wanted) != list(hp["layer_sizes"]):
-            raise CircuitsError(
-                f"checkpoint {cfg.ckpt_path} holds a {'-'.join(map(str, hp['layer_sizes']))} network, "
-                f"not {'-'.join(map(str, wanted))}: drop --model.layer_sizes or match it"
-            )
+        if wanted is not None and (hp["layer_sizes"] is None or list(wanted) != list(hp["layer_sizes"])):
+            held = (f"a {'-'.join(map(str, saved_cells.cells[0].layer_sizes))} network" if saved_cells.is_single
+                    else _cells_text(saved_cells))
+            raise CircuitsError(f"checkpoint {cfg.ckpt_path} holds {held}, not {'-'.join(map(str, wanted))}: "
+                                "drop --model.layer_sizes or match it")
         cfg.task = cfg.model.task = cfg.data.task = hp["task"]
-        defaults = cli_parser(self, self.config.get("subcommand")).get_defaults()
-        for key, saved in hp.items():
+        if not saved_cells.is_single and typed.get("lr") is not None and cfg.model.lr != hp["lr"]:
+            raise CircuitsError(f"checkpoint {cfg.ckpt_path} trains {_cells_text(saved_cells)}: its cells fix each "
+                                "member's lr; drop --model.lr")
+        for key, saved in {**BEFORE_SWEEPS, **hp}.items():
             if key not in cfg.model or key in ("member", "task"):
                 continue
-            given, default = cfg.model[key], defaults.model.get(key)
-            if key in ARCHITECTURE and given not in (None, default) and given != saved:
+            given = cfg.model[key] if typed.get(key) is not None else None  # None: not chosen by the user
+            if key == "cells" and given is not None:  # compared as cells, whatever their spelling
+                given = [c.as_dict() for c in Sweep.of_run((), 0.1, 1.0, given, saved_cells.members_per_cell).cells]
+                saved = [c.as_dict() for c in saved_cells.cells] if saved is not None else None
+            if key in ARCHITECTURE and given is not None and given != saved:
                 raise CircuitsError(
                     f"checkpoint {cfg.ckpt_path} has model.{key} {saved!r}, not {given!r}: "
                     f"drop --model.{key} or match it"
                 )
-            if key in ARCHITECTURE or given == default:
-                cfg.model[key] = saved  # the checkpoint's, unless the command line chose another lr etc.
-        member = cfg.model.get("member")
-        if member is not None and not 0 <= member < hp["members"]:
-            raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {hp['members']} member(s)")
+            if given is None:
+                cfg.model[key] = saved  # the checkpoint's, unless the user chose another lr etc.
+        # the run's data (batch size, stream and validation seeds, ...), unless given; the block size may change
+        typed_data = self._typed("data")
+        for key, saved in (info.get("datamodule_hyper_parameters") or {}).items():
+            if key in cfg.data and key not in ("task", "steps_per_batch") and typed_data.get(key) is None:
+                cfg.data[key] = saved
+        member, total = cfg.model.get("member"), saved_cells.members
+        if member is not None and not 0 <= member < total:
+            raise CircuitsError(f"model.member {member} is out of range: the checkpoint has {total} member(s)")
+        groups = [g for state in info.get("optimizer_states") or [] if isinstance(state, dict)
+                  for g in state.get("param_groups") or [] if isinstance(g, dict)]
+        rule = groups[0].get("rule") if groups else None
+        if self.config.get("subcommand") == "fit" and rule is not None and rule != cfg.model.optimizer:
+            # the module says the same at the start of training; here no run directory exists yet
+            raise CircuitsError(f"the checkpoint was trained with --model.optimizer {rule}, not {cfg.model.optimizer}: "
+                                "its optimizer state cannot continue another rule")
+        self._checkpoint = info
+
+    def _resolve_sweep(self, cfg: Namespace, task: str) -> Sweep | None:
+        """``--sweep.*`` as the run's cells (``preflight.resolve_sweep``); None without a sweep."""
+        section = cfg.get("sweep")
+        if section is None or all(section.get(axis) is None for axis in preflight.SWEEP_AXES):
+            return None
+        return preflight.resolve_sweep(cfg, task, self._typed("model"))
 
     def _check_task(self) -> None:
         if self._active_config().task is None:
@@ -225,6 +287,10 @@ class CircuitsCLI(LightningCLI):
         self.cadence = preflight.run_cadence(cfg)
         preflight.check_run(cfg, self.config.get("subcommand"), self.cadence)  # targets, values, memory, directories
         self._resolve_cadence(cfg)
+        fit = self.config.get("subcommand") == "fit"
+        if fit and trainer.get("log_every_n_steps") == 0 and rank_zero_only.rank == 0:
+            print("note: --trainer.log_every_n_steps 0: train/mse is not logged (metrics.csv and losses.png show "
+                  "validation only)", file=sys.stderr)
         # Lightning logs "Seed set to N" next, before the classes are built: hold it until they are,
         # so that a refusal from a class's own checks is still the only line on stderr.
         self._held_seed_line = preflight.HoldLog("lightning.fabric.utilities.seed")
@@ -235,6 +301,7 @@ class CircuitsCLI(LightningCLI):
         held = getattr(self, "_held_seed_line", None)
         try:
             super().instantiate_classes()
+            self._check_checkpoint_against_model()
         except CircuitsError:
             raise
         except (MisconfigurationException, ValueError) as err:
@@ -242,6 +309,20 @@ class CircuitsCLI(LightningCLI):
         finally:
             if held is not None:
                 held.release(replay=sys.exc_info()[0] is None)
+
+    def _check_checkpoint_against_model(self) -> None:
+        """Before any file is written: the checkpoint holds every buffer of the module built from its
+        hyper-parameters, with its shape, and finite weights for the member(s) the command uses."""
+        info = getattr(self, "_checkpoint", None)
+        if info is None or not isinstance(getattr(self, "model", None), CircuitModule):
+            return
+        path, sub = self._active_config().ckpt_path, self.config.get("subcommand")
+        check_state_dict(path, info["state_dict"], self.model.state_dict())
+        if sub == "fit":
+            check_finite(path, info["state_dict"], None, "train")
+        else:
+            best = next(v for k, v in info["state_dict"].items() if k.rsplit(".", 1)[-1] == "best_member")
+            check_finite(path, info["state_dict"], int(best) if self.model.member is None else self.model.member, sub)
 
     def _resolve_cadence(self, cfg: Namespace) -> None:
         """data.steps_per_batch, when not given: the cadence's choice, saved in config.yaml."""
@@ -296,12 +377,17 @@ class CircuitsCLI(LightningCLI):
             self.trainer.callbacks.append(RunSummary(figures=self._active_config().figures))
 
     def _announce_run_dir(self) -> None:
-        """validate / test write into a version_N of their own (metrics.csv): say which."""
-        if self.trainer.is_global_zero and self.trainer.logger is not None:
-            print(f"Run directory: {os.path.normpath(run_dir(self.trainer))}")
+        """validate / test / predict write into a version_N of their own (metrics.csv, predictions.csv):
+        say which."""
+        if self.trainer.logger is None:
+            return
+        directory = os.path.normpath(run_dir(self.trainer))  # a collective under DDP: every rank asks
+        if self.trainer.is_global_zero:
+            print(f"Run directory: {directory}")
 
     before_validate = _announce_run_dir
     before_test = _announce_run_dir
+    before_predict = _announce_run_dir
 
     def after_fit(self) -> None:
         # The end of fit (RunSummary: test, results.json, figures) ran inside trainer.fit, in
@@ -343,6 +429,15 @@ _STEP_HELP = {
     "trainer.log_every_n_steps": "Log train/mse every this many SGD steps, rounded to whole blocks of "
                                  "data.steps_per_batch (0: no train logging).",
 }
+
+
+def _cells_text(sweep: Sweep) -> str:
+    """``a 1-4-1 network at lr 0.1`` or ``6 cells (2 sizes (1-2-1, 1-4-1) × ...)``, for messages."""
+    if sweep.is_single:
+        cell = sweep.cells[0]
+        scale = f", init scale {cell.init_scale:g}" if cell.init_scale != 1.0 else ""
+        return f"a {'-'.join(map(str, cell.layer_sizes))} network at lr {cell.lr:g}{scale}"
+    return f"{len(sweep.cells)} cells ({sweep.describe()})"
 
 
 def device_line(trainer, accelerator: Any, members: int) -> str:
@@ -407,60 +502,48 @@ def _said_otherwise(record: logging.LogRecord) -> bool:
 
 def _run_guarded(fn) -> Any:
     interrupted = False
+    stop_with: int | None = None  # the signal the other DDP ranks get if they are still running
     try:
         return fn()
     except CircuitsError as err:
+        stop_with = signal.SIGTERM
         _fail(str(err), 2)
     except TrainingDiverged as err:
         # under DDP every rank raises it at the same validation (the population is synced): one line
+        stop_with = signal.SIGTERM
         _fail(str(err), 1, say=rank_zero_only.rank == 0)
     except SaveFailed as err:
+        stop_with = signal.SIGTERM
         _fail(str(err), 1)
     except RunInterrupted as err:
+        signals.set_ending()
         if err.announce:
             print(interrupt_message(err), file=sys.stderr)
-        interrupted = True
+        interrupted, stop_with = True, err.signum
         raise SystemExit(128 + err.signum) from None
     except KeyboardInterrupt:  # Ctrl-C outside fit (parsing, inspect, validate...): nothing half-written
+        stop_with = signal.SIGINT
         print("Interrupted (SIGINT)", file=sys.stderr)
         raise SystemExit(130) from None
     except _argument_errors() as err:
         _fail(_one_line(str(err)), 2)
+    except BaseException:
+        stop_with = signal.SIGTERM
+        if (failed := signals.failed_child()) is not None:  # DDP: another rank is gone; this error follows
+            code, line = failed
+            if line:
+                print(line, file=sys.stderr)
+            raise SystemExit(code) from None
+        raise
     finally:
+        signals.set_ending()
         release_all()
         if interrupted:  # the run is stopped and said so: a further Ctrl-C must not turn the exit into a crash
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals.STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
+        # DDP: the other ranks stop with this one (or finish, a moment behind it) before it goes
+        signals.stop_children(stop_with or signal.SIGTERM, patience=signals.GRACE if stop_with else 60.0)
         _end_distributed()
-
-
-def interrupt_message(err: RunInterrupted) -> str:
-    """What is on disk after an interrupt, and the command that continues from it."""
-    prog = program_name()
-    name = f"{__import__('signal').Signals(err.signum).name}"
-    if err.path is None:
-        where = f"resume from {err.resumed_from} again" if err.resumed_from else "run the command again"
-        nothing = ("nothing was trained yet" if err.phase == SANITY
-                   else "no checkpoint was written (checkpointing is off)")
-        return f"{name}: interrupted during {err.phase} at step {err.step}; {nothing}: {where}"
-    path = Path(err.path)  # prints without a leading ./
-    run = path.parent.parent
-    step = _checkpoint_step(err.path)
-    at = f"step {step}" if step is not None else "its last validation"
-    if err.phase == END:
-        return (f"{name}: interrupted at the end of fit (test, readout, results.json, figures); training is "
-                f"complete: {path} holds {at}; no results.json was written. To write results.json and the "
-                f"figures (no more training; a new run directory): {prog} fit --config {run / 'config.yaml'} "
-                f"--ckpt_path {path}; the readout alone: {prog} inspect {run}")
-    return (f"{name}: interrupted during {err.phase}; checkpoint {path} holds {at}\n"
-            f"Resume with: {prog} fit --config {run / 'config.yaml'} --ckpt_path {path}")
-
-
-def _checkpoint_step(path: str) -> int | None:
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except Exception:  # noqa: BLE001 - the message still names the file
-        return None
 
 
 def _end_distributed() -> None:
@@ -480,16 +563,40 @@ def _argument_errors() -> tuple[type[BaseException], ...]:
     return (argparse.ArgumentError, ArgumentError)
 
 
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "list[int]": "a list of integers like [2, 3]", "list[float]": "a list of numbers like [1.0, -0.5]",
+               "NoneType": "null"}
+# What an option takes, where its type alone says too little.
+_OPTION_NAMES = {"model.layer_sizes": "a list of positive integers like [2, 3, 1] (or 2-3-1), or null for the task's",
+                 "seed_everything": "an integer from 0 to 4294967295",
+                 "data.cone": "a direction like [1.0, 1.0], or null",
+                 "model.betas": "two numbers like [0.9, 0.999], or null"}
 
 
 def _one_line(message: str) -> str:
+    """jsonargparse's message as one line in the user's terms: which option, what it takes, what was given."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     text = " ".join(lines)
-    # jsonargparse: 'Parser key "data.batch_size": Expected a <class 'int'>. Got value: 1000.0'
+    key = re.match(r'Parser key "([\w.]+)":', text)
+    given = re.search(r"Given value: (.*)$", text)
+    # 'Parser key "data.batch_size": Expected a <class 'int'>. Got value: 1000.0'
     m = re.fullmatch(r"""Parser key "([\w.]+)": Expected a <class '(\w+)'>\. Got value: (.*)""", text)
     if m and m[2] in _TYPE_NAMES:
-        return f"--{m[1]} must be {_TYPE_NAMES[m[2]]}, got {m[3]}"
+        return f"--{m[1]} must be {_OPTION_NAMES.get(m[1], _TYPE_NAMES[m[2]])}, got {m[3]}"
+    m = re.fullmatch(r"""Parser key "([\w.]+)": Expected a typing\.Literal\[(.*)\]\. Got value: (.*)""", text)
+    if m:
+        return f"--{m[1]} must be one of {m[2].replace(chr(39), '')}, got {m[3]}"
+    m = re.search(r"Problem with given class_path '([^']+)': (.*?)(?: - Expected a |$)", text)
+    if key and m:
+        return f"--{key[1]} {m[1]}: {m[2].rstrip('. ')}"
+    if key and "Expected a dot import path string" in text:
+        return f"--{key[1]}: {given[1] if given else 'the value'} is not a class to import (package.module.Class)"
+    if key and given and "Union subtypes" in text:
+        subtypes = re.search(r"Subtypes: \[(.*?)\] Errors:", text)
+        names = [_TYPE_NAMES.get(re.sub(r"<class '(\w+)'>", r"\1", t.strip()), t.strip())
+                 for t in (subtypes[1].split(", ") if subtypes else [])]
+        what = _OPTION_NAMES.get(key[1]) or " or ".join(names) or "another value"
+        return f"--{key[1]} must be {what}, got {given[1][:60]}"
     return text[:400] if lines else "invalid arguments"
 
 

@@ -69,8 +69,8 @@ def count_optimizer_steps(lightning_optimizer: Any, steps: int) -> None:
 # --- LightningCLI internals the CLI builds on (no public equivalent in lightning 2.6) -------------
 
 def cli_parser(cli: Any, subcommand: str | None) -> Any:
-    """The parser of a subcommand (``LightningCLI._parser``): its defaults tell an option the user
-    gave from one left at its default, which the checkpoint may then fill in."""
+    """The parser of a subcommand (``LightningCLI._parser``): its callback keys name the callbacks
+    given as options (``--checkpoint.*``, ``--stop.*``)."""
     return cli._parser(subcommand)
 
 
@@ -106,3 +106,21 @@ def set_last_save(callback: Any, path: str, step: int) -> None:
     """Record a save made without ``ModelCheckpoint._save_checkpoint`` (see :func:`last_save`)."""
     callback._last_checkpoint_saved = path
     callback._last_global_step_saved = step
+
+
+# --- DDP's popen launcher (no public base class for a launcher that starts the script again) ------
+
+def script_launcher() -> type:
+    """Lightning's ``_SubprocessScriptLauncher`` (``--trainer.strategy ddp`` re-runs the command per rank):
+    circuits_pl.interrupts.RankLauncher subclasses it to watch the ranks it starts its own way."""
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    return _SubprocessScriptLauncher
+
+
+def set_num_threads_if_needed(num_processes: int) -> None:
+    """What the launcher does after starting the ranks (``_set_num_threads_if_needed``): torch threads
+    per process when OMP_NUM_THREADS is unset (the CLI sets it, from --threads)."""
+    from lightning.fabric.utilities.distributed import _set_num_threads_if_needed
+
+    _set_num_threads_if_needed(num_processes=num_processes)

@@ -5,7 +5,8 @@ directory* (a rename is atomic only within one filesystem), flush and fsync it, 
 over the target, then fsync the directory so the rename itself survives a power cut. A crash or a
 full disk in the middle leaves the old file untouched and at most a hidden temporary file
 ``.NAME.tmp-PID-XXXX``, which never ends in the target's suffix (so nothing mistakes it for a
-checkpoint) and is removed by the next write into that directory (or :func:`remove_stray_temps`).
+checkpoint) and is removed by the next write into that directory (:func:`remove_stray_temps`), or by
+the next run started in that tree of runs (:func:`sweep_run_tree`).
 """
 
 from __future__ import annotations
@@ -34,33 +35,49 @@ def is_temp_file(path: str | os.PathLike) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on a clean exit make it ``path`` atomically.
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[str]:
+    """A temporary path beside ``path`` for a writer that takes a file name; on a clean exit it
+    becomes ``path`` atomically. Every failure, from making the directory or the temporary file on
+    (a read-only remount, a full disk), is one :class:`SaveFailed` naming ``path``; on any exception
+    (a signal's too) the temporary file is removed and ``path`` keeps its previous content.
 
-    On any exception (including KeyboardInterrupt or a signal handler's exception raised inside
-    the block) the temporary file is removed and ``path`` keeps its previous content.
-    """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
+    ``durable=False`` skips the two fsyncs: the file is still complete after a kill, a signal or a full
+    disk (the rename is atomic), but a power cut may lose the newest version. For files rewritten
+    often whose loss costs little (metrics.csv: its validation rows are also in the checkpoint's
+    history); the fsyncs are most of a small write's cost (``benchmarks/fault_injection.py --mode costs``)."""
     target = Path(path)
     directory = target.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    remove_stray_temps(directory)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), dir=directory)
+    tmp = None
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        directory.mkdir(parents=True, exist_ok=True)
+        remove_stray_temps(directory)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), dir=directory)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
+        yield tmp
+        if durable:
+            _fsync_file(tmp)  # the writer closed it: its data reaches the disk before the rename
         os.replace(tmp, target)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         if isinstance(err, OSError) and not isinstance(err, SaveFailed):
             raise save_failed(target, err) from err
         raise
-    fsync_dir(directory)
+    if durable:
+        fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb", durable: bool = True) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on a clean exit make it ``path`` atomically
+    (:func:`atomic_path`: the previous content survives any failure or signal, reported as SaveFailed)."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
+    with atomic_path(path, durable) as tmp:
+        with open(tmp, mode, **({"encoding": "utf-8", "newline": ""} if mode == "w" else {})) as f:
+            yield f
 
 
 def save_failed(path: str | os.PathLike, err: BaseException) -> SaveFailed:
@@ -71,6 +88,9 @@ def save_failed(path: str | os.PathLike, err: BaseException) -> SaveFailed:
     message = f"could not write {target}: {reason}; its previous version (if any) is intact: every write is atomic"
     if code in (errno.ENOSPC, errno.EDQUOT):
         message += f". Free space on that disk (df -h {target.parent}), then run again or resume from last.ckpt"
+    elif code == errno.EROFS:
+        message += ". The file system turned read-only (mount; dmesg): resume from the run's last.ckpt once it is " \
+                   "writable again, or from a copy of the run on a writable disk"
     return SaveFailed(message, code)
 
 
@@ -80,9 +100,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically (see the module docstring)."""
-    with atomic_open(path, "w") as f:
+def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see the module docstring and :func:`atomic_path`)."""
+    with atomic_open(path, "w", durable) as f:
         f.write(text)
 
 
@@ -103,6 +123,14 @@ def atomic_link(source: str | os.PathLike, path: str | os.PathLike) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(directory)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -136,6 +164,26 @@ def remove_stray_temps(directory: str | os.PathLike) -> list[Path]:
         with contextlib.suppress(OSError):
             os.unlink(entry.path)
             removed.append(Path(entry.path))
+    return removed
+
+
+def sweep_run_tree(root: str | os.PathLike) -> list[Path]:
+    """:func:`remove_stray_temps` over a tree of runs: ``root`` (``save_dir/lightning_logs``), each
+    ``version_*`` in it and the directories inside those (``checkpoints/``). A write killed in a run
+    (its first save, the config.yaml rename) is never followed by another write into that directory,
+    so the next start in the tree sweeps it. Runs are not descended further (a tree of thousands of runs
+    costs one directory listing each)."""
+    removed = remove_stray_temps(root)
+    try:
+        runs = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for run in runs:
+        removed += remove_stray_temps(run.path)
+        with contextlib.suppress(OSError):
+            for sub in os.scandir(run.path):
+                if sub.is_dir(follow_symlinks=False):
+                    removed += remove_stray_temps(sub.path)
     return removed
 
 

@@ -21,8 +21,7 @@ with no writable place at all the kernel is compiled without a cache.
 Member k's arithmetic depends only on its weights and state, the step's batch and these constants:
 members run one after another through the same code, each sum over the batch in one order fixed by B.
 So member k is bit-identical whatever K, the member range (a DDP rank's share) or the thread running it.
-It equals the torch engine to float32 rounding, not bit for bit: sums are reassociated to vectorise
-them and products fused into multiply-adds.
+It equals the torch engine to float32 rounding, not bit for bit: sums are reassociated to vectorise them.
 
 numba is imported on first use only: ``import circuits_pl`` (and the torch engine) never pays for it.
 This module does not import torch either: it reads tensors through ``Tensor.numpy()``, which shares
@@ -53,10 +52,13 @@ STATE_SLOTS = {"sgd": 0, "momentum": 1, "adam": 2, "gradients": 1}
 HIDDEN_LAYERS = (1, 2)  # kernels written for one and two hidden layers (any widths), one output
 
 # LLVM fast-math flags of the kernels. "reassoc" lets the sums over the batch be vectorised (a strict
-# left-to-right float sum cannot be), "contract" fuses multiply-adds, "nsz" ignores the sign of zero.
-# Not numba's fastmath=True: that also assumes no inf/NaN ("nnan", "ninf"), and a diverging member
-# must keep its non-finite values so that the module finds it, as under the torch engine.
-FASTMATH = frozenset({"reassoc", "contract", "nsz"})
+# left-to-right float sum cannot be), "nsz" ignores the sign of zero. Not "contract" (fused multiply-adds):
+# with it, numba's in-process JIT and the object code it writes to its cache fused different pairs, so
+# a process that compiled a kernel and one that loaded it from the cache (a DDP rank, a resumed run)
+# trained the same member to different bits (tests/test_fused.py). Not numba's fastmath=True either:
+# that also assumes no inf/NaN ("nnan", "ninf"), and a diverging member must keep its non-finite values
+# so that the module finds it, as under the torch engine.
+FASTMATH = frozenset({"reassoc", "nsz"})
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ def report_text(run: Run, member: int, readout: Readout) -> str:
     if k_total > 1:
         best = int(module.population.best_member)
         header += f" of {k_total} ({'the best by validation MSE' if member == best else f'best is {best}'})"
+    if module.cell_text(member):
+        header += f"; {module.cell_text(member)}"
     lines = [header, "", readout.text().rstrip()]
     held = heldout_mse(module, run.data)
     if held is not None:
@@ -34,7 +36,8 @@ def report_text(run: Run, member: int, readout: Readout) -> str:
 def bias_text(run: Run, member: int) -> str:
     """What inspect says of a net with biases: its weights and test MSE, and why no circuit is read."""
     mse = float(test_mse(run.module, run.data)[member])
-    return (f"{run.checkpoint}: step {run.step}, member {member}\n\n{run.module.weights_text(member)}\n"
+    cell = f"; {run.module.cell_text(member)}" if run.module.cell_text(member) else ""
+    return (f"{run.checkpoint}: step {run.step}, member {member}{cell}\n\n{run.module.weights_text(member)}\n"
             f"Test MSE: {mse:.4g} on {run.data.hparams.val_size} inputs\n"
             "Circuit: not read — the net has biases, so it is not positively homogeneous and the circuit "
             "readout (for bias-free nets) does not apply\n")

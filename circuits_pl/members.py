@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torchmetrics import MeanSquaredError
 
@@ -36,17 +37,24 @@ def target_bounds(module: CircuitModule) -> certify.Distance | None:
     piecewise-linear target, else sampled (``certify.to_target``); None for nets with biases."""
     if module.hparams.bias:
         return None
-    return certify.to_target(module.task, certify.stack(module.net.weights))
+    # per group of cells (one architecture each), then joined: certified only if every group is
+    parts = [certify.to_target(module.task, certify.stack(net.weights)) for net in module.net.groups]
+    if len(parts) == 1:
+        return parts[0]
+    sampled = [p.why_sampled for p in parts if not p.certified]
+    return certify.Distance(np.concatenate([p.max_error for p in parts]), np.concatenate([p.mse for p in parts]),
+                            np.concatenate([p.argmax for p in parts]), not sampled, sampled[0] if sampled else None)
 
 
 def member_decisions(module: CircuitModule, matched: list[bool], bounds: certify.Distance | None) -> list[Decision]:
     """Solved and exact for every member, by ``circuits_pl.verdicts.decide``: the certified MSE over the box
     where there is one, else the validation MSE. What results.json, the Circuit line and inspect all say."""
     val = module.population.val_mse.cpu().double().tolist()
+    thresholds = module.population.success_mse.cpu().tolist()  # per member: a sweep's sizes differ
     out = []
     for k in range(module.members):
         box = float(bounds.mse[k]) if bounds is not None and bounds.certified else None
-        out.append(decide(matched[k], module.success_mse, box, val[k]))
+        out.append(decide(matched[k], thresholds[k], box, val[k]))
     return out
 
 
@@ -62,7 +70,8 @@ def read_member(module: CircuitModule, data: CircuitDataModule, member: int | No
             return module.net(z.to(module.device, torch.float32), member=k).to("cpu", torch.float64)
 
     return read_circuit(member_weights(module, k), module.task, test_inputs(data), fn=net,
-                        success_mse=module.success_mse, val_mse=float(module.population.val_mse[k]),
+                        success_mse=float(module.population.success_mse[k]),
+                        val_mse=float(module.population.val_mse[k]),
                         target_bound=bounds.member(k))
 
 
@@ -82,7 +91,8 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
         return [dict(NO_CIRCUIT) for _ in range(module.members)]
     x = test_inputs(data)
     out = []
-    nets, formulas = [], []  # of the finite members: their distances to their formulas are measured at once
+    # of the finite members, per architecture (a sweep's cells differ): distances to their formulas at once
+    nets: dict[tuple, list] = {}
     for k in range(module.members):
         weights = member_weights(module, k)
         if not all(bool(torch.isfinite(w).all()) for w in weights):
@@ -93,11 +103,10 @@ def describe_members(module: CircuitModule, data: CircuitDataModule) -> list[dic
         out.append({"formula": d["formula"], "rough_formula": d["rough_formula"], "circuit": d["label"],
                     "matched": bool(d["exact"]), "family": d["family"], "sparsity_error": d["sparsity_error"],
                     "reason": d["reason"], "formula_max_error": k})
-        nets.append(weights)
-        formulas.append(member.formula_weights)
-    if nets:
-        distances = certify.between_each(nets, formulas).max_error.tolist()
-        for c, dist in zip((c for c in out if c["formula"] is not None), distances, strict=True):
+        nets.setdefault(tuple(w.shape for w in weights), []).append((out[-1], weights, member.formula_weights))
+    for same in nets.values():
+        distances = certify.between_each([n for _, n, _ in same], [f for _, _, f in same]).max_error.tolist()
+        for (c, _, _), dist in zip(same, distances, strict=True):
             c["formula_max_error"] = dist
     return out
 

@@ -1,5 +1,4 @@
 """K independent ReLU MLPs in one module, with a hand-derived SGD step. Plain PyTorch, no Lightning.
-
 The notebook's ``Neural_Net(layer_sizes, bias=False)`` is ``nn.Sequential(Linear, ReLU, ..., Linear)``.
 Here the same network exists K times ("members"), stacked on a leading member dimension so that
 one forward and one backward serve all of them::
@@ -13,10 +12,14 @@ Activations are kept batch-last, ``(K, units, B)``: with B = 1000 contiguous alo
 every elementwise op runs over long rows rather than over rows of 2 or 3 units. Training
 (``member_gradients``) uses only per-member ops, so member k's trajectory is bit-identical whatever
 K and however members are chunked (``circuits_pl.train_block``).
+
+A run whose members differ in architecture (a sweep's cells, ``circuits_pl.sweep``) holds one such
+module per group of one architecture and lr: :class:`GroupedMLPs`.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -25,6 +28,7 @@ from torch import nn
 
 from circuits_pl.errors import CircuitsError
 from circuits_pl.init import init_linear_members
+from circuits_pl.sweep import Sweep
 
 
 class ReLUMLP(nn.Module):
@@ -35,9 +39,12 @@ class ReLUMLP(nn.Module):
         members: number of independent networks K.
         bias: give every layer a bias (the notebook's study uses none).
         seed: member k is initialised as nn.Linear would be after ``torch.manual_seed(seed + k)``.
+        init_scale: a factor on those initial weights and biases (U(−s/√fan_in, s/√fan_in)); at 1
+            nothing is multiplied, so the weights are nn.Linear's bit for bit.
     """
 
-    def __init__(self, layer_sizes: Sequence[int], members: int = 1, bias: bool = False, seed: int = 0):
+    def __init__(self, layer_sizes: Sequence[int], members: int = 1, bias: bool = False, seed: int = 0,
+                 init_scale: float = 1.0):
         super().__init__()
         sizes = list(layer_sizes)
         if len(sizes) < 2 or any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in sizes):
@@ -52,26 +59,32 @@ class ReLUMLP(nn.Module):
         self.biases = nn.ParameterList(
             [nn.Parameter(torch.empty(members, o, 1)) for _, o in pairs] if bias else []
         )
-        self.reset_parameters(seed)
+        self.reset_parameters(seed, init_scale=init_scale)
 
     @torch.no_grad()
-    def reset_parameters(self, seed: int) -> None:
-        """nn.Linear's initialisation, each member from its own seed ``seed + k``.
+    def reset_parameters(self, seed: int, members: slice | None = None, init_scale: float = 1.0) -> None:
+        """nn.Linear's initialisation, each member from its own seed: member ``start + k`` of the range
+        ``members`` (default all) from ``seed + k``, then times ``init_scale`` (nothing at 1).
 
         float32: all members at once (``circuits_pl.init``, torch's generator reproduced bit for bit;
         K = 1e5 2-3-1: 0.13 s instead of 1.4 s, benchmarks/init_speed.py); other dtypes member by member.
         """
+        members = members or slice(0, self.members)
         if all(p.dtype == torch.float32 for p in self.parameters()):
-            init_linear_members(list(self.weights), list(self.biases), seed)
-            return
-        self.reset_parameters_member_by_member(seed)
+            init_linear_members([w[members] for w in self.weights], [b[members] for b in self.biases], seed)
+        else:
+            self.reset_parameters_member_by_member(seed, members)
+        if init_scale != 1.0:
+            for p in self.parameters():
+                p[members].mul_(init_scale)
 
     @torch.no_grad()
-    def reset_parameters_member_by_member(self, seed: int) -> None:
+    def reset_parameters_member_by_member(self, seed: int, members: slice | None = None) -> None:
         """The same initialisation, one Generator and ``nn.init`` call per member and layer (the
         reference the vectorised init is tested and benchmarked against; used for other dtypes)."""
-        for k in range(self.members):
-            gen = torch.Generator().manual_seed(seed + k)
+        start, stop, _ = (members or slice(None)).indices(self.members)
+        for k in range(start, stop):
+            gen = torch.Generator().manual_seed(seed + k - start)
             for layer, w in enumerate(self.weights):
                 # nn.Linear.reset_parameters: kaiming_uniform_(a=sqrt(5)) is U(-1/sqrt(fan_in), +),
                 # then the bias (if any) from the same stream, layer after layer.
@@ -125,6 +138,88 @@ class ReLUMLP(nn.Module):
     def mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-member MSE on one batch: ``(K,)``."""
         return (self(x) - y).square().mean(dim=(1, 2))
+
+
+class GroupedMLPs(nn.Module):
+    """The members of a run whose cells differ (``circuits_pl.sweep``): one :class:`ReLUMLP` per group
+    of cells that share layer sizes and lr, members contiguous, so member m of the run is member
+    ``m - group.start`` of its group's net. No member is padded to a wider architecture.
+
+    Member m of cell c starts as member ``m % K`` of a run of that cell alone (seed ``seed + m % K``,
+    its ``init_scale``): a group of several cells (one architecture and lr, several scales) seeds each
+    cell from ``seed`` again. The interface is ReLUMLP's where a run needs it: :attr:`members`,
+    ``forward(x, member)``, :meth:`mse`, :meth:`finite`, :meth:`weights_of`, :meth:`biases_of`.
+
+    Args:
+        sweep: the run's cells and members per cell.
+        bias: give every layer a bias.
+        seed: the seed of each cell's member 0.
+    """
+
+    def __init__(self, sweep: Sweep, bias: bool = False, seed: int = 0):
+        super().__init__()
+        self.sweep = sweep
+        self.members = sweep.members
+        self.bias = bool(bias)
+        self.starts = [group.start for group in sweep.groups()]
+        nets = []
+        k = sweep.members_per_cell
+        for group in sweep.groups():
+            scales = [sweep.cells[c].init_scale for c in group.cells]
+            net = ReLUMLP(group.layer_sizes, group.members, bias, seed, scales[0])
+            for i, scale in enumerate(scales[1:], 1):  # the group's other cells: their seeds start again
+                net.reset_parameters(seed, slice(i * k, (i + 1) * k), scale)
+            nets.append(net)
+        self.groups = nn.ModuleList(nets)
+
+    def locate(self, member: int) -> tuple[ReLUMLP, int]:
+        """Member ``member``'s group net and its index there."""
+        if not 0 <= member < self.members:
+            raise IndexError(f"member {member} is out of range: the run has {self.members} members")
+        g = bisect.bisect_right(self.starts, member) - 1
+        return self.groups[g], member - self.starts[g]
+
+    def layer_sizes_of(self, member: int) -> tuple[int, ...]:
+        return self.locate(member)[0].layer_sizes
+
+    def weights_of(self, member: int) -> list[torch.Tensor]:
+        """One member's weight matrices ``(out, in)``, input layer first (views)."""
+        net, k = self.locate(member)
+        return net.weights_of(k)
+
+    def biases_of(self, member: int) -> list[torch.Tensor] | None:
+        net, k = self.locate(member)
+        return net.biases_of(k)
+
+    def parameters_of(self, member: int) -> list[torch.Tensor]:
+        net, k = self.locate(member)
+        return net.parameters_of(k)
+
+    def forward(self, x: torch.Tensor, member: int | None = None) -> torch.Tensor:
+        """Outputs for inputs ``x (N, in)``: ``(K, N, 1)`` for every member, or ``(N, 1)`` for one."""
+        if member is not None:
+            net, k = self.locate(member)
+            return net(x, member=k)
+        outs = [net(x) for net in self.groups]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+    @torch.no_grad()
+    def mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-member MSE on one batch: ``(K,)``."""
+        return torch.cat([net.mse(x, y) for net in self.groups])
+
+    @torch.no_grad()
+    def finite(self) -> torch.Tensor:
+        """Per member: are all its weights (and biases) finite? ``(K,)`` bool."""
+        return torch.cat([net.finite() for net in self.groups])
+
+
+def upgrade_group_keys(state_dict: dict, prefix: str = "net.") -> None:
+    """Checkpoints written before the networks came in groups hold one :class:`ReLUMLP` under
+    ``prefix`` (``net.weights.l``): it is group 0 of a :class:`GroupedMLPs` (``net.groups.0.weights.l``).
+    In place."""
+    for key in [k for k in state_dict if k.startswith((prefix + "weights.", prefix + "biases."))]:
+        state_dict[prefix + "groups.0." + key.removeprefix(prefix)] = state_dict.pop(key)
 
 
 def layer_activations(weights: Sequence[torch.Tensor], x: torch.Tensor,

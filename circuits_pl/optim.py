@@ -70,24 +70,37 @@ class OptimizerSettings:
             raise CircuitsError(f"model.weight_decay must be a number >= 0, got {self.weight_decay!r}")
         object.__setattr__(self, "betas", tuple(float(b) for b in betas))
 
-    def build(self, params: Iterable[torch.Tensor]) -> MemberOptimizer:
-        """The optimizer of these settings over ``params`` (member dimension first)."""
-        return MemberOptimizer(params, **asdict(self))
+    def build(self, params: Iterable[torch.Tensor], lrs: Sequence[float] | None = None) -> MemberOptimizer:
+        """The optimizer of these settings over ``params`` (member dimension first): one parameter
+        group, or with ``lrs`` one group per entry of ``params`` (a sequence of parameter lists: a
+        sweep's groups), each with its own lr."""
+        if lrs is None:
+            return MemberOptimizer(params, **asdict(self))
+        groups = [{"params": list(p), "lr": float(lr)} for p, lr in zip(params, lrs, strict=True)]
+        return MemberOptimizer(groups, **asdict(self))
 
-    def apply_to(self, optimizer: MemberOptimizer) -> None:
+    def apply_to(self, optimizer: MemberOptimizer, lrs: Sequence[float] | None = None) -> None:
         """Make a restored optimizer (its state and hyper-parameters from a checkpoint) use these
-        settings; its rule cannot change (the state of one rule cannot continue another)."""
-        group = optimizer.param_groups[0]
-        if group["rule"] != self.rule:
-            raise CircuitsError(f"the checkpoint was trained with --model.optimizer {group['rule']}, not "
+        settings, with ``lrs`` per parameter group (default this lr in every group); its rule cannot
+        change (the state of one rule cannot continue another)."""
+        groups = optimizer.param_groups
+        if groups[0]["rule"] != self.rule:
+            raise CircuitsError(f"the checkpoint was trained with --model.optimizer {groups[0]['rule']}, not "
                                 f"{self.rule}: its optimizer state cannot continue another rule")
-        group.update(lr=float(self.lr), momentum=float(self.momentum), dampening=float(self.dampening),
-                     nesterov=bool(self.nesterov), betas=self.betas, eps=float(self.eps),
-                     weight_decay=float(self.weight_decay))
+        lrs = [self.lr] * len(groups) if lrs is None else lrs
+        for group, lr in zip(groups, lrs, strict=True):
+            group.update(lr=float(lr), momentum=float(self.momentum), dampening=float(self.dampening),
+                         nesterov=bool(self.nesterov), betas=self.betas, eps=float(self.eps),
+                         weight_decay=float(self.weight_decay))
 
 
 class MemberOptimizer(torch.optim.Optimizer):
     """One update rule for stacked members, holding its state where torch.optim keeps it.
+
+    One parameter group per group of a sweep's cells (``circuits_pl.sweep``: one architecture, one
+    lr), each with its own scalar hyper-parameters, as torch.optim's groups: a member's update then
+    rounds exactly as in a run of its cell alone (a per-member lr tensor would not). The rule is one
+    for all groups.
 
     ``state[p]`` holds tensors shaped like ``p`` (member dimension first) and ``step``, a float32
     scalar tensor counting the updates, as torch.optim's own: ``state_dict()`` therefore holds
@@ -108,8 +121,8 @@ class MemberOptimizer(torch.optim.Optimizer):
                         nesterov=bool(nesterov), betas=tuple(float(b) for b in betas), eps=float(eps),
                         weight_decay=float(weight_decay))
         super().__init__(params, defaults)
-        if len(self.param_groups) != 1:
-            raise ValueError("MemberOptimizer takes one parameter group")
+        if len({g["rule"] for g in self.param_groups}) != 1:
+            raise ValueError("MemberOptimizer takes one rule for all its parameter groups")
         for p in self.params:
             self.state[p]["step"] = torch.tensor(0.0)
             for key in STATE_KEYS[rule]:
@@ -117,34 +130,46 @@ class MemberOptimizer(torch.optim.Optimizer):
 
     @property
     def params(self) -> list[torch.Tensor]:
-        return self.param_groups[0]["params"]
+        """Every parameter, group after group."""
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def group_params(self, group: int = 0) -> list[torch.Tensor]:
+        return self.param_groups[group]["params"]
 
     @property
     def steps_done(self) -> int:
-        return int(self.state[self.params[0]]["step"]) if self.params else 0
+        return self.steps_done_of(0)
 
-    def state_tensors(self) -> list[list[torch.Tensor]]:
-        """Per parameter, its rule state tensors (member dimension first), in ``STATE_KEYS`` order."""
+    def steps_done_of(self, group: int = 0) -> int:
+        params = self.group_params(group)
+        return int(self.state[params[0]]["step"]) if params else 0
+
+    def state_tensors(self, group: int | None = None) -> list[list[torch.Tensor]]:
+        """Per parameter (of ``group``, default all), its rule state tensors (member dimension
+        first), in ``STATE_KEYS`` order."""
         keys = STATE_KEYS[self.param_groups[0]["rule"]]
-        return [[self.state[p][k] for k in keys] for p in self.params]
+        params = self.params if group is None else self.group_params(group)
+        return [[self.state[p][k] for k in keys] for p in params]
 
     def update(self, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
-               states: Sequence[Sequence[torch.Tensor]], step: int) -> None:
-        """Apply update number ``step`` (1-based) to ``params`` (all members or a chunk of them).
+               states: Sequence[Sequence[torch.Tensor]], step: int, group: int = 0) -> None:
+        """Apply update number ``step`` (1-based) to ``params`` of parameter group ``group`` (all its
+        members or a chunk of them).
 
         ``states`` are the matching (possibly chunked) views of :meth:`state_tensors`. The caller sets
         the ``step`` counters once the block is done (:meth:`set_steps`), so every chunk sees the
         same step numbers. Gradients may be overwritten (they are scratch).
         """
         with torch.no_grad():
-            self.updater(params, states)(grads, step)
+            self.updater(params, states, group)(grads, step)
 
-    def updater(self, params: Sequence[torch.Tensor],
-                states: Sequence[Sequence[torch.Tensor]]) -> Callable[[Sequence[torch.Tensor], int], None]:
-        """:meth:`update` bound to ``params`` and ``states`` for a block of steps: ``fn(grads, step)``,
-        to be called under ``torch.no_grad()`` (the hot loop is). The hyper-parameters are read once
-        per block instead of at every step, as is the grad-mode switch :meth:`update` makes."""
-        group = self.param_groups[0]
+    def updater(self, params: Sequence[torch.Tensor], states: Sequence[Sequence[torch.Tensor]],
+                group: int = 0) -> Callable[[Sequence[torch.Tensor], int], None]:
+        """:meth:`update` bound to ``params`` and ``states`` (of parameter group ``group``, whose
+        hyper-parameters it takes) for a block of steps: ``fn(grads, step)``, to be called under
+        ``torch.no_grad()`` (the hot loop is). The hyper-parameters are read once per block instead
+        of at every step, as is the grad-mode switch :meth:`update` makes."""
+        group = self.param_groups[group]
         rule, lr, wd = group["rule"], group["lr"], group["weight_decay"]
         momentum, dampening, nesterov = group["momentum"], group["dampening"], group["nesterov"]
         betas, eps = group["betas"], group["eps"]
@@ -163,18 +188,20 @@ class MemberOptimizer(torch.optim.Optimizer):
 
         return apply
 
-    def set_steps(self, steps: int) -> None:
-        for p in self.params:
+    def set_steps(self, steps: int, group: int | None = None) -> None:
+        """Set the step counters of ``group``'s parameters (default every group's)."""
+        for p in self.params if group is None else self.group_params(group):
             self.state[p]["step"].fill_(float(steps))
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch.optim's signature
         """torch.optim's interface, for completeness: one update from the ``.grad`` of each param."""
         loss = closure() if closure is not None else None
-        params = [p for p in self.params if p.grad is not None]
-        if len(params) == len(self.params):
+        if all(p.grad is not None for p in self.params):
             step = self.steps_done + 1
-            self.update(params, [p.grad for p in params], self.state_tensors(), step)
+            for g in range(len(self.param_groups)):
+                params = self.group_params(g)
+                self.update(params, [p.grad for p in params], self.state_tensors(g), step, g)
             self.set_steps(step)
         return loss
 

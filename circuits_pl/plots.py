@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from circuits_pl.files import atomic_open
 from circuits_pl.readout import Canonical, canonicalize, formula, forward, input_names, unit_formula
 from circuits_pl.tasks import Task
 
@@ -34,10 +35,12 @@ def _figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig: Figure, out_png: str | Path) -> Path:
+def save_figure(fig: Figure, out_png: str | Path) -> Path:
+    """Write the figure atomically (circuits_pl.files): a signal or a full disk mid-write leaves the
+    previous figure (or none), never a truncated PNG; a failed write is one SaveFailed."""
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_open(out, "wb") as f:
+        fig.savefig(f, format=out.suffix.lstrip(".").lower() or "png", dpi=110)
     return out
 
 
@@ -123,7 +126,7 @@ def plot_losses(history: Series | str | Path, out_png: str | Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no train/val MSE columns in this file", ha="center", transform=ax.transAxes)
     ax.grid(True, which="major", alpha=0.3)
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +158,7 @@ def plot_function(weights: Sequence, task: Task, out_png: str | Path, fn: Fn | N
         _plot_function_2d(fig, net, task)
     else:
         return None
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def _as_float64(fn: Fn) -> Fn:
@@ -244,7 +247,7 @@ def plot_circuit(canonical: Canonical, task: Task, out_png: str | Path, merged: 
     ax.set_ylim(-max(sizes) / 2 - 0.2, max(sizes) / 2 + 0.2)
     ax.axis("off")
     ax.set_title(f"Task {task.name}: {formula(canonical)}", fontsize="medium")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def _draw_edge(ax: Axes, start: tuple[float, float], end: tuple[float, float], w: float, biggest: float,
@@ -307,4 +310,51 @@ def plot_basins(first: torch.Tensor, out: torch.Tensor | None, outcomes: Sequenc
     ax.set_ylabel("initial output weight" if out is not None else "norm of the input weights")
     ax.set_title(title)
     ax.legend(fontsize=7, markerscale=2, loc="best")
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase diagram: found rate per (hidden sizes, lr), a panel per task or init scale
+# ---------------------------------------------------------------------------------------------
+
+def plot_phase_diagram(cells: Sequence[dict], title: str, out_png: str | Path,
+                       colour_label: str = "found rate (Wilson 95% CI)") -> Path:
+    """Heat maps of a rate per (hidden sizes, lr) cell, written with its Wilson 95% interval; one panel
+    per distinct ``panel`` (a task of ``report``, an init scale of a ``fit`` sweep).
+
+    Args:
+        cells: one mapping per cell: ``panel`` (its panel's title), ``layer_sizes`` (e.g. ``2-4-1`` or a
+            list), ``lr``, ``rate``, ``low``, ``high``.
+        title: the figure's title.
+        out_png: where to write it.
+    """
+    panels = list(dict.fromkeys(c["panel"] for c in cells))
+    widths = list(dict.fromkeys(_hidden(c["layer_sizes"]) for c in cells))
+    lrs = sorted({c["lr"] for c in cells})
+    fig = _figure(3.2 * len(panels) + 1.2, 0.55 * len(widths) + 2.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    shown = None
+    for ax, panel in zip(axes, panels):
+        grid = [[float("nan")] * len(lrs) for _ in widths]
+        for c in cells:
+            if c["panel"] != panel:
+                continue
+            i, j = widths.index(_hidden(c["layer_sizes"])), lrs.index(c["lr"])
+            grid[i][j] = c["rate"]
+            ax.text(j, i, f"{c['rate']:.2f}\n({c['low']:.2f}–{c['high']:.2f})", ha="center", va="center",
+                    fontsize="x-small")
+        shown = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(widths)), widths)
+        ax.set_xlabel("learning rate")
+        ax.set_title(panel)
+    axes[0].set_ylabel("hidden width")
+    fig.colorbar(shown, ax=list(axes), shrink=0.9, label=colour_label)
+    fig.suptitle(title, fontsize="medium")
+    return save_figure(fig, out_png)
+
+
+def _hidden(sizes: str | Sequence[int]) -> str:
+    """``2-4-1`` (or ``[2, 4, 1]``) -> ``4``: the hidden widths, the same for every task of a sweep."""
+    parts = sizes.split("-") if isinstance(sizes, str) else [str(n) for n in sizes]
+    return "-".join(parts[1:-1])

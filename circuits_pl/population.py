@@ -5,6 +5,8 @@ The networks hold the weights (``circuits_pl.network``); this record holds the f
 member that the run accumulates, as buffers with the member dimension first, so they travel with the
 module (device, checkpoint; tensors only: checkpoints load with ``weights_only=True``)::
 
+    success_mse   (K,)            below this validation MSE a member is solved (from the run's settings)
+    cell_of       (K,)            the member's cell of the sweep (``circuits_pl.sweep``; 0 in a plain run)
     val_mse       (K,)            at the last validation (NaN once diverged)
     val_history   (HISTORY, K)    the last HISTORY regular validations, oldest first
     solved_at     (K,)            SGD step of the first regular validation below success_mse; -1: not yet
@@ -40,17 +42,24 @@ class Population(nn.Module):
 
     Args:
         members: K.
-        success_mse: validation MSE below which a member counts as solved.
+        success_mse: validation MSE below which a member counts as solved: one number, or one per
+            member ``(K,)`` (a sweep's cells of different sizes have different thresholds).
+        cell_of: per member its cell of the sweep ``(K,)``; default all in cell 0.
     """
 
-    def __init__(self, members: int, success_mse: float):
+    def __init__(self, members: int, success_mse: float | torch.Tensor, cell_of: torch.Tensor | None = None):
         super().__init__()
         if not isinstance(members, int) or isinstance(members, bool) or members <= 0:
             raise CircuitsError(f"model.members must be a positive integer, got {members!r}")
-        if not success_mse > 0:
+        threshold = torch.as_tensor(success_mse, dtype=torch.float64).expand(members).clone()
+        if not bool((threshold > 0).all()):
             raise CircuitsError(f"model.success_mse must be a positive number, got {success_mse!r}")
         self.members = members
-        self.success_mse = success_mse
+        # derived from the hyper-parameters, so not saved (persistent=False): they move with the module
+        self.register_buffer("success_mse", threshold, persistent=False)
+        cell_of = torch.zeros(members, dtype=torch.long) if cell_of is None else cell_of.long()
+        self.register_buffer("cell_of", cell_of, persistent=False)
+        self.cells = int(cell_of.max()) + 1
         self.register_buffer("val_mse", torch.full((members,), math.nan))
         self.register_buffer("val_history", torch.full((HISTORY, members), math.nan))
         self.register_buffer("solved_at", torch.full((members,), -1, dtype=torch.long))
@@ -69,9 +78,18 @@ class Population(nn.Module):
     @property
     def solved(self) -> torch.Tensor:
         """Per member: validation MSE below the success threshold at the last validation."""
-        return (self.val_mse < self.success_mse) & self.alive
+        return self.below_threshold(self.val_mse) & self.alive
 
     # --- updates -----------------------------------------------------------------------------------
+    def below_threshold(self, mse: torch.Tensor) -> torch.Tensor:
+        """Per member: ``mse < success_mse``, compared in ``mse``'s dtype (float32: as a Python-float
+        threshold always was)."""
+        return mse < self.success_mse.to(mse.dtype)
+
+    def solved_per_cell(self) -> torch.Tensor:
+        """Solved members per cell: ``(cells,)``."""
+        return torch.bincount(self.cell_of[self.solved], minlength=self.cells)
+
     def record_validation(self, mse: torch.Tensor, step: int | None = None, scheduled: bool = False) -> None:
         """Per-member validation MSE ``(K,)`` measured at SGD step ``step`` of fit: diverged members
         get NaN, the best member is updated, and a ``scheduled`` (regular) validation also enters the
@@ -85,7 +103,7 @@ class Population(nn.Module):
         self.best_member.fill_(int(ranked.argmin()))
         if scheduled:
             self.val_history = torch.cat([self.val_history[1:], mse.unsqueeze(0)])
-            newly = (mse < self.success_mse) & (self.solved_at < 0)
+            newly = self.below_threshold(mse) & (self.solved_at < 0)
             self.solved_at[newly] = step
 
     def record_divergence(self, diverged_at: torch.Tensor) -> list[int]:
@@ -95,13 +113,13 @@ class Population(nn.Module):
         self.diverged_at[newly] = diverged_at[newly]
         return newly.nonzero().flatten().tolist()
 
-    def raise_if_all_diverged(self, lr: float, task: str) -> None:
+    def raise_if_all_diverged(self, lr: float | str, task: str) -> None:
         """TrainingDiverged, at the step the last member went, once no member is alive."""
         if bool(self.alive.any()):
             return
         raise TrainingDiverged(
             f"training diverged at step {int(self.diverged_at.max())}: the loss became non-finite (inf/NaN) "
-            f"for {'the network' if self.members == 1 else 'every member'}; the learning rate {lr:g} is likely "
+            f"for {'the network' if self.members == 1 else 'every member'}; the learning rate {_number(lr)} is likely "
             f"too large for task {task!r} (try --model.lr 0.1 or smaller). Checkpoints on disk hold only "
             "finite weights."
         )
@@ -149,6 +167,10 @@ class Population(nn.Module):
             return "nan"
         best = int(ranked.argmin())
         return f"best {float(mse[best]):.3g} (member {best}), median {float(self.median(mse)):.3g}"
+
+
+def _number(value: float | str) -> str:
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def live_median(values: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:

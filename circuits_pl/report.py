@@ -19,23 +19,32 @@ notebook's study: its sizes, lr and budgets).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import io
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+from circuits_pl import signals
 from circuits_pl.errors import CircuitsError
+from circuits_pl.files import atomic_write_text
 from circuits_pl.logger import claim_version
+from circuits_pl.plots import save_figure
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
 from circuits_pl.usage import program_name
-from circuits_pl.verdicts import VERDICTS
+from circuits_pl.verdicts import MIN_VALIDATIONS, VERDICTS
 
 DEFAULT_MEMBERS = 128
 DEFAULT_STEPS = 20_000
@@ -71,23 +80,82 @@ class Job:
                        "--figures", "false", "--threads", "1", *self.extra]
 
 
-def run_job(job: Job, members: int, max_steps: int | None, out: Path, seed: int) -> dict[str, Any]:
-    """One ``fit`` in its own process (every member the whole budget); returns its results.json.
+class Jobs:
+    """The fits of a report running now, so that a signal can stop them (:meth:`stop`) and no
+    queued job starts after it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: dict[str, subprocess.Popen] = {}
+        self.stopped = False
+
+    def start(self, name: str, cmd: list[str], log: IO, env: dict[str, str]) -> subprocess.Popen | None:
+        with self.lock:
+            if self.stopped:
+                return None
+            # its own session: a Ctrl-C in the terminal reaches the report alone, which passes it on once
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+            self.running[name] = proc
+            return proc
+
+    def finished(self, name: str) -> None:
+        with self.lock:
+            self.running.pop(name, None)
+
+    def stop(self, signum: int, wait: float) -> list[str]:
+        """Send ``signum`` to every running fit (each saves its last.ckpt and exits 128 + signum), start
+        no other, wait up to ``wait`` seconds, kill what is left; the names of the jobs stopped."""
+        with self.lock:
+            self.stopped = True
+            procs = dict(self.running)
+        for proc in procs.values():
+            with contextlib.suppress(OSError):
+                proc.send_signal(signum)
+        deadline = time.monotonic() + wait
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return list(procs)
+
+
+class ReportInterrupted(BaseException):
+    """A signal stopped the report (a BaseException, like KeyboardInterrupt: nothing may swallow it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run_job(job: Job, members: int, max_steps: int | None, out: Path, seed: int,
+            jobs: Jobs | None = None) -> dict[str, Any] | None:
+    """One ``fit`` in its own process (every member the whole budget); returns its results.json (None if
+    the report was stopped before it started or while it ran).
 
     Each job gets its own root directory, so its run directory is known before it starts and jobs
     running at once never race for a ``version_N``.
     """
+    jobs = jobs or Jobs()
     root = out / "runs" / job.name
     root.mkdir(parents=True, exist_ok=True)
     log = out / "runs" / f"{job.name}.log"
     cmd = [sys.executable, "-m", "circuits_pl", *job.fit_args(members, max_steps, seed, root)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        proc = jobs.start(job.name, cmd, f, env)
+        if proc is None:
+            return None
+        returncode = proc.wait()
+    if jobs.stopped:
+        return None
+    jobs.finished(job.name)
     lines = log.read_text().strip().splitlines()
-    if proc.returncode != 0:
+    if returncode != 0:
         last = next((ln for ln in reversed(lines) if ln.startswith("error:")), lines[-1] if lines else "")
-        raise CircuitsError(f"report job {job.name} failed (exit {proc.returncode}): {last.removeprefix('error: ')} "
+        raise CircuitsError(f"report job {job.name} failed (exit {returncode}): {last.removeprefix('error: ')} "
                             f"(log: {log})")
     (directory,) = sorted((root / "lightning_logs").glob("version_*"))
     res = json.loads((directory / "results.json").read_text())
@@ -130,8 +198,16 @@ def report_row(res: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def too_early(row: dict[str, Any]) -> bool:
+    """Every member of the job had too few validations for a verdict (its budget was too short)."""
+    return row.get("too_early", 0) == row["members"] and not row["found"]
+
+
 def progress_line(row: dict[str, Any]) -> str:
     """The stderr line of a finished job: ``abs: 10/32 found the circuit (0.18–0.49), ...`` (no padding)."""
+    if too_early(row):
+        return (f"{row['job']}: too early to tell: all {row['members']} members had fewer than {MIN_VALIDATIONS} "
+                "validations; give more steps (--max_steps) or validate more often")
     return (f"{row['job']}: {row['found']}/{row['members']} found the circuit "
             f"({row['found_ci95_low']:.2f}–{row['found_ci95_high']:.2f}), {row['solved']} solved, median at "
             f"{_fmt(row['median_solved_at'], '.0f')} steps; {row['circuits'] or 'no exact circuit'}")
@@ -141,10 +217,14 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None:
+def write_markdown(rows: list[dict[str, Any]], path: Path, command: str, interrupted: str | None = None,
+                   stopped: list[str] | None = None, extra: list[str] | None = None) -> None:
+    """report.md (written atomically, whole); ``interrupted``: what stopped the report (only the jobs that
+    finished are in it), ``stopped``: lines on the jobs it stopped, ``extra``: more sections (basins)."""
     lines = [
         "# circuits_pl report", "",
         f"`{command}`", "",
+        *([f"**{interrupted}**", ""] if interrupted else []),
         "Every member trains the whole budget (no early stop). Found: the readout of its weights is an exact",
         "circuit of the task and its MSE is below the threshold or still falling geometrically. Solved",
         "(converged): validation MSE below the MSE of the exact circuit with every weight perturbed by ±1e-5.",
@@ -164,12 +244,17 @@ def write_markdown(rows: list[dict[str, Any]], path: Path, command: str) -> None
         )
     lines += ["", "## Circuits found", ""]
     for r in rows:
-        lines.append(f"- **{r['task']}** ({r['layer_sizes']}, lr {r['lr']:g}): {r['circuits'] or 'none solved'}"
+        found = r["circuits"] or ("too early to tell (fewer than "
+                                  f"{MIN_VALIDATIONS} validations)" if too_early(r) else "none solved")
+        lines.append(f"- **{r['task']}** ({r['layer_sizes']}, lr {r['lr']:g}): {found}"
                      + _certified_text(r)
                      + (f"; most common stuck: {r['common_stuck']}" if r["common_stuck"] else ""))
     lines += ["", "Runs (config.yaml, metrics.csv, checkpoints, results.json of each):", ""]
     lines += [f"- {r['job']}: `{r['run_dir']}`" for r in rows]
-    path.write_text("\n".join(lines) + "\n")
+    if stopped:
+        lines += ["", *stopped]
+    lines += extra or []
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _certified_text(row: dict[str, Any]) -> str:
@@ -222,10 +307,11 @@ def plot_basins_of(res: dict[str, Any], path: Path) -> Path | None:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -248,43 +334,17 @@ def plot_rates(rows: list[dict[str, Any]], path: Path) -> Path:
     ax.set_ylabel("seeds that found the exact circuit")
     ax.set_title(f"Success rate per seed, Wilson 95% CI ({rows[0]['members']} seeds each)", fontsize="medium")
     ax.grid(axis="y", alpha=0.3)
-    fig.savefig(path, dpi=110)
-    return path
-
-
-def _hidden(sizes: str) -> str:
-    """``2-4-1`` -> ``4``: the hidden widths, the same for every task of a sweep."""
-    return "-".join(sizes.split("-")[1:-1])
+    return save_figure(fig, path)
 
 
 def _plot_phase_diagram(rows: list[dict[str, Any]], tasks: list[str], path: Path) -> Path:
-    """One heat map per task: success rate per (hidden sizes, lr) cell, with its Wilson 95% CI."""
-    from matplotlib.figure import Figure
+    """One heat map per task: found rate per (hidden sizes, lr) cell, with its Wilson 95% CI."""
+    from circuits_pl.plots import plot_phase_diagram
 
-    widths = list(dict.fromkeys(_hidden(r["layer_sizes"]) for r in rows))
-    lrs = sorted({r["lr"] for r in rows})
-    fig = Figure(figsize=(3.2 * len(tasks) + 1.2, 0.55 * len(widths) + 2.2), layout="constrained")
-    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
-    shown = None
-    for ax, task in zip(axes, tasks):
-        grid = [[float("nan")] * len(lrs) for _ in widths]
-        for r in rows:
-            if r["task"] != task:
-                continue
-            i, j = widths.index(_hidden(r["layer_sizes"])), lrs.index(r["lr"])
-            grid[i][j] = r["found_rate"]
-            ax.text(j, i, f"{r['found_rate']:.2f}\n({r['found_ci95_low']:.2f}–{r['found_ci95_high']:.2f})",
-                    ha="center", va="center", fontsize="x-small")
-        shown = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
-        ax.set_xticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
-        ax.set_yticks(range(len(widths)), widths)
-        ax.set_xlabel("learning rate")
-        ax.set_title(task)
-    axes[0].set_ylabel("hidden width")
-    fig.colorbar(shown, ax=list(axes), shrink=0.9, label="success rate (Wilson 95% CI)")
-    fig.suptitle(f"Found the exact circuit, {rows[0]['members']} seeds per cell", fontsize="medium")
-    fig.savefig(path, dpi=110)
-    return path
+    cells = [{"panel": r["task"], "layer_sizes": r["layer_sizes"], "lr": r["lr"], "rate": r["found_rate"],
+              "low": r["found_ci95_low"], "high": r["found_ci95_high"]} for r in rows if r["task"] in tasks]
+    return plot_phase_diagram(cells, f"Found the exact circuit, {rows[0]['members']} seeds per cell", path,
+                              colour_label="success rate (Wilson 95% CI)")
 
 
 def parse_sizes(text: str) -> list[list[int]]:
@@ -404,25 +464,40 @@ def main(argv: list[str]) -> None:
     from tqdm import tqdm
 
     start = time.perf_counter()
+    command = f"{program_name()} report " + " ".join(argv)
     results: dict[str, dict[str, Any]] = {}
     bar = tqdm(total=len(jobs), desc=f"report ({min(args.jobs, len(jobs))} at once)", unit="job", file=sys.stderr,
                dynamic_ncols=True, disable=not sys.stderr.isatty())
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # threads only wait for their fit's process
-        futures = {pool.submit(run_job, job, args.members, args.max_steps, out, args.seed): job for job in jobs}
-        for future in as_completed(futures):
-            job = futures[future]
-            res = future.result()
-            results[job.name] = res
-            row = report_row(res)
-            bar.update(1)
-            bar.write(progress_line(row), file=sys.stderr)
+    running = Jobs()
+    pool = ThreadPoolExecutor(max_workers=args.jobs)  # threads only wait for their fit's process
+    interrupted: ReportInterrupted | None = None
+    with _stop_on_signals():
+        try:
+            futures = {pool.submit(run_job, job, args.members, args.max_steps, out, args.seed, running): job
+                       for job in jobs}
+            for future in as_completed(futures):
+                job = futures[future]
+                res = future.result()
+                results[job.name] = res
+                row = report_row(res)
+                bar.update(1)
+                bar.write(progress_line(row), file=sys.stderr)
+        except ReportInterrupted as err:
+            interrupted = err
+        except BaseException:
+            running.stop(signal.SIGTERM, wait=signals.GRACE + 5)
+            raise
+        finally:
+            if interrupted is not None:  # every running fit saves its last.ckpt and stops; none starts
+                stopped = running.stop(interrupted.signum, wait=signals.GRACE + 5)
+            pool.shutdown(wait=True, cancel_futures=True)
     bar.close()
-    rows = [report_row(results[job.name]) for job in jobs]  # in the order asked, whatever finished first
-    command = f"{program_name()} report " + " ".join(argv)
-    write_markdown(rows, out / "report.md", command.strip())
-    ordered = [results[job.name] for job in jobs]
-    with open(out / "report.md", "a") as f:
-        f.write("\n".join(basins_markdown(ordered)))
+    rows = [report_row(results[job.name]) for job in jobs if job.name in results]  # in the order asked
+    ordered = [results[job.name] for job in jobs if job.name in results]
+    if interrupted is not None:
+        _report_interrupted(interrupted, rows, jobs, stopped, out, command, time.perf_counter() - start,
+                            basins_markdown(ordered))
+    write_markdown(rows, out / "report.md", command.strip(), extra=basins_markdown(ordered))
     for res in ordered:
         if res.get("task") and get_task(res["task"]).arity <= 2:
             plot_basins_of(res, out / f"basins_{res['job']}.png")
@@ -430,3 +505,56 @@ def main(argv: list[str]) -> None:
     plot_rates(rows, out / "report.png")
     print(f"Report ({len(jobs)} jobs, {time.perf_counter() - start:.0f} s): "
           f"{out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """While the jobs run: SIGINT/SIGTERM raise ReportInterrupted in the waiting main thread (a signal
+    the parent ignores stays ignored)."""
+    raised = []
+
+    def stop(signum: int, frame: Any) -> None:
+        signals.acknowledge()
+        if not raised:  # once: a second signal must not break the stopping and the report's writing
+            raised.append(signum)
+            raise ReportInterrupted(signum)
+
+    previous = {}
+    for sig in signals.STOP_SIGNALS:
+        if not signals.ignored_at_start(sig) and threading.current_thread() is threading.main_thread():
+            previous[sig] = signal.signal(sig, stop)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], jobs: list[Job], stopped: list[str],
+                        out: Path, command: str, seconds: float, extra: list[str]) -> None:
+    """Write the report of the jobs that finished, saying what stopped it; exit 128 + signal."""
+    name = signal.Signals(err.signum).name
+    stopped = [job.name for job in jobs if job.name in set(stopped)]  # in the order asked, whichever started first
+    note = (f"Interrupted by {name} after {seconds:.0f} s: {len(rows)} of {len(jobs)} jobs finished and are "
+            "reported here")
+    resume = []
+    for job in stopped:
+        last = sorted((out / "runs" / job / "lightning_logs").glob("version_*/checkpoints/last.ckpt"))
+        if last:
+            run = last[-1].parent.parent
+            resume.append(f"- {job}: `{program_name()} fit --config {shlex.quote(str(run / 'config.yaml'))} "
+                          f"--ckpt_path {shlex.quote(str(last[-1]))}`")
+        else:
+            resume.append(f"- {job}: stopped before its first checkpoint")
+    if stopped:
+        note += f"; stopped while running: {', '.join(stopped)} (below); the others never started"
+    written = [out / "report.md"]
+    write_markdown(rows, out / "report.md", command.strip(), interrupted=note,
+                   stopped=["Stopped jobs, each resumable from its last.ckpt (or run again):", "", *resume],
+                   extra=extra)
+    if rows:
+        write_csv(rows, out / "report.csv")
+        written += [out / "report.csv", plot_rates(rows, out / "report.png")]
+    print(f"{name}: report interrupted; {len(rows)} of {len(jobs)} jobs finished: {', '.join(map(str, written))}",
+          file=sys.stderr)
+    raise SystemExit(128 + err.signum)

@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 
-from circuits_pl import basins
+from circuits_pl import basins, plots
 from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.files import atomic_write_text
@@ -45,6 +45,7 @@ from circuits_pl.module import CircuitModule
 from circuits_pl.population import HISTORY
 from circuits_pl.readout.certify import box_text
 from circuits_pl.success import wilson_interval
+from circuits_pl.sweep import Cell
 from circuits_pl.verdicts import GEOMETRIC_RATIO, MIN_VALIDATIONS, STUCK_PROGRESS, Decision, found, verdict
 
 UNLISTED = "an unlisted circuit"
@@ -69,80 +70,111 @@ def _floats(t: torch.Tensor | None) -> list[float | None] | None:
     return [None if not math.isfinite(v) else v for v in t.cpu().double().tolist()]
 
 
+def rates(found_flags: list[bool], solved_flags: list[bool], solved_at: list[int]) -> dict[str, Any]:
+    """Found and solved counts of some members, rates with Wilson 95% intervals, median solved-at step
+    (``solved_at`` -1: not solved)."""
+    n, n_found, n_solved = len(found_flags), sum(found_flags), sum(solved_flags)
+    at = torch.tensor([float(s) for s in solved_at if s >= 0], dtype=torch.float64)
+    return {
+        "found": n_found,
+        "found_rate": n_found / n,
+        "found_rate_ci95": list(wilson_interval(n_found, n)),
+        "solved": n_solved,
+        "success_rate": n_solved / n,
+        "success_rate_ci95": list(wilson_interval(n_solved, n)),
+        "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
+    }
+
+
+def circuits_of_found(circuits: list[dict[str, Any]], verdicts: list[str]) -> dict[str, int]:
+    """How many found members found each circuit, most common first."""
+    # A solved member whose weights match no listed form (wide nets spread a circuit over pairs of
+    # units, r(u·x) − r(−u·x) = u·x) still computes the target: count it, as what it is.
+    # grouped by family (the listed circuit, or the function's form: wide nets make one form many ways)
+    found_circuits = Counter(c["family"] or c["circuit"] or UNLISTED for c, v in zip(circuits, verdicts)
+                             if found(v) and c["formula"] is not None)
+    return dict(found_circuits.most_common())
+
+
 def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int,
               stopped_when_solved: bool = False) -> dict[str, Any]:
     """Everything results.json holds, as plain Python values (test MSE must be set: see RunSummary)."""
-    k_total, population = module.members, module.population
+    k_total, population, sweep = module.members, module.population, module.sweep
     hp = module.hparams
     data = {k: v for k, v in datamodule.hparams.items() if k != "task" and not k.startswith("_")}
     circuits = describe_members(module, datamodule)
     bounds = target_bounds(module)
     decisions = member_decisions(module, [bool(c["matched"]) for c in circuits], bounds)
     solved = torch.tensor([d.solved for d in decisions], dtype=torch.bool)
-    n_solved = int(solved.sum())
-    lo, hi = wilson_interval(n_solved, k_total)
     # solved_at: the first validation below the threshold; a member solved by the decision but never below
     # it at a scheduled validation (an off-schedule final one, or a certified MSE below it) is solved "at the
     # last step"; a member not solved has none
     solved_at = torch.where(solved & (population.solved_at < 0).cpu(), steps, population.solved_at.cpu())
     solved_at = torch.where(solved, solved_at, -1)
-    at = solved_at[solved_at >= 0].double()
     verdicts = member_verdicts(module, circuits, decisions)
     certified = bounds is not None and bounds.certified
     box = box_text(module.task.arity)
     exact_errors = [float(bounds.max_error[k]) for k, d in enumerate(decisions) if d.exact and certified]
-    n_found = sum(found(v) for v in verdicts)
-    found_lo, found_hi = wilson_interval(n_found, k_total)
-    # A solved member whose weights match no listed form (wide nets spread a circuit over pairs of
-    # units, r(u·x) − r(−u·x) = u·x) still computes the target: count it, as what it is.
-    # grouped by family (the listed circuit, or the function's form: wide nets make one form many ways)
-    circuits_found = Counter(c["family"] or c["circuit"] or UNLISTED for c, v in zip(circuits, verdicts)
-                             if found(v) and c["formula"] is not None)
-    sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved.tolist())
-                if ok and c["sparsity_error"] is not None]
-    basin_of, basin_summary = member_basins(module, [found(v) for v in verdicts])
+    found_flags, solved_flags, at = [found(v) for v in verdicts], solved.tolist(), solved_at.tolist()
+    sparsity = [c["sparsity_error"] for c, ok in zip(circuits, solved_flags) if ok and c["sparsity_error"] is not None]
+    basin_of, basin_summaries = member_basins(module, found_flags)
+    thresholds = population.success_mse.cpu().tolist()
+    cells = []
+    for c, cell in enumerate(sweep.cells):
+        ms = sweep.members_of(c)
+        cells.append({
+            **cell.as_dict(),
+            "members": len(ms),
+            "first_member": ms.start,
+            "success_mse": thresholds[ms.start],
+            **rates([found_flags[m] for m in ms], [solved_flags[m] for m in ms], [at[m] for m in ms]),
+            "circuits_of_found": circuits_of_found([circuits[m] for m in ms], [verdicts[m] for m in ms]),
+            "basins": basin_summaries[c] if basin_summaries else None,
+        })
+    single = cells[0] if sweep.is_single else None
     return {
         "task": module.task.name,
         "formula": module.task.formula,
-        "layer_sizes": list(hp.layer_sizes),
+        # a sweep's cells differ in these: see cells
+        "layer_sizes": single["layer_sizes"] if single else None,
         "bias": bool(hp.bias),
-        "lr": float(hp.lr),
+        "lr": single["lr"] if single else None,
+        "init_scale": single["init_scale"] if single else None,
         "engine": hp.get("engine", "torch"),  # what trained it (checkpoints from before the option: torch)
         "members": k_total,
+        "members_per_cell": sweep.members_per_cell,
         "init_seed": int(hp.init_seed),
         "data": data,
         "steps": int(steps),
         "stopped_when_solved": bool(stopped_when_solved),
-        "success_mse": float(module.success_mse),
-        "found": n_found,
-        "found_rate": n_found / k_total,
-        "found_rate_ci95": [found_lo, found_hi],
-        "solved": n_solved,
-        "success_rate": n_solved / k_total,
-        "success_rate_ci95": [lo, hi],
-        "median_solved_at": float(at.quantile(0.5)) if at.numel() else None,
+        "success_mse": single["success_mse"] if single else None,
+        **rates(found_flags, solved_flags, at),
         "best_member": int(population.best_member),
         "decided_on": f"exact MSE over {box}" if certified else "validation MSE",  # solved: this < success_mse
         "certified_over": box if certified else None,
         "why_not_certified": None if certified else (bounds.why_sampled if bounds is not None else "biases"),
         "max_certified_error_of_exact": max(exact_errors) if exact_errors else None,
-        "circuits_of_found": dict(circuits_found.most_common()),
+        "circuits_of_found": circuits_of_found(circuits, verdicts),
         "max_sparsity_error_of_solved": max(sparsity) if sparsity else None,
-        "basins": basin_summary,
+        "basins": single["basins"] if single else None,
+        # every cell of the run (one without a sweep), sorted by sizes, lr, init_scale; member m is of
+        # cell m // members_per_cell, seeded init_seed + m % members_per_cell
+        "cells": cells,
         "per_member": {
+            "cell": population.cell_of.cpu().tolist(),
             "val_mse": _floats(population.val_mse),
             "test_mse": _floats(population.test_mse),
             "heldout_mse": _floats(population.heldout_mse),
-            "found": [found(v) for v in verdicts],
-            "solved": solved.tolist(),
-            "solved_at": [int(v) if v >= 0 else None for v in solved_at.tolist()],
+            "found": found_flags,
+            "solved": solved_flags,
+            "solved_at": [int(v) if v >= 0 else None for v in at],
             "diverged_at": [int(v) if v >= 0 else None for v in population.diverged_at.cpu().tolist()],
             "verdict": verdicts,
             "formula": [c["formula"] for c in circuits],
             "rough_formula": [c["rough_formula"] for c in circuits],
             "circuit": [c["circuit"] for c in circuits],
             # exact only below the threshold: a member still above it is approaching its circuit
-            "exact": [bool(c["matched"] and ok) for c, ok in zip(circuits, solved.tolist())],
+            "exact": [bool(c["matched"] and ok) for c, ok in zip(circuits, solved_flags)],
             "family": [c["family"] for c in circuits],
             "unnamed_reason": [c["reason"] for c in circuits],
             "sparsity_error": [c["sparsity_error"] for c in circuits],
@@ -168,16 +200,50 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
     }
 
 
-def member_basins(module: CircuitModule, found_flags: list[bool]) -> tuple[list | None, dict | None]:
-    """Every member's basin (its initial weights, recomputed from its seed) and the run's table of
-    found rate per basin (``circuits_pl.basins``); (None, None) for nets with biases or more than two
-    inputs, where basins are not defined."""
-    hp = module.hparams
+def member_basins(module: CircuitModule, found_flags: list[bool]) -> tuple[list | None, list[dict] | None]:
+    """Every member's basin (its initial weights, recomputed from its seed and its cell's init scale)
+    and per cell the table of found rate per basin (``circuits_pl.basins``); (None, None) for nets
+    with biases or more than two inputs, where basins are not defined."""
+    hp, sweep = module.hparams, module.sweep
     if hp.bias or module.task.arity > 2:
         return None, None
-    weights = basins.initial_weights(hp.layer_sizes, module.members, int(hp.init_seed))
-    of = basins.classify(module.task, weights)
-    return of, basins.summary(module.task, hp.layer_sizes, of, found_flags)
+    of, summaries = [], []
+    for c, cell in enumerate(sweep.cells):
+        weights = basins.initial_weights(cell.layer_sizes, sweep.members_per_cell, int(hp.init_seed),
+                                         init_scale=cell.init_scale)
+        cell_of = basins.classify(module.task, weights)
+        of += cell_of
+        summaries.append(basins.summary(module.task, cell.layer_sizes, cell_of,
+                                        [found_flags[m] for m in sweep.members_of(c)]))
+    return of, summaries
+
+
+def range_text(values: list[float], suffix: str = "") -> str:
+    """``6.6e-11`` when all values print alike, else ``1.2e-10–3.3e-10`` and ``suffix``."""
+    low, high = f"{min(values):.3g}", f"{max(values):.3g}"
+    return low if low == high else f"{low}–{high}{suffix}"
+
+
+def cell_line(cell: dict[str, Any], label: str) -> str:
+    """One cell of a sweep in the printed summary: ``1-4-1 lr 0.1  found 40/64 (0.50–0.74), solved ...``."""
+    lo, hi = cell["found_rate_ci95"]
+    line = f"{label}  found {cell['found']}/{cell['members']} ({lo:.2f}–{hi:.2f})"
+    lo, hi = cell["success_rate_ci95"]
+    line += f", solved {cell['solved']}/{cell['members']} ({lo:.2f}–{hi:.2f})"
+    if cell["median_solved_at"] is not None:
+        line += f" median at {cell['median_solved_at']:.0f}"
+    if cell["circuits_of_found"]:
+        line += "; " + ", ".join(f"{n}× {c.replace('-', '−')}" for c, n in cell["circuits_of_found"].items())
+    return line
+
+
+def phase_diagram(res: dict[str, Any], path: Path) -> Path:
+    """A sweep's found rates as heat maps, sizes × lr, one panel per init scale (``plots.plot_phase_diagram``)."""
+    scales = list(dict.fromkeys(c["init_scale"] for c in res["cells"]))
+    cells = [{"panel": res["task"] + (f", init ×{c['init_scale']:g}" if len(scales) > 1 else ""),
+              "layer_sizes": c["layer_sizes"], "lr": c["lr"], "rate": c["found_rate"],
+              "low": c["found_rate_ci95"][0], "high": c["found_rate_ci95"][1]} for c in res["cells"]]
+    return plots.plot_phase_diagram(cells, f"Found the exact circuit, {res['members_per_cell']} seeds per cell", path)
 
 
 def summary_line(res: dict[str, Any]) -> str:
@@ -246,7 +312,8 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
     per = res["per_member"]
     say = module.print
     say("")
-    say(f"Final weights (member {best}, the best by validation MSE):" if module.members > 1 else "Final weights:")
+    cell = f" ({module.cell_text(best)})" if module.cell_text(best) else ""
+    say(f"Final weights (member {best}{cell}, the best by validation MSE):" if module.members > 1 else "Final weights:")
     say(module.weights_text(best))
     say(f"Test MSE: {per['test_mse'][best]:.4g}" + (
         f"   held-out directions: {per['heldout_mse'][best]:.4g}" if per["heldout_mse"] else ""))
@@ -258,7 +325,16 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
         readout = read_member(module, datamodule, best)
         say(f"Circuit: {readout.formula} — {readout.circuit_text()}")
         say(f"Solved: {readout.solved_text()}")
-    say(summary_line(res) + f"; {steps} steps (solved: {res['decided_on']} < {res['success_mse']:.3g})")
+    if len(res["cells"]) > 1:
+        say(f"Cells ({res['members_per_cell']} seeds each; 95% Wilson intervals):")
+        labels = [Cell(tuple(c["layer_sizes"]), c["lr"], c["init_scale"]).label for c in res["cells"]]
+        width = max(map(len, labels))
+        for c, label in zip(res["cells"], labels):
+            say("  " + cell_line(c, label.ljust(width)))
+        solved_when = range_text([c["success_mse"] for c in res["cells"]], " by sizes")
+    else:
+        solved_when = f"{res['success_mse']:.3g}"
+    say(summary_line(res) + f"; {steps} steps (solved: {res['decided_on']} < {solved_when})")
     if "train_seconds" in res:
         say(f"Trained {res['train_steps']} steps in {res['train_seconds']:.2f} s "
             f"({res['member_steps_per_second']:,.0f} member-steps/s, validation and checkpoints included)")
@@ -272,11 +348,21 @@ def finish_fit(trainer: pl.Trainer, module: CircuitModule, datamodule: CircuitDa
         path = Path(log_dir) / "results.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(res, indent=2) + "\n")
+        written = write_figures(log_dir, module, best, readout) if figures else []
+        if figures and len(res["cells"]) > 1:
+            written.append(phase_diagram(res, Path(log_dir) / "phase.png"))
+        _mark_done(trainer)  # everything is on disk: a signal from now on says so
         say(f"Results: {path}")
-        if figures:
-            for fig in write_figures(log_dir, module, best, readout):
-                say(f"Figure: {fig}")
+        for fig in written:
+            say(f"Figure: {fig}")
+    _mark_done(trainer)
     return res
+
+
+def _mark_done(trainer: pl.Trainer) -> None:
+    for guard in trainer.callbacks:
+        if isinstance(guard, GracefulInterrupt):
+            guard.done()
 
 
 class RunSummary(pl.Callback):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuits_pl.checkpoints import load_checked_checkpoint
+from circuits_pl.checkpoints import check_state_dict, load_checked_checkpoint, saved_sweep
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError
 from circuits_pl.module import CircuitModule
@@ -38,17 +38,20 @@ def load_run(path: str | Path, member: int | None = None, task: str | None = Non
     if path.is_dir():
         ckpt = path / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
-            raise CircuitsError(f"{path} holds no checkpoints/last.ckpt; give a run directory or a .ckpt file")
+            runs = sorted(path.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+            example = f" such as {runs[-1].parent.parent}" if runs else ""
+            raise CircuitsError(f"{path} holds no checkpoints/last.ckpt; give a run directory{example} or a .ckpt file")
         directory = path
     else:
         ckpt = path
         directory = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     info = load_checked_checkpoint(ckpt, task=task)
-    members = int(info["hyper_parameters"]["members"])
+    members = saved_sweep(ckpt, info["hyper_parameters"]).members
     if member is not None and not 0 <= member < members:
         raise CircuitsError(
             f"--member {member} is out of range: the checkpoint has {members} member(s), 0..{members - 1}")
     override = {} if task is None else {"task": task}
+    check_state_dict(ckpt, info["state_dict"], _expected_state(info, override))
     module = CircuitModule.load_from_checkpoint(ckpt, map_location="cpu", member=member, **override)
     module.eval()
     return Run(module, _datamodule(info, module), directory, ckpt, int(info.get("global_step", 0)))
@@ -56,9 +59,7 @@ def load_run(path: str | Path, member: int | None = None, task: str | None = Non
 
 def check_finite_member(run: Run, member: int) -> None:
     """A member with NaN/inf weights has no circuit to read: say so, and name members that have one."""
-    import torch
-
-    finite = torch.stack([torch.isfinite(w).flatten(1).all(1) for w in run.module.net.weights]).all(0)
+    finite = run.module.net.finite()
     if bool(finite[member]):
         return
     good = finite.nonzero().flatten().tolist()
@@ -67,6 +68,13 @@ def check_finite_member(run: Run, member: int) -> None:
         "no member has finite weights: retrain, e.g. with a smaller --model.lr"
     raise CircuitsError(f"{run.checkpoint}: member {member} has non-finite (NaN/inf) weights, so no circuit "
                         f"to read; {others}")
+
+
+def _expected_state(info: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """The state_dict a module built from the checkpoint's hyper-parameters has (names and shapes)."""
+    accepted = inspect.signature(CircuitModule.__init__).parameters
+    kwargs = {k: v for k, v in {**info["hyper_parameters"], **override}.items() if k in accepted and k != "member"}
+    return CircuitModule(**kwargs).state_dict()
 
 
 def _datamodule(info: dict[str, Any], module: CircuitModule) -> CircuitDataModule:

@@ -25,7 +25,9 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed import ReduceOp
 
+from circuits_pl.compat import script_launcher
 from circuits_pl.errors import CircuitsError
+from circuits_pl.interrupts import RankLauncher
 
 
 class MemberParallelStrategy(DDPStrategy):
@@ -35,6 +37,11 @@ class MemberParallelStrategy(DDPStrategy):
 
     def configure_ddp(self) -> None:
         pass  # no wrapper: members are independent, and the module syncs them at each validation
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        if type(self._launcher) is script_launcher():  # popen: watch the ranks (circuits_pl.interrupts)
+            self._launcher = RankLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
 
     def reduce(self, tensor: Any, group: Any | None = None, reduce_op: ReduceOp | str | None = "mean") -> Any:
         """``DDPStrategy.reduce`` without the barrier Lightning runs before every all_reduce (an
@@ -85,31 +92,38 @@ def member_share(members: int, world_size: int, rank: int) -> slice:
     return slice(start, start + base + (1 if rank < extra else 0))
 
 
-def sync_members(tensors: list[torch.Tensor], members: int, strategy) -> None:
-    """Make every rank hold every member's values of ``tensors`` (leading dim ``members``), in place.
+def sync_members(parts: list[tuple[int, list[torch.Tensor]]], members: int, strategy) -> None:
+    """Make every rank hold every member's values, in place.
 
-    Each rank broadcasts its own share (:func:`member_share`), as float64, which holds every float32
-    weight and every step count exactly; the others receive it. Measured here (gloo, 2 processes, one
-    thread each, 1000 float64 values): ``all_reduce`` 1.4-1.7 ms, two ``broadcast`` 0.13-0.25 ms.
-    One broadcast per rank suits the few ranks of a CPU host or a GPU node; it grows with W.
+    ``parts``: (start, tensors) pairs; each tensor's leading dimension holds the run's members
+    ``start, start + 1, ...`` (a group of a sweep's cells, or all ``members``). Each rank broadcasts
+    what it holds of its own share (:func:`member_share` of the ``members`` of the run), as float64,
+    which holds every float32 weight and every step count exactly; the others receive it: one
+    broadcast per rank whatever the number of parts. Measured here (gloo, 2 processes, one thread
+    each, 1000 float64 values): ``all_reduce`` 1.4-1.7 ms, two ``broadcast`` 0.13-0.25 ms. One
+    broadcast per rank suits the few ranks of a CPU host or a GPU node; it grows with W.
     """
     world = strategy.world_size
-    if not tensors or world == 1:
+    parts = [(start, tensors) for start, tensors in parts if tensors]
+    if not parts or world == 1:
         return
-    row = [t[0].numel() for t in tensors]
-    device = tensors[0].device
+    device = parts[0][1][0].device
     for rank in range(world):
         share = member_share(members, world, rank)
-        count = share.stop - share.start
-        if count == 0:
+        # per part: the slice of its own members that lie in this rank's share
+        pieces = [(t, slice(max(share.start - start, 0), min(share.stop - start, t.shape[0])))
+                  for start, tensors in parts for t in tensors]
+        pieces = [(t, s) for t, s in pieces if s.start < s.stop]
+        sizes = [(s.stop - s.start) * t[0].numel() for t, s in pieces]
+        if not pieces:
             continue
         if rank == strategy.global_rank:
-            buf = torch.cat([t[share].reshape(-1).to(torch.float64) for t in tensors])
+            buf = torch.cat([t[s].reshape(-1).to(torch.float64) for t, s in pieces])
         else:
-            buf = torch.empty(count * sum(row), dtype=torch.float64, device=device)
+            buf = torch.empty(sum(sizes), dtype=torch.float64, device=device)
         dist.broadcast(buf, src=rank)
         if rank != strategy.global_rank:
             with torch.no_grad():  # parameters: written in place, not a step of autograd
-                for t, part in zip(tensors, buf.split([count * n for n in row])):
-                    mine = t[share]  # a view: written in place
+                for (t, s), part in zip(pieces, buf.split(sizes)):
+                    mine = t[s]  # a view: written in place
                     mine.copy_(part.view(mine.shape))

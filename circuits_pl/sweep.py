@@ -105,10 +105,18 @@ class Sweep:
                    members_per_cell)
 
     @classmethod
+    def of_run(cls, layer_sizes: Sequence[int], lr: float, init_scale: float = 1.0,
+               cells: Sequence[dict] | None = None, members_per_cell: int = 64) -> Sweep:
+        """The cells of a run: ``cells`` (plain mappings, as :meth:`Cell.as_dict` writes them) if given,
+        else the one cell ``(layer_sizes, lr, init_scale)``: a run of today."""
+        if cells is None:
+            return cls((Cell(tuple(layer_sizes), lr, init_scale),), members_per_cell)
+        return cls(tuple(cell_from_dict(c) for c in cells), members_per_cell)
+
+    @classmethod
     def from_dict(cls, data: dict) -> Sweep:
         """The inverse of :meth:`as_dict` (checkpoints and results.json hold that plain form)."""
-        return cls(tuple(Cell(tuple(c["layer_sizes"]), c["lr"], c.get("init_scale", 1.0)) for c in data["cells"]),
-                   int(data["members_per_cell"]))
+        return cls(tuple(cell_from_dict(c) for c in data["cells"]), int(data["members_per_cell"]))
 
     def as_dict(self) -> dict:
         return {"cells": [c.as_dict() for c in self.cells], "members_per_cell": self.members_per_cell}
@@ -123,6 +131,10 @@ class Sweep:
 
     def cell_of(self, member: int) -> int:
         return member // self.members_per_cell
+
+    def cell_index(self) -> list[int]:
+        """Per member, its cell: ``[0]*K + [1]*K + ...``."""
+        return [c for c in range(len(self.cells)) for _ in range(self.members_per_cell)]
 
     def seed_offset(self, member: int) -> int:
         """Member ``m`` is seeded ``init_seed + seed_offset(m)``."""
@@ -141,6 +153,26 @@ class Sweep:
                              (idx[-1] + 1) * self.members_per_cell, idx))
         return out
 
+    def group_of(self, member: int) -> tuple[int, int]:
+        """Member ``member``'s group and its index within that group."""
+        for g, group in enumerate(self.groups()):
+            if group.start <= member < group.stop:
+                return g, member - group.start
+        raise IndexError(f"member {member} is out of range: the sweep has {self.members} members")
+
+    def describe(self) -> str:
+        """The cells in one phrase: ``3 sizes (1-2-1, 1-4-1, 1-8-1) × 3 lr (0.03, 0.1, 0.3) × 2 init scales
+        (0.1, 1)`` when they form a product, else ``5 cells: 1-2-1 lr 0.1, ...``."""
+        sizes = list(dict.fromkeys(c.layer_sizes for c in self.cells))
+        lrs = list(dict.fromkeys(c.lr for c in self.cells))
+        scales = list(dict.fromkeys(c.init_scale for c in self.cells))
+        if len(sizes) * len(lrs) * len(scales) == len(self.cells):
+            axes = [(sizes, "size", "sizes", _sizes_text), (lrs, "lr", "lr", lambda v: f"{v:g}"),
+                    (scales, "init scale", "init scales", lambda v: f"{v:g}")]
+            return " × ".join(f"{len(vs)} {one if len(vs) == 1 else many} ({', '.join(map(text, vs))})"
+                              for vs, one, many, text in axes)
+        return f"{len(self.cells)} cells: " + ", ".join(c.label for c in self.cells)
+
     def shares(self, start: int, stop: int) -> list[tuple[int, slice]]:
         """Members ``[start, stop)`` (a process's share of all members) as (group index, slice of that
         group's own members): what each group trains on that process."""
@@ -150,6 +182,21 @@ class Sweep:
             if lo < hi:
                 out.append((g, slice(lo - group.start, hi - group.start)))
         return out
+
+
+def cell_from_dict(data: dict) -> Cell:
+    """A cell from its plain form ``{"layer_sizes": [1, 4, 1], "lr": 0.1, "init_scale": 1.0}``
+    (``init_scale`` may be left out: 1); anything else is a one-line CircuitsError."""
+    if not isinstance(data, dict) or not {"layer_sizes", "lr"} <= data.keys() or \
+            not data.keys() <= {"layer_sizes", "lr", "init_scale"}:
+        raise CircuitsError(f"a cell is a mapping with layer_sizes, lr and optionally init_scale, e.g. "
+                            f'{{"layer_sizes": [1, 4, 1], "lr": 0.1, "init_scale": 1}}; got {data!r}')
+    sizes = data["layer_sizes"]
+    if isinstance(sizes, str):
+        (sizes,) = parse_sizes_list(sizes, option="a cell's layer_sizes")
+    if not isinstance(sizes, (list, tuple)):
+        raise CircuitsError(f"a cell's layer_sizes must be a list like [1, 4, 1] or 1-4-1, got {sizes!r}")
+    return Cell(tuple(sizes), data["lr"], data.get("init_scale", 1.0))
 
 
 def parse_sizes_list(text: str, arity: int | None = None, option: str = "--sweep.sizes") -> list[tuple[int, ...]]:
@@ -173,9 +220,9 @@ def parse_sizes_list(text: str, arity: int | None = None, option: str = "--sweep
     return out
 
 
-def parse_positive_list(text: str | Sequence[float], option: str) -> list[float]:
-    """``0.03,0.1,0.3`` (or a list) -> positive finite floats, each once."""
-    items = _items(text)
+def parse_positive_list(text: str | float | Sequence[float], option: str) -> list[float]:
+    """``0.03,0.1,0.3`` (or a list, or one number) -> positive finite floats, each once."""
+    items = [text] if isinstance(text, (int, float)) and not isinstance(text, bool) else _items(text)
     try:
         values = [float(v) for v in items]
     except (TypeError, ValueError):

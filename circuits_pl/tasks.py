@@ -261,6 +261,13 @@ def get_task(name: str | Task) -> Task:
     )
 
 
+def _first_line(err: BaseException) -> str:
+    text = (str(err).strip().splitlines() or [""])[0]
+    if isinstance(err, SyntaxError):
+        text = err.msg or text
+    return text[:160]
+
+
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -276,8 +283,21 @@ def _import_task(path: str) -> Task:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())  # as `python -m` does: a tasks file next to you is importable
     try:
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CircuitsError(
+            f"cannot import task {path!r} ({err}); give 'package.module:function' with the module on "
+            f"the Python path, or a built-in task: {', '.join(task_names())}"
+        ) from None
+    except (Exception, SystemExit) as err:  # the user's module is broken: a syntax error, a raise, sys.exit
+        where = f" (line {err.lineno} of {err.filename})" if isinstance(err, SyntaxError) else ""
+        what = f"called sys.exit({err.code!r})" if isinstance(err, SystemExit) else \
+            f"raised {type(err).__name__}: {_first_line(err)}"
+        raise CircuitsError(f"importing module {module_name!r} of task {path!r} {what}{where}; fix the module "
+                            "(python -c 'import " + module_name + "' shows where)") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError as err:
         raise CircuitsError(
             f"cannot import task {path!r} ({err}); give 'package.module:function' with the module on "
             f"the Python path, or a built-in task: {', '.join(task_names())}"

@@ -76,9 +76,20 @@ def short_help() -> str:
         f"  {prog} fit --task abs --model.members 128 --stop.when never",
         f"  {prog} inspect lightning_logs/version_0",
         "",
-        f"every option: {prog} fit --help   (and validate, test, predict, inspect, report --help)",
+        f"every option: {prog} fit --help   (and validate, test, predict, inspect, report --help); --version",
     ]
     return "\n".join(lines)
+
+
+def version() -> str:
+    """The installed package's version (its metadata: pyproject.toml's, as pip installed it)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("circuits_pl")
+    except PackageNotFoundError:
+        return "(not installed: pip install -e . in the repository)"
 
 
 def unknown_command(name: str) -> str:
@@ -98,6 +109,9 @@ def front_door(argv: Sequence[str]) -> int | None:
         return 2
     if argv[0] in ("-h", "--help"):
         print(short_help())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"circuits_pl {version()}")
         return 0
     if not argv[0].startswith("-") and argv[0] not in COMMANDS:
         print(f"error: {unknown_command(argv[0])}", file=sys.stderr)

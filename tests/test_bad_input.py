@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -66,8 +67,16 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     (user_run,) = run_dirs(user_root)
     sys.modules.pop("marker_tasks", None)  # so any later import would run the module again
     (user_root / "IMPORTED").unlink()
+    adam_root = tmp_path_factory.mktemp("adam")
+    assert call(["fit", "--task", "abs", "--model.members", 2, "--model.optimizer", "adam", "--trainer.max_steps", 100,
+                 *QUIET], adam_root) == 0
+    # user task modules that cannot be imported (outside the case's directory: importing writes __pycache__)
+    broken = tmp_path_factory.mktemp("broken_tasks")
+    (broken / "syntax_task.py").write_text("def f(a:\n    return a\n")
+    (broken / "raising_task.py").write_text("raise RuntimeError('no settings file found')\ndef f(a):\n    return a\n")
+    (broken / "exiting_task.py").write_text("import sys\nsys.exit(3)\ndef f(a):\n    return a\n")
     return {"good": good / "checkpoints" / "last.ckpt", "run": good, "user": user_run / "checkpoints" / "last.ckpt",
-            "user_root": user_root}
+            "user_root": user_root, "adam": run_dirs(adam_root)[0] / "checkpoints" / "last.ckpt", "broken": broken}
 
 
 @pytest.fixture
@@ -80,7 +89,7 @@ def workdir(tmp_path, trained, monkeypatch) -> Path:
     (tmp_path / "truncated.ckpt").write_bytes(ckpt[:2000])
     (tmp_path / "user.ckpt").write_bytes(trained["user"].read_bytes())
     state = torch.load(trained["good"], weights_only=True)
-    for w in (k for k in state["state_dict"] if k.startswith("net.weights.")):
+    for w in (k for k in state["state_dict"] if k.startswith("net.groups.0.weights.")):
         state["state_dict"][w][0].fill_(float("nan"))  # member 0: NaN weights, member 1 intact
     state["state_dict"]["population.best_member"] = torch.tensor(0)
     torch.save(state, tmp_path / "nan.ckpt")
@@ -92,6 +101,15 @@ def workdir(tmp_path, trained, monkeypatch) -> Path:
     for key in ("optimizer_states", "lr_schedulers", "loops", "callbacks"):
         weights.pop(key, None)
     torch.save(weights, tmp_path / "weights_only.ckpt")
+    (tmp_path / "adam.ckpt").write_bytes(trained["adam"].read_bytes())
+    for name, damage in DAMAGES.items():
+        state = torch.load(trained["good"], weights_only=True)
+        damage(state)
+        torch.save(state, tmp_path / f"{name}.ckpt")
+    (tmp_path / "flipped.ckpt").write_bytes(flip_a_bit(ckpt, "net.groups.0.weights.0"))
+    (tmp_path / "pickle.ckpt").write_bytes(pickle.dumps(_Exploit()))  # a plain pickle that runs code
+    torch.save({"state_dict": {}, "x": _Exploit()}, tmp_path / "pickle_zip.ckpt")  # the same, in torch's zip
+    monkeypatch.syspath_prepend(str(trained["broken"]))
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     (tmp_path / "unknown_key.yaml").write_text("model:\n  bogus: 3\n")
     (tmp_path / "broken.yaml").write_text("model:\n  lr: [0.1\n")
@@ -100,6 +118,46 @@ def workdir(tmp_path, trained, monkeypatch) -> Path:
     (tmp_path / "list.yaml").write_text("- task\n- add\n")
     (tmp_path / "afile").write_text("a file, not a directory\n")
     return tmp_path
+
+
+class _Exploit:
+    """Unpickling it calls print (any callable could be os.system): weights_only=True must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("PWNED: code from a checkpoint ran",))
+
+
+def _nan_weights(state: dict) -> None:
+    for key in [k for k in state["state_dict"] if k.startswith("net.groups.0.weights.")]:
+        state["state_dict"][key].fill_(float("nan"))
+
+
+DAMAGES = {  # name -> what a damaged (or edited) checkpoint has wrong
+    "members_two": lambda s: s["hyper_parameters"].update(members="two"),
+    "sizes_none": lambda s: s["hyper_parameters"].update(layer_sizes=None),
+    "state_list": lambda s: s.update(state_dict=list(s["state_dict"].values())),
+    "missing_key": lambda s: s["state_dict"].pop("population.val_history"),
+    "extra_key": lambda s: s["state_dict"].update(bogus=torch.zeros(2)),
+    "bad_shape": lambda s: s["state_dict"].update({"population.val_history": torch.zeros(3, 2)}),
+    "all_nan": _nan_weights,
+}
+
+
+def flip_a_bit(data: bytes, key: str) -> bytes:
+    """The checkpoint ``data`` with one bit flipped inside the stored bytes of state_dict[``key``]."""
+    import io
+    import struct
+    import zipfile
+
+    state = torch.load(io.BytesIO(data), weights_only=True)["state_dict"][key]
+    wanted = state.numpy().tobytes()
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    info = next(i for i in archive.infolist() if "/data/" in i.filename and archive.read(i) == wanted)
+    name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+    at = info.header_offset + 30 + name_len + extra_len + 2  # the third byte of the first weight
+    out = bytearray(data)
+    out[at] ^= 0x40
+    return bytes(out)
 
 
 def snapshot(root: Path) -> dict[str, int | None]:
@@ -193,6 +251,71 @@ CASES = [
     # --- loggers (10.7)
     ([*ADD, "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "."], 2,
      r"TensorBoardLogger needs the tensorboard package.*pip install tensorboard"),
+    # --- round 3 (issue 19): values that ended in tracebacks or ran silently
+    ([*ADD, "--seed_everything", "-1"], 2, r"--seed_everything -1 is out of range; give an integer from 0 to "
+                                           r"4294967295"),
+    ([*ADD, "--seed_everything", "99999999999999999999"], 2, r"--seed_everything 99999999999999999999 is out of range"),
+    ([*ADD, "--seed_everything", "abc"], 2, r"--seed_everything must be an integer from 0 to 4294967295, got abc"),
+    ([*ADD, "--trainer.devices", "-5"], 2, r"--trainer.devices -5 is not a number of devices; give a positive"),
+    ([*ADD, "--trainer.devices", "many"], 2, r"--trainer.devices many is not a number of devices"),
+    ([*ADD, "--trainer.accumulate_grad_batches", "4"], 2,
+     r"accumulate_grad_batches 4: circuits_pl takes every SGD step itself.*--data.batch_size \(e.g. 4000\)"),
+    ([*ADD, "--trainer.gradient_clip_val", "1.0"], 2,
+     r"gradient_clip_val 1.0: circuits_pl's hand-derived SGD step does not clip gradients"),
+    ([*ADD, "--trainer.limit_train_batches", "10"], 2, r"limit_train_batches 10(\.0)?: the training stream is endless"),
+    ([*ADD, "--trainer.overfit_batches", "1"], 2, r"overfit_batches 1(\.0)?: circuits_pl trains on fresh inputs"),
+    ([*ADD, "--trainer.barebones", "true"], 2, r"barebones true turns off the logging and the checkpoints"),
+    (["fit", "--task", "syntax_task:f"], 2,
+     r"importing module 'syntax_task' of task 'syntax_task:f' raised SyntaxError: '\(' was never closed \(line 1 of "
+     r".*syntax_task.py\)"),
+    (["fit", "--task", "raising_task:f"], 2,
+     r"importing module 'raising_task' .* raised RuntimeError: no settings file"),
+    (["fit", "--task", "exiting_task:f"], 2, r"importing module 'exiting_task' of task 'exiting_task:f' called "
+                                             r"sys.exit\(3\)"),
+    ([*ADD, "--trainer.max_steps", "-1", "--stop.when", "never"], 2,
+     r"max_steps -1 with --stop.when never would train forever; give a number of SGD steps, or --stop.when best"),
+    ([*ADD, "--trainer.limit_val_batches", "0"], 2, r"limit_val_batches 0(\.0)?: the validation set is one batch"),
+    ([*ADD, "--trainer.limit_val_batches", "0.5"], 2, r"limit_val_batches 0.5: the validation set is one batch"),
+    ([*ADD, "--trainer.log_every_n_steps", "-5"], 2, r"log_every_n_steps -5 is negative; .*\(0: no train logging\)"),
+    ([*ADD, "--trainer.max_steps", "0"], 2, r"max_steps 0 trains nothing; .*with --stop.when best or all\)$"),
+    ([*ADD, "--trainer.val_check_interval", "1e9"], 2,
+     r"val_check_interval 1e\+09 is a float, which Lightning reads as a fraction of an epoch .*: 1000000000$"),
+    ([*ADD, "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger"], 2,  # no save_dir: the run's root
+     r"TensorBoardLogger needs the tensorboard package"),
+    ([*ADD, "--model.layer_sizes", "abc"], 2,
+     r"--model.layer_sizes must be a list of positive integers like \[2, 3, 1\] \(or 2-3-1\).*, got abc$"),
+    ([*ADD, "--model.layer_sizes", "[2,3.5,1]"], 2, r"--model.layer_sizes must be a list of positive integers.*got "
+                                                  r"\[2, 3.5, 1\]$"),
+    ([*ADD, "--stop.when", "solved"], 2, r"--stop.when must be one of best, all, never, got solved"),
+    # --- damaged, tampered and non-finite checkpoints: refused before anything is written
+    (["validate", "--ckpt_path", "members_two.ckpt"], 2, r"members_two.ckpt is damaged: its members is 'two', not a "
+                                                         r"positive integer"),
+    (["validate", "--ckpt_path", "sizes_none.ckpt"], 2, r"sizes_none.ckpt is damaged: its layer_sizes are None"),
+    (["inspect", "state_list.ckpt"], 2, r"state_list.ckpt is damaged: its state_dict is not a mapping"),
+    (["validate", "--ckpt_path", "missing_key.ckpt"], 2,
+     r"missing_key.ckpt is damaged: its state_dict lacks population.val_history"),
+    (["test", "--ckpt_path", "extra_key.ckpt"], 2,
+     r"extra_key.ckpt is damaged: its state_dict has unknown entries bogus"),
+    (["fit", "--ckpt_path", "bad_shape.ckpt"], 2,
+     r"bad_shape.ckpt is damaged: population.val_history has shape \(3, 2\), not \(8, 2\)"),
+    (["inspect", "bad_shape.ckpt"], 2, r"bad_shape.ckpt is damaged: population.val_history has shape \(3, 2\)"),
+    (["validate", "--ckpt_path", "flipped.ckpt"], 2,
+     r"checkpoint flipped.ckpt is damaged: its record archive/data/\d+ fails its CRC-32 check"),
+    (["inspect", "flipped.ckpt"], 2, r"flipped.ckpt is damaged: its record .* fails its CRC-32 check"),
+    (["validate", "--ckpt_path", "all_nan.ckpt"], 2,
+     r"all_nan.ckpt: member \d has non-finite \(NaN/inf\) weights, so nothing to validate; no member has finite"),
+    (["predict", "--ckpt_path", "nan.ckpt"], 2,
+     r"nan.ckpt: member 0 has non-finite .* so nothing to predict; members with finite weights: 1 \(pick one with "
+     r"--model.member\)"),
+    (["fit", "--ckpt_path", "all_nan.ckpt", "--trainer.max_steps", "400"], 2,
+     r"all_nan.ckpt: every member has non-finite \(NaN/inf\) weights, so there is nothing to train"),
+    (["validate", "--ckpt_path", "notes.txt"], 2, r"notes.txt is not a readable checkpoint: not a zip archive"),
+    (["validate", "--ckpt_path", "pickle.ckpt"], 2, r"pickle.ckpt is not a readable checkpoint: not a zip archive"),
+    (["inspect", "pickle_zip.ckpt"], 2,
+     r"pickle_zip.ckpt is not a readable checkpoint \(truncated, or not a .ckpt file: Weights only load failed"),
+    # --- typed options win on resume, or are refused in one line
+    (["fit", "--ckpt_path", "adam.ckpt", "--model.optimizer", "sgd", "--trainer.max_steps", "400"], 2,
+     r"the checkpoint was trained with --model.optimizer adam, not sgd: its optimizer state cannot continue"),
 ]
 
 
@@ -211,6 +334,7 @@ def test_bad_input_is_one_line_nonzero_and_touches_nothing(workdir, trained, cap
     assert re.search(message, err[0]), err[0]
     assert "Traceback" not in captured.out + captured.err
     assert "Beautiful is better than ugly" not in captured.out  # `import this` never ran
+    assert "PWNED" not in captured.out + captured.err  # no code from a checkpoint ran
     assert snapshot(workdir) == before  # nothing created, nothing touched
     assert not (trained["user_root"] / "IMPORTED").exists()  # no checkpoint imported the user's module
 
@@ -313,3 +437,10 @@ def test_full_disk_is_refused_before_anything_is_written(tmp_path, capsys, monke
     finally:
         if os.path.ismount(full):
             subprocess.run(["umount", str(full)], check=True)
+
+
+def test_predict_says_its_run_directory_and_a_finite_member_can_be_chosen(workdir, capsys):
+    assert call(["predict", "--ckpt_path", "nan.ckpt", "--model.member", 1, *QUIET], workdir) == 0
+    out = capsys.readouterr().out
+    assert "Run directory: lightning_logs/version_0" in out
+    assert (workdir / "lightning_logs" / "version_0" / "predictions.csv").is_file()

@@ -4,6 +4,7 @@
 task would pass it.) The expected values are read from the YAML itself, independently of the CLI.
 """
 
+import math
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,10 @@ def test_every_shipped_config_runs_and_its_run_is_what_it_says(run_cli, tmp_path
     run_cli("fit", "--config", config, "--trainer.max_steps", 200, "--model.members", 2, *QUIET)
     res = results(run_dirs(tmp_path)[0])
     model, data = spec.get("model", {}), spec.get("data", {})
-    assert res["task"] == spec["task"] and res["steps"] == 200 and res["members"] == 2
+    assert res["task"] == spec["task"] and res["steps"] == 200 and res["members_per_cell"] == 2
+    if spec.get("sweep"):  # every combination is a cell
+        axes = [str(v).split(",") if isinstance(v, str) else v for v in spec["sweep"].values() if v is not None]
+        assert len(res["cells"]) == len(res["per_member"]["cell"]) // 2 == math.prod(map(len, axes))
     if model.get("layer_sizes"):
         assert res["layer_sizes"] == model["layer_sizes"]
     for key in ("lr", "bias"):

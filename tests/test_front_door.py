@@ -178,3 +178,13 @@ def test_the_entry_returns_an_exit_status_after_a_real_command(tmp_path, monkeyp
     status = main(["fit", "--task", "abs", "--model.members", "2", "--trainer.max_steps", "100", *QUIET])
     assert status == 0
     assert (tmp_path / "lightning_logs" / "version_0" / "results.json").is_file()
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_prints_the_installed_version_without_lightning(flag):
+    from importlib.metadata import version
+
+    proc, imported = run_python("-m", "circuits_pl", flag)
+    assert proc.returncode == 0 and proc.stdout == f"circuits_pl {version('circuits_pl')}\n" and proc.stderr == ""
+    assert version("circuits_pl") == circuits_pl.__version__  # pyproject.toml and the package agree
+    assert heavy(imported) == []

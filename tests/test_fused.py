@@ -13,9 +13,10 @@ from conftest import results, run_dirs
 
 from circuits_pl import fused
 from circuits_pl.errors import CircuitsError
-from circuits_pl.network import ReLUMLP
-from circuits_pl.optim import MemberOptimizer
-from circuits_pl.train_block import engine_problem, resolve_engine, train_block
+from circuits_pl.network import GroupedMLPs, ReLUMLP
+from circuits_pl.optim import MemberOptimizer, OptimizerSettings
+from circuits_pl.sweep import Sweep
+from circuits_pl.train_block import TrainedMembers, engine_problem, resolve_engine, run_engine, train_block
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
 HYPER = {"lr": 0.1, "weight_decay": 0.0, "momentum": 0.0, "dampening": 0.0, "nesterov": False,
@@ -156,6 +157,29 @@ def test_auto_is_fused_on_the_cpu_and_torch_elsewhere(monkeypatch):
     assert resolve_engine("auto", "cpu", (2, 3, 1)) == "torch"
 
 
+def test_auto_is_resolved_per_group_of_a_sweep_as_for_its_cells_alone():
+    assert run_engine("auto", "cpu", [(2, 2, 1), (2, 3, 2, 1)]) == "fused"
+    assert run_engine("auto", "cpu", [(2, 2, 1), (2, 16, 16, 1)]) == "auto"  # the groups differ: recorded as asked
+    assert run_engine("fused", "cpu", [(2, 2, 1), (2, 16, 16, 1)]) == "fused"
+    sweep = Sweep.product([(2, 2, 1), (2, 16, 16, 1), (2, 3, 3, 3, 1)], [0.1], [1.0], members_per_cell=2)
+    net = GroupedMLPs(sweep)
+    opt = OptimizerSettings().build([list(n.parameters()) for n in net.groups], [0.1] * 3)
+    trained = TrainedMembers(net, opt, "auto")
+    assert [trained.engine_of(g) for g in range(3)] == ["fused", "torch", "torch"]
+
+
+def test_a_sweep_records_its_engine_and_fused_refuses_a_cell_it_cannot_train(run_cli, tmp_path, capsys):
+    study = ["fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 100, *QUIET]
+    run_cli(*study, "--sweep.sizes", "2-2-1,2-3-1")
+    run_cli(*study, "--sweep.sizes", "2-2-1,2-3-3-3-1")
+    assert [results(r)["engine"] for r in run_dirs(tmp_path)] == ["fused", "auto"]
+    capsys.readouterr()
+    run_cli(*study, "--sweep.sizes", "2-2-1,2-3-3-3-1", "--model.engine", "fused", expect=2)
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --model.engine fused cannot train this network (it has kernels for 1 or 2 hidden layers, and "
+        "layer_sizes [2, 3, 3, 3, 1] has 3): give --model.engine torch (or auto)"]
+
+
 @pytest.mark.parametrize("device, sizes, broken, message", [
     ("cuda", (2, 3, 1), False, "--model.engine fused runs on the CPU only, and this run trains on cuda: give "
                                "--model.engine torch (or auto), or --trainer.accelerator cpu"),
@@ -255,10 +279,12 @@ CHILD = textwrap.dedent("""
     from circuits_pl.optim import MemberOptimizer
     from circuits_pl.train_block import train_block
     {patch}
+    torch.manual_seed(0)
     net = ReLUMLP((2, 3, 1), members=2, seed=0)
-    opt = MemberOptimizer(net.parameters(), lr=0.1)
-    xt = torch.rand(5, 2, 100) * 2 - 1
-    train_block(opt, 2, xt, xt.sum(1, keepdim=True), engine="fused")
+    opt = MemberOptimizer(net.parameters(), rule="momentum", lr=0.1, momentum=0.9)
+    xt = torch.rand(40, 2, 200) * 2 - 1
+    train_block(opt, 2, xt, xt.sum(1, keepdim=True).abs(), engine="fused")
+    print(" ".join(w.detach().numpy().tobytes().hex() for w in net.weights))
     print(float(net.weights[0].sum()))
 """)
 
@@ -270,9 +296,12 @@ def _child(tmp_path, patch="", **env):
                           env={**os.environ, **env}).stdout
 
 
-def test_numba_cache_dir_is_used(tmp_path):
-    _child(tmp_path, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+def test_numba_cache_dir_is_used_and_its_kernel_computes_what_the_compiled_one_did(tmp_path):
+    compiled = _child(tmp_path, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
     assert list((tmp_path / "cache").rglob("fused.*.nbi")) and list((tmp_path / "cache").rglob("fused.*.nbc"))
+    # a process that loads the kernel from the cache trains bit for bit as the one that compiled it (with
+    # LLVM's "contract" flag they differed: see fused.FASTMATH)
+    assert _child(tmp_path, NUMBA_CACHE_DIR=str(tmp_path / "cache")) == compiled
 
 
 def test_with_nowhere_writable_the_kernel_is_compiled_without_a_cache(tmp_path):

@@ -21,7 +21,7 @@ def test_fit_resume_and_inspect_on_cuda_agree_with_the_cpu(run_cli, tmp_path, ca
             "--trainer.max_steps", 1000)
     cpu, _, gpu = run_dirs(tmp_path)
     a, b = (torch.load(r / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu") for r in (cpu, gpu))
-    for key in ("net.weights.0", "net.weights.1"):
+    for key in ("net.groups.0.weights.0", "net.groups.0.weights.1"):
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=1e-3, atol=1e-4)
     assert results(cpu)["solved"] == results(gpu)["solved"]
     capsys.readouterr()

@@ -16,7 +16,7 @@ README = PACKAGE.parent / "README.md"
 FLOORS = [
     # 1. plain facts: torch only, no Lightning
     {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "fused", "stream",
-     "sweep", "init", "memory", "population"},
+     "sweep", "init", "memory", "population", "signals"},
     # 2. analysis without Lightning
     {"success", "verdicts", "readout", "plots", "basins"},
     # 3. Lightning parts

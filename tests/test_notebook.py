@@ -33,5 +33,5 @@ def test_notebook_cell_ends_where_the_notebook_did(run_cli, tmp_path, task):
     ckpt = run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=True)["global_step"] == 300_000
     module = CircuitModule.load_from_checkpoint(ckpt)
-    for got, want in zip(module.net.weights, NOTEBOOK_FINAL[task]):
+    for got, want in zip(module.net.groups[0].weights, NOTEBOOK_FINAL[task]):
         torch.testing.assert_close(got[0].detach().T, torch.tensor(want), rtol=0, atol=2e-4)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 _DISTRIBUTED = {"MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
                 "LOCAL_WORLD_SIZE"}
@@ -20,10 +22,12 @@ def _python_block(section: str) -> str:
     return re.search(r"```python\n(.*?)```", body, re.S).group(1)
 
 
-def test_the_from_python_example_runs_as_written(run_cli, tmp_path):
-    # the snippet loads a run of the CLI from lightning_logs/version_0: make one first
-    run_cli("fit", "--task", "add", "--model.members", 8, "--trainer.max_steps", 1000, "--figures", "false",
-            "--trainer.enable_progress_bar", "false")
+@pytest.mark.parametrize("before", [None, "min"], ids=["empty-directory", "after-fit-min"])
+def test_the_from_python_example_runs_as_written(run_cli, tmp_path, before):
+    # in a fresh directory, and where the README's own `fit --task min` already made version_0
+    if before:
+        run_cli("fit", "--task", before, "--model.members", 4, "--trainer.max_steps", 1000, "--figures", "false",
+                "--trainer.enable_progress_bar", "false")
     code = _python_block("From Python")
     # a user's shell: no seed or process-group variables left by earlier in-process tests
     env = {k: v for k, v in os.environ.items() if not k.startswith("PL_") and k not in _DISTRIBUTED}

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -120,7 +122,7 @@ def test_atomic_write_text_keeps_the_old_file_on_a_full_disk(tmp_path, monkeypat
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not mkstemp's 0600
 
 
-@pytest.mark.parametrize("failure", ["oserror", "torch"])
+@pytest.mark.parametrize("failure", ["oserror", "torch", "torch-end"])
 def test_a_full_disk_during_fit_is_one_line_and_keeps_the_last_checkpoint(run_cli, tmp_path, monkeypatch, capsys,
                                                                           failure):
     """The disk fills up at the third save (step 3000; last.ckpt is a hard link to the best saved at the
@@ -133,6 +135,12 @@ def test_a_full_disk_during_fit_is_one_line_and_keeps_the_last_checkpoint(run_cl
         if len(saves) >= 3:
             if failure == "oserror":
                 raise OSError(errno.ENOSPC, "No space left on device")
+            if failure == "torch-end":  # a real full tmpfs: ENOSPC in a record, then the zip's end fails
+                try:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                except OSError:
+                    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 584256 vs "
+                                       "584208") from None
             raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0: "
                                "PytorchStreamWriter failed writing file data/0: file write failed")
         torch.save(checkpoint, f)
@@ -144,7 +152,7 @@ def test_a_full_disk_during_fit_is_one_line_and_keeps_the_last_checkpoint(run_cl
     (run,) = run_dirs(tmp_path)
     assert len(err) == 1 and "Traceback" not in err[0], err
     assert err[0].startswith("error: could not write lightning_logs/version_0/checkpoints/best-step=3000.ckpt: ")
-    reason = "No space left on device" if failure == "oserror" else "PytorchStreamWriter failed writing file"
+    reason = "PytorchStreamWriter failed writing file" if failure == "torch" else "No space left on device"
     assert reason in err[0] and "previous version (if any) is intact" in err[0]
     assert _ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 2000
     assert _temps(run / "checkpoints") == []
@@ -344,3 +352,337 @@ def test_trainer_cadence_helper():
         trainer_cadence(1000, 500, steps_per_batch=37)
     with pytest.raises(CircuitsError, match=r"a config that counted blocks of 100 steps means 1000\)$"):
         trainer_cadence(10, 5, steps_per_batch=100)  # a config.yaml written before the cadence counted steps
+
+
+# ---------------------------------------------------------------------------------------------- #
+# Round 3 (issue 19): typed options on resume, every file atomic, signals from start to exit, DDP
+# ---------------------------------------------------------------------------------------------- #
+def test_options_typed_on_resume_win_even_when_equal_to_the_default(run_cli, tmp_path):
+    common = ["--task", "add", "--model.members", 4, "--stop.when", "never", *QUIET]
+    run_cli("fit", *common, "--model.lr", 0.02, "--trainer.max_steps", 1000)
+    first = run_dirs(tmp_path)[0]
+    last = first / "checkpoints" / "last.ckpt"
+    run_cli("fit", *common, "--ckpt_path", last, "--trainer.max_steps", 2000)  # nothing typed: the checkpoint's
+    run_cli("fit", *common, "--ckpt_path", last, "--model.lr", 0.1, "--trainer.max_steps", 2000)  # 0.1 is the default
+    run_cli("fit", "--config", first / "config.yaml", "--ckpt_path", last, "--model.lr", 0.1,
+            "--trainer.max_steps", 2000)  # the config says 0.02, the command line 0.1
+    _, kept, typed, over_config = run_dirs(tmp_path)
+    assert results(kept)["lr"] == 0.02 and results(typed)["lr"] == 0.1 == results(over_config)["lr"]
+    assert _ckpt(typed / "checkpoints" / "last.ckpt")["hyper_parameters"]["lr"] == 0.1
+    w = [_ckpt(r / "checkpoints" / "last.ckpt")["state_dict"]["net.groups.0.weights.0"]
+         for r in (kept, typed, over_config)]
+    assert not torch.equal(w[0], w[1]) and torch.equal(w[1], w[2])  # 0.1 really trained, the same both ways
+
+
+def test_a_resume_without_its_config_takes_the_runs_data_from_the_checkpoint(run_cli, tmp_path):
+    common = ["--model.members", 4, "--stop.when", "never", *QUIET]
+    run_cli("fit", "--task", "add", *common, "--data.batch_size", 200, "--seed_everything", 3,
+            "--trainer.max_steps", 1000)
+    first = run_dirs(tmp_path)[0]
+    last = first / "checkpoints" / "last.ckpt"
+    run_cli("fit", "--config", first / "config.yaml", "--ckpt_path", last, "--trainer.max_steps", 2000)
+    run_cli("fit", *common, "--ckpt_path", last, "--trainer.max_steps", 2000)  # batch size and stream seed: the run's
+    _, with_config, without = run_dirs(tmp_path)
+    assert results(without)["data"] == results(with_config)["data"] and results(without)["data"]["batch_size"] == 200
+    a, b = (_ckpt(r / "checkpoints" / "last.ckpt")["state_dict"] for r in (with_config, without))
+    for key in a:  # the same run (validation history: NaN before the first validations)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, equal_nan=True)
+
+
+def _no_space_for(name: str, monkeypatch) -> None:
+    """The disk is full for the temporary file of ``name`` (mkstemp fails, as on a full or read-only disk)."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, prefix="", **kwargs):
+        if prefix.startswith(f".{name}.tmp-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "losses.png", "function_member1.png", "hparams.yaml"])
+def test_a_full_disk_at_any_file_of_the_run_is_one_line(run_cli, tmp_path, monkeypatch, capsys, name):
+    """metrics.csv (its first write), hparams.yaml and every figure go through the atomic writer, whose
+    temporary file's creation fails here: exit 1, one line naming the file; the files written are whole."""
+    _no_space_for(name, monkeypatch)
+    run_cli("fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 1000, "--trainer.enable_progress_bar",
+            "false", expect=1)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert re.fullmatch(rf"error: could not write lightning_logs/version_0/{re.escape(name)}: No space left on device; "
+                        r"its previous version \(if any\) is intact: every write is atomic\. Free space on that disk "
+                        r"\(df -h lightning_logs/version_0\), then run again or resume from last\.ckpt", err[0]), err[0]
+    (run,) = run_dirs(tmp_path)
+    assert not (run / name).exists() and _temps(run) == []
+    assert not (run / "checkpoints").exists() or _temps(run / "checkpoints") == []
+    if name.endswith(".png"):  # training and results.json were done: complete
+        assert results(run)["steps"] == 1000 and _ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 1000
+
+
+def test_an_interrupted_figure_write_keeps_the_previous_figure(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from circuits_pl.plots import save_figure
+
+    path = tmp_path / "losses.png"
+    save_figure(Figure(), path)
+    before = path.read_bytes()
+
+    def half_then_ctrl_c(self, f, **kwargs):
+        f.write(b"\x89PNG\r\n\x1a\n half a figure")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", half_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        save_figure(Figure(), path)
+    assert path.read_bytes() == before and _temps(tmp_path) == []
+
+
+def test_temp_files_of_killed_runs_are_swept_when_the_next_run_starts(run_cli, tmp_path):
+    run_cli("fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 100, *QUIET)
+    (run,) = run_dirs(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    strays = [run / f".config.yaml.tmp-{pid}-a1", run / "checkpoints" / f".last.ckpt.tmp-{pid}-b2",
+              run.parent / f".version_9.tmp-{pid}-c3"]
+    live = run / "checkpoints" / f".best-step=100.ckpt.tmp-{os.getpid()}-d4"  # a write in progress
+    for path in [*strays, live]:
+        path.write_bytes(b"half a file")
+    run_cli("fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 100, *QUIET)
+    assert not any(p.exists() for p in strays) and live.exists()
+
+
+def test_checkpoint_io_checks_every_crc_before_a_plain_trainer_loads(tmp_path):
+    from test_bad_input import flip_a_bit
+
+    good = tmp_path / "good.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"net.weights.0": torch.full((4, 3), 0.85)}}, good)
+    assert AtomicCheckpointIO().load_checkpoint(good, weights_only=True)["state_dict"]["net.weights.0"][0, 0] == 0.85
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(flip_a_bit(good.read_bytes(), "net.weights.0"))
+    assert torch.load(bad, weights_only=True)["state_dict"]["net.weights.0"][0, 0] != 0.85  # torch loads it silently
+    with pytest.raises(CircuitsError, match=r"bad.ckpt is damaged: its record archive/data/0 fails its CRC-32 check"):
+        AtomicCheckpointIO().load_checkpoint(bad, weights_only=True)
+
+
+def test_the_resume_command_is_shell_quoted_and_the_end_of_fit_says_what_was_written():
+    from circuits_pl.interrupts import END, RunInterrupted, interrupt_message
+
+    stopped = RunInterrupted(signal.SIGINT, 500, "my runs/lightning_logs/version_0/checkpoints/last.ckpt")
+    assert interrupt_message(stopped).splitlines()[1] == (
+        "Resume with: python -m circuits_pl fit --config 'my runs/lightning_logs/version_0/config.yaml' "
+        "--ckpt_path 'my runs/lightning_logs/version_0/checkpoints/last.ckpt'")
+    end = RunInterrupted(signal.SIGTERM, 500, "runs/checkpoints/last.ckpt", phase=END, results="runs/results.json")
+    assert "runs/results.json was written, figures may be missing. To write the figures too" in interrupt_message(end)
+    end.results = None
+    assert "no results.json was written. To write results.json and the figures" in interrupt_message(end)
+
+
+def _one_line_exit(proc: subprocess.Popen, err: str, code: int, pattern: str) -> None:
+    lines = err.strip().splitlines()
+    assert proc.returncode == code, err
+    assert len(lines) == 1 and re.search(pattern, lines[0]), lines
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_starting_exits_at_once_with_one_line(tmp_path, sig):
+    proc = _start(["fit", "--task", "add", "--model.members", 2, *QUIET], tmp_path)
+    time.sleep(0.3)  # importing torch and Lightning
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    name = signal.Signals(sig).name
+    _one_line_exit(proc, err, 128 + sig, rf"^{name}: interrupted (while starting; nothing was written|outside "
+                                         "training)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_after_the_end_of_fit_exits_with_one_line_and_a_complete_run(tmp_path):
+    proc = _start(["fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 1000,
+                   "--trainer.enable_progress_bar", "false"], tmp_path)
+    out, err = _signal_when(proc, "Figure: lightning_logs/version_0/circuit_member", signal.SIGINT)
+    _one_line_exit(proc, err, 130, r"^SIGINT: interrupted (after the end of fit; the run is complete|while exiting)")
+    (run,) = run_dirs(tmp_path)
+    assert results(run)["steps"] == 1000
+    pngs = sorted(run.glob("*.png"))
+    assert len(pngs) == 3 and all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+
+
+def test_a_sigint_the_parent_ignores_stays_ignored(tmp_path):
+    """``cmd &`` in a script starts cmd with SIGINT ignored: circuits_pl must not turn it back on."""
+    path = os.pathsep.join([str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
+    args = ["fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 2000, "--stop.when", "never", *QUIET]
+    proc = subprocess.Popen([sys.executable, "-m", "circuits_pl", *map(str, args)], cwd=tmp_path,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)  # while importing
+    for line in proc.stdout:
+        if line.startswith("step "):
+            proc.send_signal(signal.SIGINT)  # while training
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    (run,) = run_dirs(tmp_path)
+    assert results(run)["steps"] == 2000
+
+
+def _job_processes(marker: str) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in ps if marker in line and "circuits_pl fit" in line]
+
+
+def test_report_stops_its_running_and_queued_jobs_on_a_signal_and_reports_what_finished(tmp_path):
+    out = tmp_path / "study"
+    proc = _start(["report", "--tasks", "abs,add,min", "--members", 4, "--max_steps", 10_000_000, "--jobs", 2,
+                   "--out", out], tmp_path)
+    log = out / "version_0" / "runs" / "abs.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and "step " in log.read_text()):
+        time.sleep(0.1)  # abs is training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    _one_line_exit(proc, err, 143, r"^SIGTERM: report interrupted; 0 of 3 jobs finished: .*study/version_0/report.md$")
+    report = (out / "version_0" / "report.md").read_text()
+    assert "**Interrupted by SIGTERM after" in report and "stopped while running: abs, add" in report
+    last = out / "version_0" / "runs" / "abs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"--ckpt_path {last}`" in report and _ckpt(last)["global_step"] > 0
+    assert "SIGTERM: interrupted during training" in log.read_text()
+    assert not (out / "version_0" / "runs" / "min").exists() or not any((out / "version_0" / "runs" / "min").iterdir())
+    assert _job_processes(str(out)) == []
+
+
+def _children_of(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"circuits_pl" in cmdline:
+            children.append(int(stat.parent.name))
+    return children
+
+
+DDP = ["fit", "--task", "add", "--model.members", 4, "--trainer.strategy", "ddp", "--trainer.devices", 2,
+       "--trainer.accelerator", "cpu", "--stop.when", "never", *QUIET]
+
+
+def _rank_one(proc: subprocess.Popen, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if children := _children_of(proc.pid):
+            return children[0]
+        time.sleep(0.02)
+    pytest.fail("rank 1 never started: " + proc.stderr.read())
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the DDP ranks through /proc")
+def test_ddp_a_signal_to_rank_one_while_starting_stops_every_rank_with_one_line(tmp_path):
+    proc = _start([*DDP, "--trainer.max_steps", 100_000], tmp_path)
+    rank1 = _rank_one(proc)
+    os.kill(rank1, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("Initializing distributed")]
+    assert proc.returncode == 143 and len(lines) == 1, err
+    assert lines[0] == ("SIGTERM: DDP process 1 was stopped while starting; every process stops; nothing was trained: "
+                        "run the command again"), lines
+    assert "Traceback" not in err and _children_of(proc.pid) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the DDP ranks through /proc")
+@pytest.mark.parametrize("target, sig", [("rank0", signal.SIGTERM), ("rank0", signal.SIGINT),
+                                         ("rank1", signal.SIGINT)])
+def test_ddp_a_signal_before_training_gives_128_plus_the_signal_on_every_rank(tmp_path, target, sig):
+    proc = _start([*DDP, "--trainer.max_steps", 100_000], tmp_path)
+    rank1 = _rank_one(proc)
+    time.sleep(1.0)
+    os.kill(proc.pid if target == "rank0" else rank1, sig)
+    _, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("Initializing distributed")]
+    assert proc.returncode == 128 + sig and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(signal.Signals(sig).name)
+    assert not Path(f"/proc/{rank1}").exists() or "Z" in Path(f"/proc/{rank1}/stat").read_text().split()[2]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the DDP ranks through /proc")
+def test_ddp_a_rank_killed_during_training_stops_rank_zero_with_one_line_and_its_checkpoint(tmp_path):
+    proc = _start([*DDP, "--trainer.max_steps", 10_000_000, "--trainer.val_check_interval", 500], tmp_path)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith("step ") and "1000" in line:
+            break
+    os.kill(_children_of(proc.pid)[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 137 and "Traceback" not in err, err
+    assert "SIGKILL (DDP process 1): interrupted during training; checkpoint" in err and "Resume with:" in err
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real tmpfs mounted at tmp_path/mnt (root only), unmounted afterwards."""
+    point = tmp_path / "mnt"
+    point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(point)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def _remount_read_only(mount) -> None:
+    """The kernel refuses a read-only remount ("mount point is busy") while a file on it is open for writing,
+    as one is for a moment at every save: try again until a moment when none is."""
+    for _ in range(2000):
+        done = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+        assert "busy" in done.stderr, done.stderr
+        time.sleep(0.005)
+    raise AssertionError(f"{mount} stayed busy: no moment without a file open for writing")
+
+
+def test_a_read_only_remount_mid_run_is_one_line_and_keeps_the_last_checkpoint(tmpfs):
+    proc = _start(["fit", "--task", "add", "--model.members", 2, "--trainer.max_steps", 1_000_000, "--stop.when",
+                   "never", *QUIET], tmpfs)
+    for line in proc.stdout:
+        if line.startswith("step ") and line.split()[1] == "2000":
+            _remount_read_only(tmpfs)
+            break
+    _, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in err, err
+    assert re.fullmatch(r"error: could not write lightning_logs/version_0/\S+: Read-only file system; its previous "
+                        r"version \(if any\) is intact: every write is atomic\. The file system turned read-only.*",
+                        lines[0]), lines
+    last = tmpfs / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert _ckpt(last)["global_step"] >= 1000  # 2000 when its save came before the remount
+
+
+def test_the_watchdog_leaves_a_rank_waiting_in_a_collective_to_the_others(tmp_path, monkeypatch):
+    """A signal's handler cannot run while the main thread waits in C; the watchdog stops such a process,
+    except in a collective of torch.distributed (the ranks stop together at the next block)."""
+    from circuits_pl import signals
+
+    (tmp_path / "distributed_c10d.py").write_text("def all_reduce(event):\n    event.wait(5)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import distributed_c10d
+
+    seen, event = [], threading.Event()
+
+    def look() -> None:
+        time.sleep(0.2)
+        seen.append(signals._in_collective())
+        event.set()
+
+    threading.Thread(target=look).start()
+    assert not signals._in_collective()
+    distributed_c10d.all_reduce(event)  # the main thread waits "in a collective" until the look is done
+    assert seen == [True]

@@ -64,6 +64,20 @@ def test_progress_lines_start_with_the_job_name_unpadded():
                                   "10× r(x) + r(−x)")
 
 
+def test_a_job_whose_members_are_all_too_early_says_so_not_no_exact_circuit(tmp_path):
+    from circuits_pl.report import progress_line, write_markdown
+
+    row = {"job": "min", "task": "min", "layer_sizes": "2-3-1", "lr": 0.1, "steps": 1000, "members": 16, "found": 0,
+           "found_ci95_low": 0.0, "found_ci95_high": 0.19, "solved": 0, "ci95_low": 0.0, "ci95_high": 0.19,
+           "median_solved_at": None, "converged": 0, "converging": 0, "slow": 0, "stuck": 0, "too_early": 16,
+           "diverged": 0, "max_sparsity_error_solved": None, "circuits": "", "common_stuck": "", "run_dir": "r"}
+    assert progress_line(row) == ("min: too early to tell: all 16 members had fewer than 3 validations; give more "
+                                  "steps (--max_steps) or validate more often")
+    write_markdown([row], tmp_path / "report.md", "report --tasks min")
+    text = (tmp_path / "report.md").read_text()
+    assert "- **min** (2-3-1, lr 0.1): too early to tell (fewer than 3 validations)" in text
+
+
 def test_a_results_json_from_before_the_certified_readout_reports_as_before(tmp_path):
     from circuits_pl.report import report_row, write_markdown
 

@@ -36,9 +36,10 @@ def test_run_summary_from_plain_trainer_fit_writes_results_and_figures(tmp_path)
     grid = torch.cartesian_prod(g, g)
     for k in range(6):
         out = grid
-        for layer, w in enumerate(module.net.weights):
-            out = out @ w[k].double().T
-            out = out.relu() if layer < len(module.net.weights) - 1 else out
+        weights = [w.detach() for w in module.net.weights_of(k)]
+        for layer, w in enumerate(weights):
+            out = out @ w.double().T
+            out = out.relu() if layer < len(weights) - 1 else out
         mse = float((out[:, 0] - grid.sum(1)).square().mean())
         assert per["box_mse"][k] == pytest.approx(mse, rel=2e-2, abs=1e-15)  # the grid misses thin creases
     # test MSE against plain arithmetic on the final weights

@@ -136,7 +136,7 @@ def test_checkpoints_never_hold_non_finite_weights(tmp_path):
         state = torch.load(path, weights_only=True)
         assert state["global_step"] == 1000
         assert all(bool(torch.isfinite(v).all()) for k, v in state["state_dict"].items() if k.startswith("net."))
-    assert all(bool(torch.isfinite(w).all()) for w in module.net.weights)  # reset to its last finite state
+    assert all(bool(torch.isfinite(w).all()) for w in module.net.parameters())  # reset to its last finite state
 
 
 # Written by main at 7174282 (before the per-member state moved into circuits_pl.population):
@@ -154,9 +154,11 @@ def test_a_checkpoint_of_the_previous_layout_loads_and_resumes_exactly(run_cli, 
     old = torch.load(OLD_CHECKPOINT, weights_only=True)["state_dict"]
     module = CircuitModule.load_from_checkpoint(OLD_CHECKPOINT)
     now = module.state_dict()
+    assert len(now) == len(old)
     for key, value in old.items():  # every value of the old file, wherever it lives now
-        (match,) = [k for k in now if k == key or k.endswith("." + key)]
+        (match,) = [k for k in now if k == key or k.endswith("." + key.removeprefix("net."))]
         assert torch.equal(now[match].nan_to_num(-7.0), value.nan_to_num(-7.0)), key
+    assert module.sweep.is_single and module.net.groups[0].members == 6  # one cell, as it was trained
     assert module.population.diverged_at.tolist() == [-1, -1, -1, 11, 14, -1]
     run_cli("fit", *OLD_ARGS, "--ckpt_path", OLD_CHECKPOINT, "--trainer.max_steps", 2000)
     # the old file was trained by the torch engine (before --model.engine), and resumes with it

@@ -14,7 +14,7 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
 
 def _weights(run, member):
     module = CircuitModule.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
-    return [w[member].detach() for w in module.net.weights], module
+    return [w.detach() for w in module.net.weights_of(member)], module
 
 
 def _reference(task, sizes, seed, data_seed, steps, batch, lr):
@@ -75,13 +75,13 @@ def test_divergence_of_the_only_network_stops_with_the_step(run_cli, tmp_path, c
 def test_one_diverging_member_does_not_kill_the_others():
     module = CircuitModule(task="abs", members=3, lr=0.1, init_seed=0)
     with torch.no_grad():
-        module.net.weights[0][1].mul_(1e15)  # member 1 will overflow
+        module.net.groups[0].weights[0][1].mul_(1e15)  # member 1 will overflow
     trainer = _trainer(max_steps=300)
     from circuits_pl.data import CircuitDataModule
 
     trainer.fit(module, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
     assert module.population.diverged_at[1] > 0 and module.population.diverged_at[[0, 2]].tolist() == [-1, -1]
-    assert all(bool(torch.isfinite(w).all()) for w in module.net.weights)  # reset to its last finite state
+    assert all(bool(torch.isfinite(w).all()) for w in module.net.parameters())  # reset to its last finite state
     assert module.population.best_member != 1 and module.global_step == 300
 
 
@@ -149,7 +149,7 @@ def _diverging_run(rule, max_steps, blow_up, engine="auto"):
     module = CircuitModule(task="abs", members=3, init_seed=0, engine=engine, **kwargs)
     if blow_up:
         with torch.no_grad():
-            for w, scale in zip(module.net.weights, scales):
+            for w, scale in zip(module.net.groups[0].weights, scales):
                 w[1].mul_(scale)
     trainer = _trainer(max_steps=max_steps)
     trainer.fit(module, CircuitDataModule(task="abs", stream_seed=0, steps_per_batch=50))
