@@ -2,6 +2,7 @@
 
     python benchmarks/study.py            # 1-2-1 ... 1-16-1, 64 members per cell, 9 interleaved rounds
     python benchmarks/study.py --quick    # 5 rounds of shorter blocks (a check, ~15 s)
+    python benchmarks/study.py --engine torch   # the torch engine's groups (default: auto, as fit: fused here)
 
 A study (``fit --sweep.sizes 1-2-1,1-4-1,1-8-1,1-16-1``) trains its cells side by side in one process:
 one group of networks per architecture and lr (``circuits_pl.sweep``), each trained by its own
@@ -58,11 +59,11 @@ class GroupTimer:
         self.seconds[sizes] += time.perf_counter() - start
 
 
-def trained(sizes: list[tuple[int, ...]], members: int) -> tuple[TrainedMembers, Sweep]:
+def trained(sizes: list[tuple[int, ...]], members: int, engine: str) -> tuple[TrainedMembers, Sweep]:
     sweep = Sweep.product(sizes, [LR], [1.0], members)
     net = GroupedMLPs(sweep, seed=0)
     optimizer = OptimizerSettings(lr=LR).build([list(n.parameters()) for n in net.groups], [LR] * len(net.groups))
-    return TrainedMembers(net, optimizer), sweep
+    return TrainedMembers(net, optimizer, engine), sweep
 
 
 def block(run: TrainedMembers, sweep: Sweep, x: torch.Tensor, y: torch.Tensor, timer: GroupTimer) -> float:
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 rounds of 50-step blocks")
     parser.add_argument("--members", type=int, default=64, help="members per cell (default 64)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 9; --quick 5)")
+    parser.add_argument("--engine", default="auto", choices=["auto", "fused", "torch"],
+                        help="--model.engine of the runs (default auto: fused on the CPU, as fit)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     steps = 50 if args.quick else 200
@@ -89,8 +92,8 @@ def main() -> None:
     timer = GroupTimer()
     blocks.train_block = timer  # TrainedMembers calls the module's train_block: every group's call is timed
     try:
-        alone = {s: trained([s], k) for s in SIZES}
-        study = trained(SIZES, k)
+        alone = {s: trained([s], k, args.engine) for s in SIZES}
+        study = trained(SIZES, k, args.engine)
         for run in [*alone.values(), study]:  # warm-up: first touch of every tensor
             block(*run, x[:2], y[:2], timer)
         per_alone: dict[tuple[int, ...], list[float]] = defaultdict(list)
@@ -122,8 +125,8 @@ def main() -> None:
         return f"{statistics.median(values):7.2f} ({min(values):.2f}–{max(values):.2f})"
 
     names = ", ".join("-".join(map(str, s)) for s in SIZES)
-    print(f"µs per network-step, {k} members per cell, batch {BATCH}, blocks of {steps} steps, plain SGD, one "
-          f"thread; median of {rounds} interleaved rounds (min–max). Study: {names}")
+    print(f"µs per network-step, engine {args.engine}, {k} members per cell, batch {BATCH}, blocks of {steps} steps, "
+          f"plain SGD, one thread; median of {rounds} interleaved rounds (min–max). Study: {names}")
     print(f"{'sizes':>8}  {'alone':>22}  {'in the study':>22}  ratio")
     ratios = {}
     for s in SIZES:

@@ -132,6 +132,8 @@ def train_members(params: Sequence[Any], states: Sequence[Sequence[Any]], n_weig
         members: the members to train (a slice of K with step 1); the others do not move.
         threads: split the members over this many threads (the kernels release the GIL).
     """
+    if xt.shape[0] == 0:
+        return  # a block of no steps (a stop that falls on a block's first step)
     sizes = tuple([params[0].shape[2]] + [w.shape[1] for w in params[:n_weights]])
     spec = Spec(sizes, len(params) > n_weights, rule)
     kernel = compiled(spec)

@@ -128,6 +128,16 @@ def test_member_k_is_bit_identical_whatever_k_share_threads_or_block(rule, sizes
         assert torch.equal(a[2:5], w[2:5]) and torch.equal(a[:2], s[:2]) and torch.equal(a[5:], s[5:])
 
 
+def test_a_block_of_no_steps_changes_nothing():
+    """A stop on a block's first step (a resumed run at its max_steps, an interrupt) hands over 0 steps."""
+    net = ReLUMLP((2, 3, 1), members=2, seed=0)
+    opt = MemberOptimizer(net.parameters(), rule="adam", lr=0.1)
+    before = [p.detach().clone() for p in net.parameters()]
+    xt, yt = _batch((2, 3, 1), 1)
+    train_block(opt, 2, xt[:0], yt[:0], engine="fused")
+    assert all(torch.equal(p, b) for p, b in zip(net.parameters(), before)) and opt.steps_done == 0
+
+
 def test_fused_training_follows_the_torch_engine():
     """300 steps of 5 members: the engines stay within float32 rounding of each other."""
     xt, yt = _batch((2, 3, 1), 300, batch=200, seed=2)
