@@ -1,7 +1,7 @@
 """The README's phase diagram and family splits ("Does width change which circuit SGD finds?"), regenerated.
 
 Runs the README's study (or reads its runs), reads every job's last checkpoint with today's readout
-(``circuits_pl.results.run_results``: found, solved, families), and writes per cell (task, hidden width, lr):
+(``circuits_pl.run_summary.run_results``: found, solved, families), and writes per cell (task, hidden width, lr):
 members, found, its Wilson interval and the families of the found members, into ``benchmarks/family_splits.json``;
 prints the sentences the README states; with ``--figure``, draws the phase diagram (report's heat map) from it.
 
@@ -28,8 +28,8 @@ import torch
 from circuits_pl.readout.matrices import MINUS
 from circuits_pl.readout.structure import target_form
 from circuits_pl.report import plot_rates
-from circuits_pl.results import run_results
-from circuits_pl.runs import load_run
+from circuits_pl.run_summary import run_results
+from circuits_pl.saved_run import load_run
 from circuits_pl.success import wilson_interval
 from circuits_pl.tasks import BUILTIN_TASKS
 

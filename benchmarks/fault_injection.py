@@ -322,7 +322,7 @@ def costs() -> None:
     import statistics
 
     from circuits_pl import files
-    from circuits_pl.checkpoints import damaged_record
+    from circuits_pl.checkpoint_checks import damaged_record
 
     work = Path(tempfile.mkdtemp(prefix="circuits_pl_costs_", dir=REPO / "benchmarks"))
     try:

@@ -1,4 +1,4 @@
-"""Initialising K = 100,000 members: the per-member loop against circuits_pl.init, in one process.
+"""Initialising K = 100,000 members: the per-member loop against circuits_pl.init_weights, in one process.
 
     python benchmarks/init_speed.py
 

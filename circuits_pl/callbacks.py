@@ -7,7 +7,6 @@ import csv
 import gc
 import os
 import sys
-import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -15,7 +14,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from tqdm import tqdm
 
-from circuits_pl.compat import last_save, set_last_save
+from circuits_pl.compat import HookedModelCheckpoint, last_save, set_last_save
 from circuits_pl.files import atomic_link, atomic_open
 from circuits_pl.logger import run_dir
 
@@ -126,7 +125,7 @@ def pl_task_name(trainer: pl.Trainer) -> str:
     return getattr(getattr(module, "task", None), "name", "")
 
 
-class LastCheckpoint(ModelCheckpoint):
+class LastCheckpoint(HookedModelCheckpoint):
     """``last.ckpt``, rewritten at every validation (so also where a run stops: at ``max_steps``, when
     solved, on an interrupt), whatever the monitored metric does.
 
@@ -144,7 +143,7 @@ class LastCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         return "LastCheckpoint"
 
-    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+    def write_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         """Where the best-by-``val/mse`` callback has just saved at this very step, last.ckpt is a hard
         link to its file (made atomically) instead of a second serialisation of the same state, as
         Lightning's ``save_last="link"`` (a hard link, not a symlink: last.ckpt keeps its content when
@@ -153,12 +152,12 @@ class LastCheckpoint(ModelCheckpoint):
         checkpoints cost, 2 µs of a 40 µs step."""
         source = self._same_step_checkpoint(trainer)
         if source is None:
-            return super()._save_checkpoint(trainer, filepath)
+            return super().write_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
             try:
                 atomic_link(source, filepath)
             except OSError:  # no hard links on this filesystem: a real save
-                return super()._save_checkpoint(trainer, filepath)
+                return super().write_checkpoint(trainer, filepath)
         set_last_save(self, filepath, trainer.global_step)  # no barrier: no other rank reads the file
 
     def _same_step_checkpoint(self, trainer: pl.Trainer) -> str | None:
@@ -172,12 +171,6 @@ class LastCheckpoint(ModelCheckpoint):
             if path and "://" not in path and step == trainer.global_step and os.path.isfile(path):
                 return path
         return None
-
-
-# The predict grid is served as an iterable of ready batches (circuits_pl.data.Batches: every DDP rank
-# predicts every point), which has no sampler for Lightning to read batch indices from; the writer
-# below does not use them.
-warnings.filterwarnings("ignore", message=r"Couldn't infer the batch indices fetched from your dataloader")
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -13,12 +13,12 @@ Lightning values) runs before anything is built or written. ``validate``/``test`
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import signal
 import sys
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,23 +26,30 @@ import torch
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from circuits_pl import preflight, signals
+from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
 from circuits_pl.cadence import Cadence
 from circuits_pl.callbacks import FrozenHeap, LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
-from circuits_pl.checkpoint_io import AtomicCheckpointIO
-from circuits_pl.checkpoints import check_finite, check_state_dict, load_checked_checkpoint, saved_sweep
-from circuits_pl.compat import cli_get, cli_instantiate_trainer, cli_parser
+from circuits_pl.checkpoint_checks import check_finite, check_state_dict, load_checked_checkpoint, saved_sweep
+from circuits_pl.compat import (
+    HookedLightningCLI,
+    cli_get,
+    cli_instantiate_trainer,
+    cli_parser,
+    parser_actions,
+    quiet_lightning_warnings,
+)
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, SaveFailed, TrainingDiverged
 from circuits_pl.files import atomic_write_text
 from circuits_pl.interrupts import GracefulInterrupt, RunInterrupted, interrupt_message, release_all
 from circuits_pl.logger import claim_run_dir, run_dir
 from circuits_pl.module import CircuitModule, check_precision
-from circuits_pl.results import RunSummary
+from circuits_pl.run_summary import RunSummary
 from circuits_pl.sweep import Sweep
 from circuits_pl.tasks import task_names
 from circuits_pl.usage import front_door, program_name
@@ -75,7 +82,7 @@ BEFORE_SWEEPS = {"init_scale": 1.0, "cells": None}
 UNTRAINED = "untrained"
 
 
-class CircuitsCLI(LightningCLI):
+class CircuitsCLI(HookedLightningCLI):
     """LightningCLI for circuits_pl (see the module docstring)."""
 
     def __init__(self, args: Sequence[str] | None = None, run: bool = True):
@@ -130,7 +137,7 @@ class CircuitsCLI(LightningCLI):
             "checkpoint.enable_version_counter": False,
         })
         # Lightning's help for these counts batches and epochs; circuits_pl counts SGD steps
-        for action in parser._actions:  # argparse's list of options: no public accessor
+        for action in parser_actions(parser):
             if action.dest in _STEP_HELP:
                 action.help = _STEP_HELP[action.dest] + " (type: %(type)s, default: %(default)s)"
 
@@ -169,7 +176,7 @@ class CircuitsCLI(LightningCLI):
             self._typed_config = typed.get(sub) if sub else typed
         return self._typed_config.get(section) or Namespace()
 
-    def _parse_ckpt_path(self) -> None:
+    def after_parse(self) -> None:
         """Check ``--ckpt_path`` before Lightning reads it; take task and sizes from it.
 
         ``validate``/``test``/``predict`` need a checkpoint: without one they would report untrained
@@ -473,16 +480,36 @@ def main(args: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     if (status := front_door(argv)) is not None:  # --help, no command, an unknown command
         raise SystemExit(status)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed"):
-        logging.getLogger(name).addFilter(_said_otherwise)
-    # Every run writes into a new version directory, so a restored ModelCheckpoint always "moves".
-    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     if argv and argv[0] in ("inspect", "report"):
         from circuits_pl import inspection, report
 
         command = {"inspect": inspection.main, "report": report.main}[argv[0]]
-        return _run_guarded(lambda: command(argv[1:]))
-    return _run_guarded(lambda: CircuitsCLI(args=args))
+        run = functools.partial(command, argv[1:])
+    else:
+        run = functools.partial(CircuitsCLI, args=args)
+    loggers = [logging.getLogger(name) for name in _LOGGERS]
+    handlers = {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS}
+    threads, environment = torch.get_num_threads(), dict(os.environ)  # --threads sets OMP_NUM_THREADS
+    for logger in loggers:
+        logger.addFilter(_said_otherwise)
+    try:
+        with quiet_lightning_warnings():
+            return _run_guarded(run, whole_process=args is None)
+    finally:
+        # what this command changed, as it was (a caller in Python goes on in the same process)
+        for logger in loggers:
+            logger.removeFilter(_said_otherwise)
+        if args is not None:
+            torch.set_num_threads(threads)
+            os.environ.clear()
+            os.environ.update(environment)
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+
+
+# The Lightning loggers whose lines _said_otherwise filters.
+_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.seed")
 
 
 # Lightning's info lines that circuits_pl says in its own words, or that mislead with its SGD-step cadence:
@@ -500,7 +527,9 @@ def _said_otherwise(record: logging.LogRecord) -> bool:
     return not any(text in message for text in _SAID_OTHERWISE)
 
 
-def _run_guarded(fn) -> Any:
+def _run_guarded(fn, whole_process: bool = True) -> Any:
+    """Run ``fn``, turning circuits_pl's errors and interrupts into one line and an exit status.
+    ``whole_process``: the process ends with this command (else :func:`main` restores the signal handlers)."""
     interrupted = False
     stop_with: int | None = None  # the signal the other DDP ranks get if they are still running
     try:
@@ -538,7 +567,7 @@ def _run_guarded(fn) -> Any:
     finally:
         signals.set_ending()
         release_all()
-        if interrupted:  # the run is stopped and said so: a further Ctrl-C must not turn the exit into a crash
+        if interrupted and whole_process:  # stopped and said so: a further Ctrl-C must not turn the exit into a crash
             for sig in signals.STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_IGN)
         # DDP: the other ranks stop with this one (or finish, a moment behind it) before it goes

@@ -1,26 +1,55 @@
-"""The few private Lightning APIs circuits_pl relies on, in one place.
+"""The private Lightning, jsonargparse and torch APIs circuits_pl relies on, in one place.
 
 Each shim says why no public API does the job. ``tests/test_compat.py`` checks every one against
-the installed Lightning, so an upgrade that changes them fails there, loudly, not somewhere deep in
-a run.
+the installed versions, by what it does (not by reading their source), so an upgrade that changes
+them fails there, loudly, not somewhere deep in a run. Where circuits_pl must override a private
+method, the override lives here, in a base class that hands over to a public-named hook
+(:class:`HookedLightningCLI`, :class:`HookedModelCheckpoint`, :class:`HookedCSVLogger`,
+:class:`HookedDDPStrategy`); the subclasses elsewhere override only those hooks.
+
+Importing this module changes no process state: the warnings Lightning gives that circuits_pl's
+commands silence are silenced by :func:`quiet_lightning_warnings`, around a command only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.strategies import DDPStrategy
 
-# Lightning 2.6 calls an API that torch 2.13 deprecates, once per fit, from code a user cannot change
-# ("`isinstance(treespec, LeafSpec)` is deprecated"): silenced for this one message only, for the
-# CLI and for a plain Trainer alike (importing circuits_pl's LightningModule brings this module in).
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-# Under MemberParallelStrategy every rank holds every member's values when CircuitModule logs (synced
-# before it logs): Lightning's advice to log its keys with sync_dist=True (one line per key and
-# run, on every rank) does not apply, and following it would add a collective per key per validation.
-warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('((val|test|train)/\w+|step)', "
-                                          r"\.\.\., sync_dist=True\)`")
+# Lightning's warnings that say nothing to a user of circuits_pl's commands (regular expressions of
+# their messages), silenced by quiet_lightning_warnings.
+LIGHTNING_NOISE = (
+    # Lightning 2.6 calls an API that torch 2.13 deprecates, once per fit, from code a user cannot change
+    r".*isinstance\(treespec, LeafSpec\)",
+    # Under MemberParallelStrategy every rank holds every member's values when CircuitModule logs (synced
+    # before it logs): Lightning's advice to log its keys with sync_dist=True (one line per key and run, on
+    # every rank) does not apply, and following it would add a collective per key per validation.
+    r"It is recommended to use `self\.log\('((val|test|train)/\w+|step)', \.\.\., sync_dist=True\)`",
+    # The predict grid is served as an iterable of ready batches (circuits_pl.data.Batches: every DDP rank
+    # predicts every point), which has no sampler to read batch indices from; PredictionWriter needs none.
+    r"Couldn't infer the batch indices fetched from your dataloader",
+    # Every run writes into a new version directory, so a restored ModelCheckpoint always "moves".
+    r"The dirpath has changed from",
+)
+
+
+@contextlib.contextmanager
+def quiet_lightning_warnings() -> Iterator[None]:
+    """Silence :data:`LIGHTNING_NOISE` inside the block; the warning filters are as before after it."""
+    with warnings.catch_warnings():
+        for message in LIGHTNING_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        yield
 
 
 def record_resolved(obj: pl.LightningModule | pl.LightningDataModule, **values: Any) -> None:
@@ -66,7 +95,34 @@ def count_optimizer_steps(lightning_optimizer: Any, steps: int) -> None:
         after()
 
 
-# --- LightningCLI internals the CLI builds on (no public equivalent in lightning 2.6) -------------
+def restored_batches(trainer: Any) -> int:
+    """Lightning batches counted before this fit (restored from a checkpoint): the fit loop's
+    progress counter, which has no public accessor. The resumed stream aligns its first block on it."""
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+
+
+# --- LightningCLI: the points between Lightning's steps where circuits_pl's CLI acts ---------------
+
+class HookedLightningCLI(LightningCLI):
+    """LightningCLI with a public-named hook where Lightning has only a private step.
+
+    :meth:`after_parse` runs after parsing, before the seed is set and any class is built. It replaces
+    ``LightningCLI._parse_ckpt_path`` (no public hook runs there), which would ``torch.load`` a
+    ``--ckpt_path`` a second time, unchecked, to read its hyper-parameters.
+    """
+
+    def after_parse(self) -> None:
+        """``self.config`` is parsed; nothing is seeded or built yet."""
+
+    def _parse_ckpt_path(self) -> None:
+        self.after_parse()
+
+
+def parser_actions(parser: Any) -> list[Any]:
+    """The options of an (argparse or jsonargparse) parser: argparse's ``_actions``, which has no public
+    accessor. The CLI rewrites the help of the Trainer options whose unit it changes, or whose default."""
+    return list(parser._actions)
+
 
 def cli_parser(cli: Any, subcommand: str | None) -> Any:
     """The parser of a subcommand (``LightningCLI._parser``): its callback keys name the callbacks
@@ -85,10 +141,34 @@ def cli_instantiate_trainer(cli: Any, config: dict[str, Any], callbacks: list[An
     return cli._instantiate_trainer(config, callbacks)
 
 
-def restored_batches(trainer: Any) -> int:
-    """Lightning batches counted before this fit (restored from a checkpoint): the fit loop's
-    progress counter, which has no public accessor. The resumed stream aligns its first block on it."""
-    return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+# --- Checkpoints -----------------------------------------------------------------------------------
+
+def module_from_checkpoint(cls: type[pl.LightningModule], checkpoint: dict[str, Any], **kwargs: Any) -> Any:
+    """``cls.load_from_checkpoint(path, map_location="cpu", **kwargs)`` for a checkpoint already read
+    and checked (circuits_pl.checkpoint_checks), so that a command reads its file once: Lightning's
+    own steps after its ``torch.load`` (``_pl_migrate_checkpoint``, the hyper-parameters given as
+    ``kwargs`` over the saved ones, ``_load_state``), which have no public entry taking a loaded
+    checkpoint. ``checkpoint`` is updated as Lightning updates its own copy."""
+    from lightning.pytorch.core.saving import _load_state
+    from lightning.pytorch.utilities.migration.utils import _pl_migrate_checkpoint
+
+    checkpoint = _pl_migrate_checkpoint(checkpoint)
+    checkpoint.setdefault(cls.CHECKPOINT_HYPER_PARAMS_KEY, {})
+    checkpoint[cls.CHECKPOINT_HYPER_PARAMS_KEY].update(kwargs)
+    return _load_state(cls, checkpoint, **kwargs)
+
+
+class HookedModelCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose every save goes through :meth:`write_checkpoint` (``_save_checkpoint``,
+    the one method every save of Lightning's ModelCheckpoint calls, is private)."""
+
+    def write_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """Save the checkpoint file ``filepath`` (Lightning's way: ``trainer.save_checkpoint``, then the
+        bookkeeping that :func:`last_save` reads)."""
+        super()._save_checkpoint(trainer, filepath)
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        self.write_checkpoint(trainer, filepath)
 
 
 def last_save(callback: Any) -> tuple[str, int]:
@@ -103,12 +183,60 @@ def last_save(callback: Any) -> tuple[str, int]:
 
 
 def set_last_save(callback: Any, path: str, step: int) -> None:
-    """Record a save made without ``ModelCheckpoint._save_checkpoint`` (see :func:`last_save`)."""
+    """Record a save made without Lightning's ``ModelCheckpoint._save_checkpoint`` (see :func:`last_save`)."""
     callback._last_checkpoint_saved = path
     callback._last_global_step_saved = step
 
 
-# --- DDP's popen launcher (no public base class for a launcher that starts the script again) ------
+# --- The CSV logger ------------------------------------------------------------------------------
+
+class HookedCSVLogger(CSVLogger):
+    """CSVLogger with public-named hooks for what circuits_pl's RunLogger changes: the version it picks
+    (``CSVLogger._get_next_version``) and the class of its writer (built inside the ``experiment``
+    property, from the private ``_experiment`` and ``_fs``)."""
+
+    writer_class: type = ExperimentWriter
+
+    def next_version(self, version: int) -> int:
+        """The version to use, given the one Lightning picked (one more than the largest on disk)."""
+        return version
+
+    def started_writer(self) -> Any:
+        """The writer, if this logger has made one (else None: nothing was logged)."""
+        return self._experiment
+
+    def _get_next_version(self) -> int:
+        return self.next_version(super()._get_next_version())
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = self.writer_class(log_dir=self.log_dir)
+        return self._experiment
+
+
+def record_new_keys(writer: ExperimentWriter) -> None:
+    """Add the columns of the rows waiting in ``writer.metrics`` to ``writer.metrics_keys``, sorted
+    (``ExperimentWriter._record_new_keys``: Lightning's order of metrics.csv's columns)."""
+    writer._record_new_keys()
+
+
+# --- DDP -----------------------------------------------------------------------------------------
+
+class HookedDDPStrategy(DDPStrategy):
+    """DDPStrategy whose launcher can be replaced (:meth:`replace_launcher`): Lightning chooses it in
+    the private ``_configure_launcher`` and keeps it in the private ``_launcher``."""
+
+    def replace_launcher(self, launcher: Any) -> Any:
+        """The launcher to use instead of ``launcher`` (Lightning's choice)."""
+        return launcher
+
+    def _configure_launcher(self) -> None:
+        super()._configure_launcher()
+        self._launcher = self.replace_launcher(self._launcher)
+
 
 def script_launcher() -> type:
     """Lightning's ``_SubprocessScriptLauncher`` (``--trainer.strategy ddp`` re-runs the command per rank):
@@ -116,6 +244,13 @@ def script_launcher() -> type:
     from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
     return _SubprocessScriptLauncher
+
+
+def start_child_ranks(launcher: Any) -> list[Any]:
+    """Start ranks 1.. of a ``_SubprocessScriptLauncher`` (its ``_call_children_scripts``: the command
+    again, with the rank in the environment); their ``Popen`` objects."""
+    launcher._call_children_scripts()
+    return list(launcher.procs)
 
 
 def set_num_threads_if_needed(num_processes: int) -> None:

@@ -15,7 +15,6 @@ import contextlib
 import errno
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -51,9 +50,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[str]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
         remove_stray_temps(directory)
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), dir=directory)
-        os.close(fd)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would honour the umask
+        tmp = _new_temp_file(directory, temp_prefix(target))
         yield tmp
         if durable:
             _fsync_file(tmp)  # the writer closed it: its data reaches the disk before the rename
@@ -199,7 +196,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_temp_file(directory: Path, prefix: str) -> str:
+    """Create an empty file ``directory/prefix + random`` that did not exist, with the mode a plain
+    ``open(path, "w")`` gives (0666 less the process's umask, applied by the kernel: the umask is never
+    read, so no ``os.umask`` round trip briefly sets it to 0 for every thread). ``tempfile.mkstemp``
+    would make it 0600."""
+    for _ in range(100):
+        path = os.path.join(directory, prefix + os.urandom(6).hex())
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise FileExistsError(errno.EEXIST, f"no free temporary name in {directory}", prefix)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 
-from circuits_pl.members import heldout_mse, read_member, test_mse, write_figures
+from circuits_pl.module_readout import heldout_mse, read_member, test_mse, write_figures
 from circuits_pl.readout import Readout
-from circuits_pl.runs import Run, check_finite_member, load_run
+from circuits_pl.saved_run import Run, check_finite_member, load_run
 from circuits_pl.usage import program_name
 
 

@@ -12,7 +12,7 @@ the sanity validation, and keeps it until the CLI has written results.json and t
   complete or absent (the message says whether results.json was written).
 - after the end of fit (everything written): stop at once, saying the run is complete.
 
-A second signal stops at once in any phase. Saves are atomic (``circuits_pl.checkpoint_io``), so
+A second signal stops at once in any phase. Saves are atomic (``circuits_pl.atomic_checkpoint_io``), so
 an abort in the middle of one keeps the previous checkpoint. The CLI turns :class:`RunInterrupted`
 into exit status 128 + signal (130 for SIGINT, 143 for SIGTERM) and a message saying what is on
 disk and how to resume (:func:`interrupt_message`). Before and after fit, and when a process is
@@ -36,7 +36,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.distributed import ReduceOp
 
 from circuits_pl import signals
-from circuits_pl.compat import script_launcher, set_num_threads_if_needed
+from circuits_pl.compat import script_launcher, set_num_threads_if_needed, start_child_ranks
 from circuits_pl.usage import program_name
 
 SANITY, TRAINING, END, DONE = "sanity validation", "training", "end of fit", "after the end of fit"
@@ -267,8 +267,7 @@ class RankLauncher(script_launcher()):
     def launch(self, function: Any, *args: Any, trainer: pl.Trainer | None = None, **kwargs: Any) -> Any:
         self.cluster_environment.validate_settings(num_devices=self.num_processes, num_nodes=self.num_nodes)
         if not self.cluster_environment.creates_processes_externally:
-            self._call_children_scripts()
-            signals.register_children(self.procs)
+            signals.register_children(start_child_ranks(self))
             signals.watch_children(lambda rank, status: rank_stopped_message(trainer, rank, status))
         set_num_threads_if_needed(num_processes=self.num_processes)
         return function(*args, **kwargs)

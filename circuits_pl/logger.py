@@ -10,11 +10,10 @@ import time
 from typing import Any
 
 from lightning.pytorch.core.saving import save_hparams_to_yaml
-from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 
+from circuits_pl.compat import HookedCSVLogger, record_new_keys
 from circuits_pl.files import atomic_path, atomic_write_text, sweep_run_tree
 
 
@@ -45,7 +44,7 @@ class AtomicExperimentWriter(ExperimentWriter):
         evaluated = any(key.startswith(("val/", "test/")) for row in self.metrics for key in row)
         if not (force or evaluated or time.monotonic() - self._written >= self.FLUSH_SECONDS):
             return
-        self._record_new_keys()
+        record_new_keys(self)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
         writer.writeheader()
@@ -57,7 +56,7 @@ class AtomicExperimentWriter(ExperimentWriter):
         self._written = time.monotonic()
 
 
-class RunLogger(CSVLogger):
+class RunLogger(HookedCSVLogger):
     """CSVLogger (``<save_dir>/<name>/version_N/metrics.csv``) that claims ``version_N`` with an
     exclusive ``mkdir`` and writes its files atomically (:class:`AtomicExperimentWriter`).
 
@@ -68,8 +67,9 @@ class RunLogger(CSVLogger):
     (:func:`circuits_pl.files.sweep_run_tree`).
     """
 
-    def _get_next_version(self) -> int:
-        version = super()._get_next_version()
+    writer_class = AtomicExperimentWriter
+
+    def next_version(self, version: int) -> int:
         if rank_zero_only.rank != 0:  # other DDP ranks write nothing; the trainer broadcasts rank 0's
             return version
         sweep_run_tree(self.root_dir)
@@ -82,16 +82,8 @@ class RunLogger(CSVLogger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        if self._experiment is not None:
-            self._experiment.save(force=True)
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> AtomicExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = AtomicExperimentWriter(log_dir=self.log_dir)
-        return self._experiment
+        if (writer := self.started_writer()) is not None:
+            writer.save(force=True)
 
 
 def run_dir(trainer) -> str:

@@ -112,7 +112,7 @@ class CircuitModule(pl.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
         """Lightning's ``load_from_checkpoint``, but a checkpoint of your own task needs
         ``task='package.module:function'``: loading a checkpoint never imports code it names."""
-        from circuits_pl.checkpoints import load_checked_checkpoint
+        from circuits_pl.checkpoint_checks import load_checked_checkpoint
 
         if isinstance(checkpoint_path, (str, os.PathLike)):
             load_checked_checkpoint(checkpoint_path, task=kwargs.get("task"), option="task=")

@@ -10,7 +10,7 @@ notebook's ``nn.Linear`` layers would initialise it, so member 0 of seed 0 is th
 
 Activations are kept batch-last, ``(K, units, B)``: with B = 1000 contiguous along the last axis
 every elementwise op runs over long rows rather than over rows of 2 or 3 units. Training
-(``member_gradients``) uses only per-member ops, so member k's trajectory is bit-identical whatever
+(``step_gradients``) uses only per-member ops, so member k's trajectory is bit-identical whatever
 K and however members are chunked (``circuits_pl.train_block``).
 
 A run whose members differ in architecture (a sweep's cells, ``circuits_pl.sweep``) holds one such
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from circuits_pl.errors import CircuitsError
-from circuits_pl.init import init_linear_members
+from circuits_pl.init_weights import init_linear_members
 from circuits_pl.sweep import Sweep
 
 
@@ -66,7 +66,7 @@ class ReLUMLP(nn.Module):
         """nn.Linear's initialisation, each member from its own seed: member ``start + k`` of the range
         ``members`` (default all) from ``seed + k``, then times ``init_scale`` (nothing at 1).
 
-        float32: all members at once (``circuits_pl.init``, torch's generator reproduced bit for bit;
+        float32: all members at once (``circuits_pl.init_weights``, torch's generator reproduced bit for bit;
         K = 1e5 2-3-1: 0.13 s instead of 1.4 s, benchmarks/init_speed.py); other dtypes member by member.
         """
         members = members or slice(0, self.members)
@@ -121,18 +121,6 @@ class ReLUMLP(nn.Module):
         biases = list(self.biases) if member is None else [b[member : member + 1] for b in self.biases]
         out = layer_activations(weights, x, biases)[-1].transpose(-1, -2)  # (K, N, 1)
         return out[0] if member is not None else out
-
-    def gradients(self, xt: torch.Tensor, yt: torch.Tensor, alive: torch.Tensor | None = None,
-                  members: slice | None = None) -> list[torch.Tensor]:
-        """Gradients of each member's MSE on one batch (see :func:`member_gradients`), in the order of
-        ``self.parameters()``. ``alive``: optional ``(K, 1, 1)`` bool mask; members outside it get zeros.
-        ``members``: only these members (a slice of K; ``alive`` then covers the slice)."""
-        weights, biases = list(self.weights), list(self.biases)
-        if members is not None:
-            weights, biases = [w[members] for w in weights], [b[members] for b in biases]
-        with torch.no_grad():
-            grads = member_gradients(weights, biases, xt, yt)
-            return grads if alive is None else [torch.where(alive, g, 0.0) for g in grads]
 
     @torch.no_grad()
     def mse(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -228,7 +216,7 @@ def layer_activations(weights: Sequence[torch.Tensor], x: torch.Tensor,
 
     The one forward of the package: :class:`ReLUMLP`, the readout (``readout.matrices.forward``) and
     the success threshold (``success.perturbed_circuit_mse``) use it; training's hot path has its own
-    (:func:`member_gradients`).
+    (:func:`step_gradients`).
 
     Args:
         weights: per layer ``(out, in)`` for one network, or ``(K, out, in)`` for K stacked ones.
@@ -251,16 +239,26 @@ def layer_activations(weights: Sequence[torch.Tensor], x: torch.Tensor,
     return acts
 
 
-def member_gradients(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor], xt: torch.Tensor,
-                     yt: torch.Tensor) -> list[torch.Tensor]:
+# threshold_backward's overload resolved once: torch.ops.aten.threshold_backward(...) resolves it at
+# every call (1.93 against 1.66 µs a call here, one thread).
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
+
+
+def step_gradients(weights: Sequence[torch.Tensor], weights_t: Sequence[torch.Tensor],
+                   biases: Sequence[torch.Tensor], x: torch.Tensor, x_t: torch.Tensor,
+                   yt: torch.Tensor) -> list[torch.Tensor]:
     """Gradients of each member's MSE on one batch, derived by hand (equal to autograd's).
 
-    This is the training hot path, so it takes its batch *batch-last*, as the activations are kept.
+    This is the training hot path (``circuits_pl.train_block``), so it takes its batch *batch-last*,
+    as the activations are kept, and the views it needs are made by the caller once per block and
+    member chunk rather than at every step.
 
     Args:
         weights, biases: ``(K, out, in)`` and ``(K, out, 1)`` per layer (biases empty without bias),
             all members or a chunk of them (views).
-        xt: inputs, transposed: ``(in, B)``. yt: targets, transposed: ``(1, B)``.
+        weights_t: ``weights[l].transpose(1, 2)`` per layer (views, so they see the in-place updates).
+        x: the step's inputs expanded to ``(K, in, B)`` (a view of one ``(in, B)`` batch); x_t: its
+            ``(K, B, in)`` transpose. yt: targets, transposed: ``(1, B)``.
 
     Returns:
         gradients in the order of ``ReLUMLP.parameters()``: all weights, then all biases.
@@ -276,27 +274,8 @@ def member_gradients(weights: Sequence[torch.Tensor], biases: Sequence[torch.Ten
 
     It is its own forward, not :func:`layer_activations`, because that one uses ``matmul`` (whose
     blocking depends on K) and fresh tensors, while this one needs member k bit-identical whatever K
-    (per-member ``bmm``) and works in place (``+=``, ``relu_``), each choice measured (the timings in
-    :func:`step_gradients`' comments; ``benchmarks/hotpath.py``).
-    """
-    x = xt.expand(weights[0].shape[0], -1, -1)  # (K, in, B), a view: no copy
-    w_t = [w.transpose(1, 2) for w in weights]
-    return step_gradients(weights, w_t, biases, x, x.transpose(1, 2), yt)
-
-
-# threshold_backward's overload resolved once: torch.ops.aten.threshold_backward(...) resolves it at
-# every call (1.93 against 1.66 µs a call here, one thread).
-_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
-
-
-def step_gradients(weights: Sequence[torch.Tensor], weights_t: Sequence[torch.Tensor],
-                   biases: Sequence[torch.Tensor], x: torch.Tensor, x_t: torch.Tensor,
-                   yt: torch.Tensor) -> list[torch.Tensor]:
-    """:func:`member_gradients` with the views it would make at every step made by the caller, once
-    per block and member chunk (``circuits_pl.train_block``): ``weights_t[l]`` is
-    ``weights[l].transpose(1, 2)`` (a view, so it sees the in-place updates), ``x`` the step's inputs
-    expanded to ``(K, in, B)`` and ``x_t`` its ``(K, B, in)`` transpose. Each view costs ~0.8 µs to make
-    (one thread), a few µs of a 23 µs step at K = 1; the arithmetic is the same, op for op.
+    (per-member ``bmm``) and works in place (``+=``, ``relu_``), each choice measured
+    (``benchmarks/hotpath.py``).
     """
     last = len(weights) - 1
     acts = [x]

@@ -212,7 +212,7 @@ def _plot_function_2d(fig: Figure, net: Fn, task: Task, points: int = 101) -> No
 # The circuit as a graph
 # ---------------------------------------------------------------------------------------------
 
-def plot_circuit(canonical: Canonical, task: Task, out_png: str | Path, merged: bool = False) -> Path:
+def plot_circuit(canonical: Canonical, task: Task, out_png: str | Path) -> Path:
     """The canonical circuit as a layered graph: inputs, hidden units (r), output.
 
     Edge labels are the weights (3 decimals; zero weights are not drawn), colour is the sign
@@ -222,11 +222,8 @@ def plot_circuit(canonical: Canonical, task: Task, out_png: str | Path, merged: 
         canonical: from :func:`circuits_pl.readout.canonicalize`.
         task: gives the input names and the title.
         out_png: where to write the figure.
-        merged: draw the merged circuit (duplicates summed, dead and silent units dropped)
-            instead of every unit.
     """
-    mats = canonical.merged if merged else canonical.weights
-    dead = [torch.zeros(w.shape[0], dtype=torch.bool) for w in mats[:-1]] if merged else canonical.dead
+    mats, dead = canonical.weights, canonical.dead
     sizes = [mats[0].shape[1]] + [w.shape[0] for w in mats]
     fig = _figure(2.2 * len(sizes) + 1, 1.1 * max(sizes) + 1.6)
     ax = fig.add_subplot()

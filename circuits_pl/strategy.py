@@ -25,12 +25,12 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from torch.distributed import ReduceOp
 
-from circuits_pl.compat import script_launcher
+from circuits_pl.compat import HookedDDPStrategy, script_launcher
 from circuits_pl.errors import CircuitsError
 from circuits_pl.interrupts import RankLauncher
 
 
-class MemberParallelStrategy(DDPStrategy):
+class MemberParallelStrategy(HookedDDPStrategy):
     """DDPStrategy without the DistributedDataParallel wrapper (see the module docstring)."""
 
     strategy_name = "ddp_members"
@@ -38,10 +38,10 @@ class MemberParallelStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         pass  # no wrapper: members are independent, and the module syncs them at each validation
 
-    def _configure_launcher(self) -> None:
-        super()._configure_launcher()
-        if type(self._launcher) is script_launcher():  # popen: watch the ranks (circuits_pl.interrupts)
-            self._launcher = RankLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+    def replace_launcher(self, launcher: Any) -> Any:
+        if type(launcher) is script_launcher():  # popen: watch the ranks (circuits_pl.interrupts)
+            return RankLauncher(self.cluster_environment, self.num_processes, self.num_nodes)
+        return launcher
 
     def reduce(self, tensor: Any, group: Any | None = None, reduce_op: ReduceOp | str | None = "mean") -> Any:
         """``DDPStrategy.reduce`` without the barrier Lightning runs before every all_reduce (an

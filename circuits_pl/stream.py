@@ -144,10 +144,6 @@ class UniformBlocks(IterableDataset):
             s = end
         return x
 
-    def step_inputs(self, step: int) -> torch.Tensor:
-        """The inputs of SGD step ``step``: ``(B, in)``, before cone folding."""
-        return self.inputs(step, 1)[0]
-
     def block(self, step: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = fold_into_cone(self.inputs(step, n), self.cone)
         return x, self.task(x)

@@ -113,14 +113,6 @@ class Sweep:
             return cls((Cell(tuple(layer_sizes), lr, init_scale),), members_per_cell)
         return cls(tuple(cell_from_dict(c) for c in cells), members_per_cell)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Sweep:
-        """The inverse of :meth:`as_dict` (checkpoints and results.json hold that plain form)."""
-        return cls(tuple(cell_from_dict(c) for c in data["cells"]), int(data["members_per_cell"]))
-
-    def as_dict(self) -> dict:
-        return {"cells": [c.as_dict() for c in self.cells], "members_per_cell": self.members_per_cell}
-
     @property
     def members(self) -> int:
         return len(self.cells) * self.members_per_cell
@@ -152,13 +144,6 @@ class Sweep:
             out.append(Group(key[0], key[1], idx[0] * self.members_per_cell,
                              (idx[-1] + 1) * self.members_per_cell, idx))
         return out
-
-    def group_of(self, member: int) -> tuple[int, int]:
-        """Member ``member``'s group and its index within that group."""
-        for g, group in enumerate(self.groups()):
-            if group.start <= member < group.stop:
-                return g, member - group.start
-        raise IndexError(f"member {member} is out of range: the sweep has {self.members} members")
 
     def describe(self) -> str:
         """The cells in one phrase: ``3 sizes (1-2-1, 1-4-1, 1-8-1) × 3 lr (0.03, 0.1, 0.3) × 2 init scales

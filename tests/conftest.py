@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,20 @@ def run_dirs(root: Path) -> list[Path]:
 
 def results(run: Path) -> dict:
     return json.loads((run / "results.json").read_text())
+
+
+def assert_drawn(png: Path, size: tuple[float, float] | None = None) -> None:
+    """``png`` reads back (matplotlib.image) as an RGBA image of ``size`` (width, height) pixels if given,
+    with something drawn on it: several colours, and not almost all of it the background."""
+    from matplotlib.image import imread
+
+    image = imread(png)
+    assert image.ndim == 3 and image.shape[2] == 4, image.shape
+    if size is not None:
+        assert image.shape[:2] == (round(size[1]), round(size[0])), image.shape
+    rgba = (image * 255).round().astype("uint8").reshape(-1, 4)  # one 32-bit word per pixel
+    colours, counts = np.unique(rgba.view("uint32"), return_counts=True)
+    assert len(colours) > 10 and int(counts.max()) < 0.99 * len(rgba), (png, len(colours))
 
 
 def reference_sgd(weights: list[torch.Tensor], batches, lr: float) -> list[torch.Tensor]:

@@ -356,7 +356,15 @@ def test_a_user_task_checkpoint_loads_only_when_named(workdir, trained, monkeypa
 
 def test_untrained_weights_only_on_request(workdir, capsys):
     assert call(["test", "--task", "add", "--ckpt_path", "untrained", *QUIET], workdir) == 0
-    assert "test/mse" in capsys.readouterr().out
+    said = float(re.search(r"test/mse\s+([-\d.e]+)", capsys.readouterr().out).group(1))
+    # member 0 as the notebook builds it (manual_seed(0), nn.Linear layers) on the run's test set, untrained
+    from circuits_pl.data import CircuitDataModule
+
+    x, y = CircuitDataModule(task="add").fixed_set("test").tensors
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.ReLU(), torch.nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        assert said == pytest.approx(float((net(x) - y).square().mean()), rel=1e-6)
 
 
 def test_dashed_layer_sizes_are_the_readme_notation(workdir, capsys):

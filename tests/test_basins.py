@@ -4,7 +4,12 @@ References are independent of circuits_pl.basins: Python arithmetic on the targe
 sign or slope), the initialisation redone with nn.Linear per member, and a real training run.
 """
 
+import json
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -21,7 +26,7 @@ from circuits_pl.basins import (
     summary,
     target_sectors,
 )
-from circuits_pl.results import RunSummary
+from circuits_pl.run_summary import RunSummary
 from circuits_pl.success import wilson_interval
 from circuits_pl.tasks import Task, get_task
 
@@ -150,3 +155,39 @@ def test_table_and_summary_count_with_python_arithmetic():
 def test_outcome_labels():
     assert outcome_labels([True, False, False, False], [None, "y = r(x)", "y = r(x)", "y = 0"], top=1) == \
         ["found", "y = r(x)", "y = r(x)", "other"]
+
+
+def _readme_basins_rows() -> dict:
+    """The README's Basins table: (task, h) -> the row's cells after the ceiling."""
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    rows = {}
+    for m in re.finditer(r"^\| (abs|identity) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) / (\d+) \| "
+                         r"(\d+) / (\d+) \|$", text, re.M):
+        rows[m.group(1), int(m.group(2))] = m.groups()[2:]
+    assert len(rows) == 6, "the README's Basins table changed shape"
+    return rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["abs", "identity"])
+def test_the_readme_basins_rows_for_two_units_are_what_report_trains_today(task, tmp_path):
+    """The README's h = 2 rows, retrained the way its `report` command trains them (512 seeds, 20k steps, seed 0,
+    the torch engine that made them) and counted here from per-member fields with Python arithmetic."""
+    from circuits_pl.report import Job
+
+    args = Job(name=task, task=task, sizes=[1, 2, 1]).fit_args(512, 20_000, 0, tmp_path)
+    if "--model.engine" in subprocess.run([sys.executable, "-m", "circuits_pl", "fit", "--help"],
+                                          capture_output=True, text=True).stdout:
+        args += ["--model.engine", "torch"]
+    subprocess.run([sys.executable, "-m", "circuits_pl", *args], check=True, capture_output=True)
+    res = json.loads(next(tmp_path.rglob("results.json")).read_text())
+    per = res["per_member"]
+    covered, agreeing, found = per["sectors_covered"], per["sectors_agreeing"], per["found"]
+    ceiling, both, rate, dark_found, dark, agree_found, agree = _readme_basins_rows()[task, 2]
+    assert float(ceiling) == 1 - 2 ** (1 - 2)
+    assert f"{sum(c == 2 for c in covered) / 512:.3f}" == both
+    assert f"{sum(found) / 512:.3f}" == rate
+    dark_members = [f for c, f in zip(covered, found) if c < 2]
+    assert (sum(dark_members), len(dark_members)) == (int(dark_found), int(dark))
+    full = [f for c, a, f in zip(covered, agreeing, found) if c == 2 and a == 2]
+    assert (sum(full), len(full)) == (int(agree_found), int(agree))

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import results, run_dirs
+from conftest import assert_drawn, results, run_dirs
 
 from circuits_pl.cli import main
 from circuits_pl.network import GroupedMLPs, ReLUMLP
@@ -31,6 +31,12 @@ def _blocks(n_blocks=4, steps=25, batch=60):
     for _ in range(n_blocks):
         x = torch.rand(steps, batch, 2, generator=gen) * 2 - 1
         yield x, x.amin(-1, keepdim=True)
+
+
+def _group_of(sweep: Sweep, member: int) -> tuple[int, int]:
+    """The group holding ``member`` and its index there, from the groups' member ranges."""
+    (g,) = [g for g, group in enumerate(sweep.groups()) if group.start <= member < group.stop]
+    return g, member - sweep.groups()[g].start
 
 
 def _sweep_run(rule, share=None, engine="torch"):
@@ -65,7 +71,7 @@ def test_every_member_equals_its_cell_trained_alone(rule, engine):
             k = SWEEP.seed_offset(m)
             for got, want in zip(net.parameters_of(m), alone.parameters_of(k), strict=True):
                 assert torch.equal(got, want), (cell.label, m)
-        g, first = SWEEP.group_of(SWEEP.members_of(c).start)
+        g, first = _group_of(SWEEP, SWEEP.members_of(c).start)
         mine = [s[first:first + SWEEP.members_per_cell] for ss in opt.state_tensors(g) for s in ss]
         for got, want in zip(mine, [s for ss in alone_opt.state_tensors() for s in ss], strict=True):
             assert torch.equal(got, want), cell.label
@@ -120,7 +126,7 @@ def _member_tensors(ckpt, member):
     """Member ``member``'s weights and optimizer state in a checkpoint, from its hyper-parameters' cells."""
     hp = ckpt["hyper_parameters"]
     sweep = Sweep.of_run(hp["layer_sizes"] or (), hp["lr"], hp["init_scale"], hp["cells"], hp["members"])
-    g, k = sweep.group_of(member)
+    g, k = _group_of(sweep, member)
     state = ckpt["state_dict"]
     weights = [state[key][k] for key in sorted(state) if key.startswith(f"net.groups.{g}.weights.")]
     before = sum(len(sweep.groups()[i].layer_sizes) - 1 for i in range(g))  # parameters of earlier groups
@@ -171,7 +177,8 @@ def test_results_metrics_and_inspect_carry_each_members_cell(run_cli, tmp_path, 
         assert cell["found_rate_ci95"] == pytest.approx(wilson_interval(cell["found"], 3))
         assert cell["basins"]["table"] and sum(r["members"] for r in cell["basins"]["table"]) == 3
     assert res["found"] == sum(c["found"] for c in res["cells"])
-    assert (run / "phase.png").stat().st_size > 0 and "Figure: lightning_logs/version_0/phase.png" in out
+    assert "Figure: lightning_logs/version_0/phase.png" in out
+    assert_drawn(run / "phase.png")
     rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r["val/solved"]]
     columns = [k for k in rows[0] if k.startswith("val/solved_cell")]
     assert columns == [f"val/solved_cell{c}" for c in range(8)]

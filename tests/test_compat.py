@@ -1,6 +1,7 @@
 """Every private-API shim in circuits_pl.compat still works with the installed Lightning."""
 
 import inspect
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -56,18 +57,29 @@ def test_count_optimizer_steps_advances_global_step():
     assert hasattr(progress, "increment_by")
 
 
-def test_lightning_cli_calls_parse_ckpt_path_after_parsing_and_before_the_seed_and_instantiation():
-    """CircuitsCLI overrides LightningCLI's private ``_parse_ckpt_path`` (no public hook runs between
-    parsing and ``_set_seed``): it checks --ckpt_path and runs every preflight check there, so a refusal
-    is the only line on stderr (no "Seed set to 0") and comes before any class or directory exists."""
+def test_after_parse_runs_after_parsing_and_before_the_seed_and_instantiation(monkeypatch):
+    """HookedLightningCLI.after_parse stands in for LightningCLI's private ``_parse_ckpt_path`` (no public
+    hook runs between parsing and ``_set_seed``): CircuitsCLI checks --ckpt_path and runs every preflight
+    check there, so a refusal is the only line on stderr (no "Seed set to 0") and comes before any class
+    or directory exists. Checked by the order Lightning really calls them in."""
     from lightning.pytorch.cli import LightningCLI
 
-    source = inspect.getsource(LightningCLI.__init__)
-    calls = ["self.parse_arguments(", "self._parse_ckpt_path()", "self._set_seed()",
-             "self.before_instantiate_classes()", "self.instantiate_classes()"]
-    positions = [source.find(call) for call in calls]
-    assert -1 not in positions, dict(zip(calls, positions))
-    assert positions == sorted(positions), dict(zip(calls, positions))
+    from circuits_pl.compat import HookedLightningCLI
+
+    calls = []
+    for name in ("parse_arguments", "_set_seed", "before_instantiate_classes", "instantiate_classes"):
+        original = getattr(LightningCLI, name)
+        monkeypatch.setattr(LightningCLI, name,
+                            lambda self, *a, _n=name, _f=original, **k: (calls.append(_n), _f(self, *a, **k))[1])
+
+    class Recording(HookedLightningCLI):
+        def after_parse(self):
+            calls.append("after_parse")
+
+    Recording(CircuitModule, CircuitDataModule, args=["--model.task", "add", "--data.task", "add"], run=False,
+              trainer_defaults={"logger": False, "enable_checkpointing": False})
+    assert calls == ["parse_arguments", "after_parse", "_set_seed", "before_instantiate_classes",
+                     "instantiate_classes"]
 
 
 def test_lightning_cli_internals_used_by_the_cli_still_exist():
@@ -89,7 +101,8 @@ def test_restored_batches_counts_the_batches_of_a_fit():
 
 
 def test_csv_logger_still_picks_versions_through_get_next_version(tmp_path):
-    """circuits_pl.logger.RunLogger overrides CSVLogger._get_next_version to claim version_N atomically."""
+    """circuits_pl.logger.RunLogger claims version_N atomically through HookedCSVLogger.next_version
+    (CSVLogger._get_next_version)."""
     from circuits_pl.logger import RunLogger
 
     (tmp_path / "lightning_logs" / "version_0").mkdir(parents=True)
@@ -98,14 +111,131 @@ def test_csv_logger_still_picks_versions_through_get_next_version(tmp_path):
 
 
 def test_model_checkpoint_still_records_its_last_save(tmp_path):
-    from lightning.pytorch.callbacks import ModelCheckpoint
+    from circuits_pl.compat import HookedModelCheckpoint
 
-    cb = ModelCheckpoint(dirpath=tmp_path, filename="x", monitor=None)
+    cb = HookedModelCheckpoint(dirpath=tmp_path, filename="x", monitor=None)
     trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[cb], default_root_dir=tmp_path)
     trainer.strategy.connect(CircuitModule(task="add"))
     assert last_save(cb)[0] == ""  # nothing saved yet
-    cb._save_checkpoint(trainer, str(tmp_path / "x.ckpt"))
-    assert last_save(cb) == (str(tmp_path / "x.ckpt"), 0)
+    cb.write_checkpoint(trainer, str(tmp_path / "x.ckpt"))
+    assert last_save(cb) == (str(tmp_path / "x.ckpt"), 0) and (tmp_path / "x.ckpt").is_file()
     set_last_save(cb, "y.ckpt", 7)
     assert last_save(cb) == ("y.ckpt", 7)
+
+
+def test_every_save_of_model_checkpoint_goes_through_write_checkpoint(tmp_path):
+    """HookedModelCheckpoint.write_checkpoint sees every save Lightning's ModelCheckpoint makes in a fit
+    (top-k and last), through the private ``_save_checkpoint``."""
+    from circuits_pl.compat import HookedModelCheckpoint
+
+    class Recording(HookedModelCheckpoint):
+        written: list[str] = []
+
+        def write_checkpoint(self, trainer, filepath):
+            self.written.append(filepath)
+            super().write_checkpoint(trainer, filepath)
+
+    cb = Recording(dirpath=tmp_path, filename="step-{step}", every_n_train_steps=7, save_top_k=-1, save_last=True)
+    trainer = pl.Trainer(max_steps=21, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[cb], default_root_dir=tmp_path)
+    trainer.fit(_CountingModule())
+    saved = sorted(p.name for p in tmp_path.glob("*.ckpt"))
+    assert saved == sorted({Path(p).name for p in Recording.written}) and "last.ckpt" in saved
+    assert "step-step=21.ckpt" in saved
+
+
+def test_csv_logger_hooks_reach_its_writer_and_version(tmp_path):
+    """HookedCSVLogger: next_version sees Lightning's pick, writer_class makes the writer (in the private
+    ``experiment`` body), started_writer is ``_experiment``; record_new_keys fills ``metrics_keys``."""
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    from circuits_pl.compat import HookedCSVLogger, record_new_keys
+
+    class Writer(ExperimentWriter):
+        pass
+
+    class Logger(HookedCSVLogger):
+        writer_class = Writer
+        seen: list[int] = []
+
+        def next_version(self, version):
+            self.seen.append(version)
+            return version + 5
+
+    (tmp_path / "lightning_logs" / "version_2").mkdir(parents=True)
+    logger = Logger(save_dir=tmp_path)
+    assert logger.version == 8 and Logger.seen == [3]
+    assert logger.started_writer() is None
+    logger.log_metrics({"b": 1.0, "a": 2.0}, step=0)
+    writer = logger.started_writer()
+    assert type(writer) is Writer and writer is logger.experiment
+    record_new_keys(writer)
+    assert writer.metrics_keys == ["a", "b", "step"]
+
+
+def test_ddp_strategy_hands_its_launcher_to_replace_launcher():
+    """HookedDDPStrategy.replace_launcher sees the launcher Lightning chose (``_configure_launcher``) and its
+    answer is the one the strategy keeps; MemberParallelStrategy puts RankLauncher there (no process starts)."""
+    from circuits_pl.compat import script_launcher
+    from circuits_pl.interrupts import RankLauncher
+    from circuits_pl.strategy import MemberParallelStrategy
+
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy=MemberParallelStrategy(), logger=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    assert type(trainer.strategy.launcher) is RankLauncher
+    assert issubclass(RankLauncher, script_launcher())
+
+
+def test_start_child_ranks_finds_the_launchers_private_members():
+    """compat.start_child_ranks calls ``_SubprocessScriptLauncher._call_children_scripts`` and reads ``procs``."""
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    from circuits_pl.compat import script_launcher
+
+    launcher = script_launcher()(LightningEnvironment(), num_processes=2, num_nodes=1)
+    assert callable(launcher._call_children_scripts) and launcher.procs == []
+
+
+def test_module_from_checkpoint_builds_what_load_from_checkpoint_builds(tmp_path):
+    """compat.module_from_checkpoint runs Lightning's steps after its torch.load on a checkpoint already read:
+    the same module, weights and hyper-parameters (the given ones over the saved) as load_from_checkpoint."""
+    from circuits_pl.checkpoint_checks import load_checked_checkpoint
+    from circuits_pl.compat import module_from_checkpoint
+
+    trainer = pl.Trainer(max_steps=30, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, enable_checkpointing=False)
+    trainer.fit(CircuitModule(task="add", members=4), CircuitDataModule(task="add", steps_per_batch=10))
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    reference = CircuitModule.load_from_checkpoint(tmp_path / "run.ckpt", map_location="cpu", member=2)
+    module = module_from_checkpoint(CircuitModule, load_checked_checkpoint(tmp_path / "run.ckpt"), member=2)
+    assert type(module) is CircuitModule and module.selected_member == reference.selected_member == 2
+    assert dict(module.hparams) == dict(reference.hparams)
+    assert module.state_dict().keys() == reference.state_dict().keys()
+    for key, value in reference.state_dict().items():  # NaN: history slots not filled yet
+        torch.testing.assert_close(module.state_dict()[key], value, rtol=0, atol=0, equal_nan=True)
+
+
+def test_parser_actions_lists_a_parsers_options():
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from circuits_pl.compat import parser_actions
+
+    parser = LightningArgumentParser()
+    parser.add_argument("--threads", type=int, default=1)
+    assert "threads" in [action.dest for action in parser_actions(parser)]
+
+
+def test_quiet_lightning_warnings_silences_inside_and_restores_after():
+    import warnings
+
+    from circuits_pl.compat import quiet_lightning_warnings
+
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_lightning_warnings():
+            warnings.warn("The dirpath has changed from 'a' to 'b'", UserWarning, stacklevel=1)
+        warnings.warn("The dirpath has changed from 'a' to 'b'", UserWarning, stacklevel=1)
+    assert len(caught) == 1  # the one outside the block
+    assert warnings.filters == before

@@ -31,12 +31,6 @@ def test_step_t_depends_only_on_seed_rank_and_t():
     assert torch.equal(first, a[34:40]) and torch.equal(next(resumed)[0], a[40:50])
 
 
-def test_ranks_and_seeds_draw_different_batches():
-    base = _steps(UniformBlocks(ADD, 50, 10, seed=3), 1)
-    assert not torch.equal(base, _steps(UniformBlocks(ADD, 50, 10, seed=3, rank=1), 1))
-    assert not torch.equal(base, _steps(UniformBlocks(ADD, 50, 10, seed=4), 1))
-
-
 def test_cone_folding_keeps_the_half_space_uniform():
     x = torch.rand(200_000, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
     u = torch.tensor([1.0, 2.0])

@@ -14,7 +14,7 @@ import pytest
 from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.module import CircuitModule
-from circuits_pl.results import run_results
+from circuits_pl.run_summary import run_results
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from conftest import results, run_dirs
+from conftest import assert_drawn, results, run_dirs
 
 from circuits_pl.success import wilson_interval
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
@@ -25,7 +25,7 @@ def test_inspect_reads_the_exact_circuit_of_a_solved_run(run_cli, tmp_path, caps
     assert "Homogeneity f(c·x) = c·f(x): OK" in out and "Solved: yes, by the exact MSE over [-1, 1]" in out
     assert "certified max error " in out and "Formula vs the net: certified max error " in out
     for name in ("losses.png", f"function_member{res['best_member']}.png", f"circuit_member{res['best_member']}.png"):
-        assert (run / name).stat().st_size > 1000
+        assert_drawn(run / name)
     # results.json names the circuit of every solved member: a listed one, at these minimal sizes
     per = res["per_member"]
     listed = [c.formula.replace("-", "\u2212") for c in get_task(task).circuits]

@@ -16,14 +16,14 @@ README = PACKAGE.parent / "README.md"
 FLOORS = [
     # 1. plain facts: torch only, no Lightning
     {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "fused", "stream",
-     "sweep", "init", "memory", "population", "signals"},
+     "sweep", "init_weights", "memory", "population", "signals"},
     # 2. analysis without Lightning
     {"success", "verdicts", "readout", "plots", "basins"},
     # 3. Lightning parts
-    {"compat", "data", "module", "callbacks", "interrupts", "checkpoint_io", "checkpoints", "logger",
+    {"compat", "data", "module", "callbacks", "interrupts", "atomic_checkpoint_io", "checkpoint_checks", "logger",
      "preflight", "strategy"},
     # 4. the end of a run, and runs on disk
-    {"members", "results", "runs"},
+    {"module_readout", "run_summary", "saved_run"},
     # 5. commands
     {"cli", "inspection", "report", "__main__", "__init__"},
 ]

@@ -147,8 +147,22 @@ def test_readout_exposes_exact_and_label():
     assert "its form ½(a + b) + ½|a + b| is not the task's form a + b" in stuck.circuit_text()
 
 
-def test_rules_are_one_ordered_list():
-    assert [r.__name__ for r in RULES] == ["catalogue_rule", "structural_rule"]
+def test_a_rule_added_to_rules_names_what_the_others_leave_and_the_first_match_wins(monkeypatch):
+    from circuits_pl.readout import CircuitMatch, canonicalize, match_circuit, rules
+
+    seen = []
+
+    def everything(canonical, task, structure, tol):
+        seen.append(task.name)
+        return CircuitMatch(None, "y = anything", 0.0, structure, "anything")
+
+    monkeypatch.setattr(rules, "RULES", [*RULES, everything])
+    task = BUILTIN_TASKS["add"]
+    listed = match_circuit(canonicalize(disguise([t([1, 1], [-1, -1]), t([1, -1])], 2)), task)
+    assert listed.index == 0 and seen == []  # the catalogue named it: later rules are not asked
+    stuck = match_circuit(canonicalize([t([1, 1], [0.3, 1]), t([1, 0])]), task)
+    assert stuck.rule == "anything" and seen == ["add"]  # no built-in rule names it: the added one does
+    assert listed.rule == "catalogue"
 
 
 def test_stuck_add_is_wrong_exactly_in_its_half_plane():

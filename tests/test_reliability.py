@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import results, run_dirs
+from conftest import assert_drawn, results, run_dirs
 
+from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
 from circuits_pl.cadence import default_steps_per_batch, trainer_cadence
-from circuits_pl.checkpoint_io import AtomicCheckpointIO
 from circuits_pl.errors import CircuitsError, SaveFailed
 from circuits_pl.files import atomic_write_text, is_temp_file, remove_stray_temps
 
@@ -179,7 +179,7 @@ SLOW_SAVE_SCRIPT = textwrap.dedent('''
     import sys, time
     import lightning.pytorch as pl
     from circuits_pl.callbacks import LastCheckpoint, StopWhenSolved
-    from circuits_pl.checkpoint_io import AtomicCheckpointIO
+    from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
     from circuits_pl.data import CircuitDataModule
     from circuits_pl.module import CircuitModule
 
@@ -390,17 +390,15 @@ def test_a_resume_without_its_config_takes_the_runs_data_from_the_checkpoint(run
 
 
 def _no_space_for(name: str, monkeypatch) -> None:
-    """The disk is full for the temporary file of ``name`` (mkstemp fails, as on a full or read-only disk)."""
-    import tempfile
+    """The disk is full for the temporary file of ``name`` (its creation fails, as on a full or read-only disk)."""
+    real = os.open
 
-    real = tempfile.mkstemp
-
-    def mkstemp(*args, prefix="", **kwargs):
-        if prefix.startswith(f".{name}.tmp-"):
+    def create(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and os.path.basename(path).startswith(f".{name}.tmp-"):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(*args, prefix=prefix, **kwargs)
+        return real(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "open", create)
 
 
 @pytest.mark.parametrize("name", ["metrics.csv", "losses.png", "function_member1.png", "hparams.yaml"])
@@ -488,10 +486,23 @@ def _one_line_exit(proc: subprocess.Popen, err: str, code: int, pattern: str) ->
     assert "Traceback" not in err and "Exception ignored" not in err
 
 
+def _wait_for_circuits_pl_handlers(proc) -> None:
+    """Until the process catches SIGTERM (the kernel's SigCgt mask): only circuits_pl.signals.install() sets
+    a SIGTERM handler, on the first line of main. A signal before it meets Python's own start-up (a fixed sleep
+    was too short on a loaded machine: exit -2)."""
+    status = Path(f"/proc/{proc.pid}/status")
+    for _ in range(6000):
+        caught = next(int(line.split()[1], 16) for line in status.read_text().splitlines() if line.startswith("SigCgt"))
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.005)
+    raise AssertionError("circuits_pl never installed its signal handlers")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_while_starting_exits_at_once_with_one_line(tmp_path, sig):
     proc = _start(["fit", "--task", "add", "--model.members", 2, *QUIET], tmp_path)
-    time.sleep(0.3)  # importing torch and Lightning
+    _wait_for_circuits_pl_handlers(proc)  # then it imports torch and Lightning for seconds
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     name = signal.Signals(sig).name
@@ -508,7 +519,9 @@ def test_a_signal_after_the_end_of_fit_exits_with_one_line_and_a_complete_run(tm
     (run,) = run_dirs(tmp_path)
     assert results(run)["steps"] == 1000
     pngs = sorted(run.glob("*.png"))
-    assert len(pngs) == 3 and all(p.read_bytes().startswith(b"\x89PNG") for p in pngs)
+    assert len(pngs) == 3
+    for png in pngs:
+        assert_drawn(png)
 
 
 def test_a_sigint_the_parent_ignores_stays_ignored(tmp_path):

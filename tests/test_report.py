@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from conftest import assert_drawn
 
 from circuits_pl.report import make_jobs, plot_rates
 
@@ -41,7 +42,7 @@ def test_report_tables_every_task_and_parallel_jobs_give_the_serial_results(run_
     res = json.loads((tmp_path / parallel[0]["run_dir"] / "results.json").read_text())
     worst = max(e for e, exact in zip(res["per_member"]["max_error"], res["per_member"]["exact"]) if exact)
     assert f"certified max error {worst:.2g} over [-1, 1] (the largest of the exact members)" in md
-    assert (tmp_path / "reports" / "version_0" / "report.png").stat().st_size > 1000
+    assert_drawn(tmp_path / "reports" / "version_0" / "report.png")
 
 
 def test_sweep_jobs_give_every_task_the_hidden_widths_and_draw_a_heat_map(tmp_path):
@@ -52,7 +53,7 @@ def test_sweep_jobs_give_every_task_the_hidden_widths_and_draw_a_heat_map(tmp_pa
     assert len({j.name for j in jobs}) == 8 and jobs[4].sizes == [2, 2, 1]
     rows = [{"task": j.task, "layer_sizes": "-".join(map(str, j.sizes)), "lr": j.lr, "members": 10,
              "found_rate": 0.5, "found_ci95_low": 0.2, "found_ci95_high": 0.8} for j in jobs]
-    assert plot_rates(rows, tmp_path / "phase.png").stat().st_size > 1000
+    assert_drawn(plot_rates(rows, tmp_path / "phase.png"))
 
 
 def test_progress_lines_start_with_the_job_name_unpadded():

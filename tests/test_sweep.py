@@ -1,6 +1,7 @@
 """Cells of a sweep: parsing, order, seeds, groups by architecture and lr, process shares."""
 
 import pytest
+import yaml
 
 from circuits_pl.errors import CircuitsError
 from circuits_pl.sweep import Cell, Sweep, parse_positive_list, parse_sizes_list
@@ -36,10 +37,15 @@ def test_shares_cut_groups_at_a_process_boundary():
     assert sweep.shares(5, 5) == []
 
 
-def test_round_trip_through_plain_values():
-    sweep = Sweep.product([(2, 3, 1)], [0.03, 0.1], [0.5], members_per_cell=16)
-    assert Sweep.from_dict(sweep.as_dict()) == sweep
-    assert Sweep((Cell((2, 3, 1), 0.1),), 64).is_single
+def test_round_trip_through_the_plain_cells_that_config_yaml_and_checkpoints_hold():
+    sweep = Sweep.product([(2, 3, 1)], [0.1, 0.03], [0.5], members_per_cell=16)
+    plain = yaml.safe_load(yaml.safe_dump([c.as_dict() for c in sweep.cells]))  # model.cells, as fit saves it
+    assert plain == [{"layer_sizes": [2, 3, 1], "lr": 0.03, "init_scale": 0.5},
+                     {"layer_sizes": [2, 3, 1], "lr": 0.1, "init_scale": 0.5}]
+    assert Sweep.of_run((), 0.1, 1.0, plain, 16) == sweep  # as a resumed run reads them back
+    # a run of today: no cells, its one cell from the model's options
+    assert Sweep.of_run((2, 3, 1), 0.1) == Sweep((Cell((2, 3, 1), 0.1),), 64)
+    assert Sweep((Cell((2, 3, 1), 0.1),), 64).is_single and not sweep.is_single
 
 
 @pytest.mark.parametrize("make, message", [

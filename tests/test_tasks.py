@@ -1,7 +1,10 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.stream import uniform_inputs
 from circuits_pl.tasks import BUILTIN_TASKS, Task, embed_circuit, get_task, task_names
 
 
@@ -123,9 +126,18 @@ def test_bad_targets_are_refused_naming_the_task_and_what_it_returned(fn, messag
         Task("bad", fn, 1, "?", (1, 2, 1)).check_targets()
 
 
-def test_builtin_targets_pass_the_check():
-    for task in BUILTIN_TASKS.values():
-        task.check_targets()
+@pytest.mark.parametrize("name", sorted(BUILTIN_TASKS))
+def test_the_check_calls_the_target_on_the_streams_points_and_passes_the_builtins(name):
+    task = BUILTIN_TASKS[name]
+    calls = []
+
+    def recorded(*columns):
+        calls.append(columns)
+        return task.fn(*columns)
+
+    assert replace(task, fn=recorded).check_targets() is None  # no CircuitsError
+    (columns,) = calls  # one call, one column per input, 64 points drawn as the stream draws a fixed set
+    assert torch.equal(torch.stack(columns, -1), uniform_inputs(64, task.arity, seed=0))
 
 
 def test_star_args_is_not_a_task_without_inputs():

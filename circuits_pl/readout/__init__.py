@@ -10,11 +10,12 @@ One concept per module, bottom up:
 - :mod:`.structure`: reading that form from a net with 1 or 2 hidden layers, and how its units make it.
 - :mod:`.rules`: the ordered rules that name a net (:data:`RULES`), one label (:attr:`CircuitMatch.label`).
 - :mod:`.diagnostics`: sparsity, homogeneity, where a net is wrong (in its own cones).
-- :mod:`.member`: one member in a few fields for results.json (:func:`describe_member`).
-- :mod:`.report`: the whole readout of one net (:func:`read_circuit`, :class:`Readout`).
+- :mod:`.description`: one member in a few fields for results.json (:func:`describe_member`).
+- :mod:`.full`: the whole readout of one net (:func:`read_circuit`, :class:`Readout`).
 """
 
 from circuits_pl.readout.canonical import DUPLICATE_TOL, Canonical, canonicalize, merge_printed
+from circuits_pl.readout.description import MemberDescription, describe_member
 from circuits_pl.readout.diagnostics import (
     HOMOGENEITY_RTOL,
     WorstInputs,
@@ -26,6 +27,7 @@ from circuits_pl.readout.diagnostics import (
 )
 from circuits_pl.readout.form import Form
 from circuits_pl.readout.formula import formula, formula_of, unit_formula
+from circuits_pl.readout.full import Readout, read_circuit
 from circuits_pl.readout.matrices import (
     MINUS,
     Fn,
@@ -36,8 +38,6 @@ from circuits_pl.readout.matrices import (
     random_inputs,
     weights_text,
 )
-from circuits_pl.readout.member import MemberDescription, describe_member
-from circuits_pl.readout.report import Readout, read_circuit
 from circuits_pl.readout.rules import MATCH_TOL, RULES, CircuitMatch, match_circuit, why_unnamed
 from circuits_pl.readout.structure import Structure, is_target, structure_of, target_form
 

@@ -6,7 +6,7 @@ file, and a kill or a full disk in the middle leaves a truncated ``last.ckpt`` (
 plugin writes the checkpoint to a temporary file in the target's own directory, fsyncs it and
 renames it over the target (:func:`circuits_pl.files.atomic_open`), so ``last.ckpt`` is always a
 complete checkpoint, the previous one or the new one. Loads check every record's CRC-32 first
-(:func:`circuits_pl.checkpoints.load_verified`).
+(:func:`circuits_pl.checkpoint_checks.load_verified`).
 
 Usage: ``Trainer(plugins=[AtomicCheckpointIO()])``; the CLI adds it to every Trainer.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from circuits_pl.checkpoints import load_verified
+from circuits_pl.checkpoint_checks import load_verified
 from circuits_pl.files import atomic_open, remove_stray_temps, save_failed
 
 
@@ -48,7 +48,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = lambda storage, loc: storage,
                         weights_only: bool | None = None) -> dict[str, Any]:
-        """Lightning's load, with every record's CRC-32 checked first (circuits_pl.checkpoints.load_verified:
+        """Lightning's load, with every record's CRC-32 checked first (circuits_pl.checkpoint_checks.load_verified:
         torch's reader does not check them); a damaged file is one CircuitsError."""
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only)

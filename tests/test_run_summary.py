@@ -5,11 +5,12 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import assert_drawn
 
 from circuits_pl.callbacks import StopWhenSolved
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.module import CircuitModule
-from circuits_pl.results import RunSummary
+from circuits_pl.run_summary import RunSummary
 
 
 def _fit(tmp_path, logger):
@@ -50,20 +51,20 @@ def test_run_summary_from_plain_trainer_fit_writes_results_and_figures(tmp_path)
         torch.testing.assert_close(per["test_mse"][k], mse, rtol=1e-4, atol=1e-12)
     assert "_instantiator" not in res["data"]
     for name in ("losses.png", f"function_member{res['best_member']}.png", f"circuit_member{res['best_member']}.png"):
-        assert (run / name).stat().st_size > 1000, name
+        assert_drawn(run / name)
     assert "test/mse" in (run / "metrics.csv").read_text().splitlines()[0]
 
 
 def test_figures_do_not_depend_on_the_logger(tmp_path):
     module, _, summary = _fit(tmp_path, False)  # no logger: no metrics.csv, still loss curves
     assert not list(tmp_path.rglob("metrics.csv"))
-    assert (tmp_path / "losses.png").stat().st_size > 1000
+    assert_drawn(tmp_path / "losses.png", (6.4 * 110, 4.0 * 110))
     steps, values = module.population.loss_history["val/mse"]
     assert steps == [1000.0, 2000.0] and len(values) == 2
 
 
 def test_the_stopped_early_line_names_converging_members_only_when_there_are_some(run_cli, capsys):
-    from circuits_pl.results import stopped_early_line
+    from circuits_pl.run_summary import stopped_early_line
 
     # abs 1-4-1 stops at its first solved validation with no member still converging
     run_cli("fit", "--task", "abs", "--model.layer_sizes", "1-4-1", "--trainer.enable_progress_bar", "false",

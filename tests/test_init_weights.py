@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from circuits_pl.init import init_linear_members, kernel_fuses_multiply_add, mt19937_outputs, uniform_from_outputs
+from circuits_pl.init_weights import (
+    init_linear_members,
+    kernel_fuses_multiply_add,
+    mt19937_outputs,
+    uniform_from_outputs,
+)
 from circuits_pl.network import ReLUMLP
 
 

@@ -121,7 +121,8 @@ def kernel_fuses_multiply_add() -> bool:
     for fused in (True, False):
         if torch.equal(uniform_from_outputs(r, 0.75, fused), reference):
             return fused
-    raise RuntimeError("torch's CPU uniform_ no longer matches mt19937 + uniform_real: update circuits_pl/init.py")
+    raise RuntimeError("torch's CPU uniform_ no longer matches mt19937 + uniform_real: "
+                       "update circuits_pl/init_weights.py")
 
 
 def linear_bounds(layer_sizes: Sequence[int]) -> list[tuple[float, float]]:

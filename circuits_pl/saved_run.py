@@ -2,7 +2,7 @@
 
 ``load_run`` accepts a checkpoint or a run directory (``lightning_logs/version_N``, whose
 ``checkpoints/last.ckpt`` is read). The checkpoint is read with ``weights_only=True`` and checked
-(see :mod:`circuits_pl.checkpoints`) before anything is built from it.
+(see :mod:`circuits_pl.checkpoint_checks`) before anything is built from it.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuits_pl.checkpoints import check_state_dict, load_checked_checkpoint, saved_sweep
+from circuits_pl.checkpoint_checks import check_state_dict, load_checked_checkpoint, saved_sweep
+from circuits_pl.compat import module_from_checkpoint
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError
 from circuits_pl.module import CircuitModule
@@ -52,9 +53,11 @@ def load_run(path: str | Path, member: int | None = None, task: str | None = Non
             f"--member {member} is out of range: the checkpoint has {members} member(s), 0..{members - 1}")
     override = {} if task is None else {"task": task}
     check_state_dict(ckpt, info["state_dict"], _expected_state(info, override))
-    module = CircuitModule.load_from_checkpoint(ckpt, map_location="cpu", member=member, **override)
+    datamodule_hparams = dict(info.get("datamodule_hyper_parameters") or {})
+    step = int(info.get("global_step", 0))
+    module = module_from_checkpoint(CircuitModule, info, member=member, **override)  # the file is read once
     module.eval()
-    return Run(module, _datamodule(info, module), directory, ckpt, int(info.get("global_step", 0)))
+    return Run(module, _datamodule(datamodule_hparams, module), directory, ckpt, step)
 
 
 def check_finite_member(run: Run, member: int) -> None:
@@ -77,9 +80,8 @@ def _expected_state(info: dict[str, Any], override: dict[str, Any]) -> dict[str,
     return CircuitModule(**kwargs).state_dict()
 
 
-def _datamodule(info: dict[str, Any], module: CircuitModule) -> CircuitDataModule:
-    """The run's data module (its validation/test points and cone), from the checkpoint."""
-    saved = info.get("datamodule_hyper_parameters") or {}
+def _datamodule(saved: dict[str, Any], module: CircuitModule) -> CircuitDataModule:
+    """The run's data module (its validation/test points and cone), from the checkpoint's hyper-parameters."""
     accepted = inspect.signature(CircuitDataModule.__init__).parameters
     kwargs = {k: v for k, v in saved.items() if k in accepted}
     kwargs["task"] = module.task

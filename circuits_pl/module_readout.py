@@ -3,7 +3,7 @@
 A :class:`~circuits_pl.module.CircuitModule` holds K members; these functions read one member's
 circuit (the full :class:`~circuits_pl.readout.Readout`), describe every member cheaply for
 results.json, and draw a member's figures. They take a module and its data module, wherever these
-came from: the end of ``fit`` (:mod:`circuits_pl.results`) or a checkpoint (:mod:`circuits_pl.runs`).
+came from: the end of ``fit`` (:mod:`circuits_pl.run_summary`) or a checkpoint (:mod:`circuits_pl.saved_run`).
 """
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ from circuits_pl.data import CircuitDataModule
 from circuits_pl.files import atomic_write_text
 from circuits_pl.interrupts import GracefulInterrupt
 from circuits_pl.logger import run_dir
-from circuits_pl.members import (
+from circuits_pl.module import CircuitModule
+from circuits_pl.module_readout import (
     describe_members,
     heldout_mse,
     member_decisions,
@@ -41,7 +42,6 @@ from circuits_pl.members import (
     test_mse,
     write_figures,
 )
-from circuits_pl.module import CircuitModule
 from circuits_pl.population import HISTORY
 from circuits_pl.readout.certify import box_text
 from circuits_pl.success import wilson_interval
