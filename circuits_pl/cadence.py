@@ -28,11 +28,9 @@ from circuits_pl.errors import CircuitsError
 
 MAX_STEPS_PER_BATCH = 100  # the default of the data module (Python API): blocks of 100 steps
 # The CLI chooses S per run (steps_per_batch_limit): Lightning's per-block cost (a batch through the
-# fit loop, callbacks, the block's own setup: ~0.3 ms) is amortised over S SGD steps of K members.
-# Measured, `fit`, 2-2-1, one thread, µs per network-step by S (benchmarks/speed.py's loop):
-#   K = 1:    S 100: 41.9  250: 39.9  500: 39.7  1000: 40.3
-#   K = 128:  S 100: 1.97  250: 1.92  500: 1.90
-# Larger blocks also mean a later answer to Ctrl-C (honoured between blocks) and more memory for
+# fit loop, callbacks, the block's own setup) is amortised over S SGD steps of K members; beyond a few
+# hundred steps per block it no longer shows in the time per step (benchmarks/speed.py). Larger blocks
+# also mean a later answer to Ctrl-C (honoured between blocks) and more memory for
 # the block's inputs, so S shrinks as K grows: about BLOCK_MEMBER_STEPS member-steps per block.
 BLOCK_MEMBER_STEPS = 64_000
 BLOCK_SAMPLES = 500_000  # 500 steps of batch 1000: a block's inputs and targets, 6 MB for two inputs
@@ -181,9 +179,9 @@ def choose_steps_per_batch(val_every: int | None, log_every: int | None, members
     validation interval up to :func:`steps_per_batch_limit` and the train-logging interval; under
     member parallelism up to ``DDP_STEPS_PER_BATCH`` whatever K (every block costs collectives)."""
     if distributed:
-        # Lightning's SIGTERM broadcast and the interrupt vote cost ~5 ms per block. Measured, K = 128
-        # 2-2-1, 10k steps on 2 ranks: 1.61 s with blocks of 1000, 1.66 s with 500, 1.83 s with 250
-        # (1 process: 2.5 s). Train metrics are then logged at whole blocks.
+        # Every block costs collectives (Lightning's SIGTERM broadcast, the interrupt vote): the fewer
+        # blocks, the closer two ranks come to twice one (benchmarks/speed.py's ddp2_vs_single).
+        # Train metrics are then logged at whole blocks.
         limit = DDP_STEPS_PER_BATCH
     else:
         limit = steps_per_batch_limit(members, batch_size)

@@ -147,9 +147,8 @@ class LastCheckpoint(HookedModelCheckpoint):
         """Where the best-by-``val/mse`` callback has just saved at this very step, last.ckpt is a hard
         link to its file (made atomically) instead of a second serialisation of the same state, as
         Lightning's ``save_last="link"`` (a hard link, not a symlink: last.ckpt keeps its content when
-        the best file is removed or replaced by a new file, as every save does). Measured (K = 1,
-        2-2-1, validation every 1000 steps): one save is ~2 ms of the ~5 ms a validation's
-        checkpoints cost, 2 µs of a 40 µs step."""
+        the best file is removed or replaced by a new file, as every save does): one serialisation
+        per validation instead of two."""
         source = self._same_step_checkpoint(trainer)
         if source is None:
             return super().write_checkpoint(trainer, filepath)
@@ -205,7 +204,7 @@ class FrozenHeap(pl.Callback):
     """``gc.freeze()`` from the start of ``fit`` to its end (teardown, or an exception).
 
     The imports (torch, Lightning, jsonargparse) leave ~400k objects that Python's cyclic collector
-    walks again at every full collection: 0.19 s each, measured. One fell inside a block of a
+    walks again at every full collection, a long pause each time. One fell inside a block of a
     K = 128 run on 2 DDP ranks and stalled both ranks. Frozen, they are out of the collector's
     sight for the run; the run's own objects are collected as usual, and the end of fit unfreezes
     what it froze (an in-process caller gets its collector back; a caller's own freeze is left

@@ -72,14 +72,14 @@ def record_resolved(obj: pl.LightningModule | pl.LightningDataModule, **values: 
 def count_optimizer_steps(lightning_optimizer: Any, steps: int) -> None:
     """Make Lightning count ``steps`` optimizer steps taken outside ``LightningOptimizer.step``.
 
-    The hot path applies its updates itself (``LightningOptimizer.step`` costs ~65 µs per step:
-    closure, precision and strategy hooks), but ``global_step``, ``max_steps`` and checkpoint resume
-    must count SGD steps. Under manual optimization Lightning's ``_ManualOptimization`` installs
+    The hot path applies its updates itself (``LightningOptimizer.step`` runs a closure, precision and
+    strategy hooks at every step: many times a tiny network's step), but ``global_step``, ``max_steps``
+    and checkpoint resume must count SGD steps. Under manual optimization Lightning's ``_ManualOptimization`` installs
     ``_on_before_step``/``_on_after_step`` on each LightningOptimizer (private: no public API bumps
     ``optim_step_progress``); these are the exact calls ``LightningOptimizer.step`` makes around
     the real step. Calling them after a block of steps is equivalent: nothing reads the counter
     inside the block. The pair runs once (the profiler's "optimizer_step" span); the other steps are
-    added to the same counter (``optim_step_progress.increment_by``): 1000 pairs took 1.3 ms a block.
+    added to the same counter (``optim_step_progress.increment_by``): a pair per step would show in a block.
     """
     if steps <= 0:
         return

@@ -12,7 +12,7 @@ One Lightning batch is a *block* of ``steps_per_batch`` SGD steps::
     y: (S, B, 1)    the task's target
 
 The LightningModule runs the S SGD steps of a block inside one ``training_step``: Lightning's
-per-batch bookkeeping (~1.6 ms) would otherwise dwarf a step of a tiny network (~40 µs).
+per-batch bookkeeping would otherwise dwarf a step of a tiny network.
 Blocks are aligned to multiples of S, so validation and checkpoints fall on the same steps
 whether or not a run was resumed.
 """
@@ -144,7 +144,7 @@ class CircuitDataModule(pl.LightningDataModule):
             cadence = Cadence.of_trainer(trainer, self.hparams.steps_per_batch)
             first_end, empty = cadence.first_block(start, restored_batches(trainer) if start > 0 else 0)
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
-        # num_workers=0: a block costs ~5 µs per step to draw; workers would cost more.
+        # num_workers=0: drawing a block is cheap; a worker's inter-process transfer would cost more.
         # The fused engine's runs draw the same numbers with its faster generator (circuits_pl.stream).
         module = trainer.lightning_module if trainer is not None else None
         draws = "fused" if getattr(module, "hparams", {}).get("engine") == "fused" else "torch"
@@ -153,7 +153,7 @@ class CircuitDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: TensorDataset) -> DataLoader:
         # The whole set as one ready-made batch: per-sample indexing and collation of 1000 points
-        # cost ~4 ms per validation, more than the validation itself.
+        # would cost more than the validation itself.
         return DataLoader(WholeSet(*dataset.tensors), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:

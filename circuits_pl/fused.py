@@ -231,7 +231,7 @@ def fill_uniform(out: Any, seed: int) -> Any:
 
     torch's generator is a standard mt19937 (seeded with the low 32 bits of the seed), and a float32
     ``uniform_(-1, 1)`` takes one 32-bit output r per value: ``(r & 0xFFFFFF) * 2^-24 * 2 - 1``, exact
-    in float32 (see ``circuits_pl.init_weights``). torch generates them one at a time (~2.4 ns a value here);
+    in float32 (see ``circuits_pl.init_weights``). torch generates them one at a time;
     this loop twists and tempers the whole state vectorised, for the fused engine's runs, whose step is
     by then cheaper than their data.
     """

@@ -4,7 +4,7 @@ Member k of a run must start exactly as the notebook's network would after
 ``torch.manual_seed(seed + k)``: each ``nn.Linear`` draws ``kaiming_uniform_(a=sqrt(5))`` for its
 weight, then U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for its bias, layer after layer, from torch's CPU
 generator. A Python loop over members (a Generator and two ``uniform_`` calls per layer each)
-costs ~10 µs per member: minutes for 10M members.
+would take minutes for millions of members (benchmarks/init_speed.py).
 
 Here the generator itself is reproduced in int64 torch ops vectorised over members: torch's CPU
 generator is a standard mt19937 (``ATen/core/MT19937RNGEngine.h``: seeded with the low 32 bits of

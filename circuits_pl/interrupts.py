@@ -47,8 +47,8 @@ class RunInterrupted(BaseException):
     ``phase``: where it struck (``SANITY``, ``TRAINING`` or ``END``).
 
     A BaseException, like KeyboardInterrupt: raised from the signal handler at an arbitrary line, it
-    must not be swallowed by an ``except Exception`` in library code. (Once in 30 kills of
-    benchmarks/fault_injection.py, as an Exception, a SIGINT 4.9 s after start left fit running.)
+    must not be swallowed by an ``except Exception`` in library code (benchmarks/fault_injection.py's
+    kills caught such a case: an Exception left fit running).
     """
 
     def __init__(self, signum: int, step: int, path: str | None, announce: bool = True,

@@ -11,12 +11,9 @@ points holds, in float32 (4 bytes):
 - fixed: one block of inputs (S, B, n_0) with its targets and its batch-last copy, the
   validation/test sets, the predict grid, and the process itself (Python, torch, Lightning).
 
-``benchmarks/memory.py`` checks these figures against the measured peak RSS of real fits (200 steps,
-batch 1000, this machine): 2-2-1 at K = 2000, 8000, 16000 measured 535 MiB, 728 MiB, 915 MiB against
-estimates of 672 MiB, 879 MiB, 1.13 GiB (per member: 24-53 kB measured between successive K, 36 kB
-estimated); 2-32-1 at K = 500, 2000: 614 MiB, 1.18 GiB against 850 MiB, 1.55 GiB (415 kB per member
-measured, 518 kB estimated). So the estimate is 1.2-1.4x the peak: it refuses only runs that
-could not fit, and its "largest that fits" errs on the safe side.
+``benchmarks/memory.py`` prints these estimates beside the measured peak RSS of real fits: the
+estimate is meant to lie above the peak, so that it refuses only runs that could not fit and its
+"largest that fits" errs on the safe side.
 """
 
 from __future__ import annotations
@@ -26,8 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 FLOAT = 4  # bytes of a float32
-# Peak RSS of a tiny fit (2-2-1, K=1): Python + torch + Lightning + jsonargparse, measured by
-# benchmarks/memory.py on this machine (~0.45 GB); rounded up.
+# Peak RSS of a tiny fit (2-2-1, K=1): Python + torch + Lightning + jsonargparse, as benchmarks/memory.py
+# measures it, rounded up.
 PROCESS_BYTES = 600 * 2**20
 WEIGHT_COPIES = 4  # parameters, gradients, the block snapshot, the checkpoint's copy
 MEMBER_BUFFER_BYTES = 4 + 8 * 4 + 8 + 8 + 16  # val_mse, val_history (8), solved_at, diverged_at, metric state

@@ -1,9 +1,11 @@
 """Every private-API shim in circuits_pl.compat still works with the installed Lightning."""
 
 import inspect
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import yaml
 
@@ -76,7 +78,9 @@ def test_after_parse_runs_after_parsing_and_before_the_seed_and_instantiation(mo
         def after_parse(self):
             calls.append("after_parse")
 
-    Recording(CircuitModule, CircuitDataModule, args=["--model.task", "add", "--data.task", "add"], run=False,
+    monkeypatch.setattr(sys, "argv", ["circuits_pl"])  # pytest's own arguments are not the CLI's
+    Recording(CircuitModule, CircuitDataModule, args=["--model.task", "add", "--data.task", "add",
+                                                      "--seed_everything", "0"], run=False,
               trainer_defaults={"logger": False, "enable_checkpointing": False})
     assert calls == ["parse_arguments", "after_parse", "_set_seed", "before_instantiate_classes",
                      "instantiate_classes"]
@@ -124,6 +128,7 @@ def test_model_checkpoint_still_records_its_last_save(tmp_path):
     assert last_save(cb) == ("y.ckpt", 7)
 
 
+@pytest.mark.filterwarnings("ignore:Using ModelCheckpoint with manual optimization")  # the steps are whole blocks
 def test_every_save_of_model_checkpoint_goes_through_write_checkpoint(tmp_path):
     """HookedModelCheckpoint.write_checkpoint sees every save Lightning's ModelCheckpoint makes in a fit
     (top-k and last), through the private ``_save_checkpoint``."""

@@ -55,7 +55,7 @@ class MemberDescription:
 
 def describe_member(weights: Sequence, task: Task, x: torch.Tensor | None = None,
                     to_formula: bool = True) -> MemberDescription:
-    """Canonical form, formula, structural form and label of one bias-free net (~2–4 ms).
+    """Canonical form, formula, structural form and label of one bias-free net.
 
     Args:
         weights: ``(out, in)`` matrices, input layer first, bias-free, one output.
