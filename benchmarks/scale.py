@@ -1,15 +1,17 @@
-"""Member parallelism: the same K members trained by one process and by two DDP ranks (CPU, gloo).
+"""Member parallelism: the same K members trained by one process, by two DDP ranks (CPU, gloo), and by
+one process with two threads (``--threads 2``: the fused engine splits the members over threads).
 
-    python benchmarks/scale.py            # K = 128, 2-2-1, 20000 steps, 3 rounds (~1.5 minutes)
-    python benchmarks/scale.py --quick    # 2 rounds
+    python benchmarks/scale.py                  # K = 128, 2-2-1, 20000 steps, 3 rounds (~2 minutes)
+    python benchmarks/scale.py --quick          # 2 rounds
+    python benchmarks/scale.py --engine torch   # the torch engine (its --threads 2 is torch's intra-op threads)
 
 Each run is a real ``python -m circuits_pl fit`` (validation, checkpoints, logging at their
 defaults, 20000 steps: the default fit's length); the training time is the one its end-of-fit summary
 reports and saves in results.json
 (the training loop, validations and checkpoints included; start-up, imports and process launch
 excluded). Rounds alternate
-single and DDP so machine noise hits both alike; the median counts. Last line:
-``ddp2_vs_single=R`` (member-steps/s of 2 ranks over 1 process).
+the three so machine noise hits them alike; the median counts. Last line:
+``ddp2_vs_single=R threads2_vs_single=T`` (member-steps/s of 2 ranks, and of 2 threads, over 1 process).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from pathlib import Path
 DEFAULT_STEPS = 20_000
 
 
-def train_seconds(members: int, steps: int, devices: int, root: Path) -> float:
+def train_seconds(members: int, steps: int, devices: int, root: Path, threads: int = 1, engine: str = "auto") -> float:
     cmd = [sys.executable, "-m", "circuits_pl", "fit", "--task", "add", "--model.members", str(members),
            "--trainer.max_steps", str(steps), "--stop.when", "never", "--trainer.accelerator", "cpu",
            "--trainer.devices", str(devices), "--trainer.enable_progress_bar", "false", "--figures", "false",
-           "--trainer.default_root_dir", str(root)]
+           "--trainer.default_root_dir", str(root), "--threads", str(threads), "--model.engine", engine]
     if devices > 1:
         cmd += ["--trainer.strategy", "ddp"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -45,21 +47,25 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=128, help="K, the members trained (default 128)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                         help=f"SGD steps per fit (default {DEFAULT_STEPS:,}: the default fit's length)")
+    parser.add_argument("--engine", default="auto", choices=["auto", "fused", "torch"], help="--model.engine")
     args = parser.parse_args()
     rounds = 2 if args.quick else 3
-    times: dict[int, list[float]] = {1: [], 2: []}
+    setups = {"1 process": (1, 1), "2 DDP ranks": (2, 1), "2 threads": (1, 2)}  # (devices, threads)
+    times: dict[str, list[float]] = {name: [] for name in setups}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
-            for devices in (1, 2):
-                times[devices].append(train_seconds(args.members, args.steps, devices, Path(tmp) / f"{devices}-{r}"))
-            print(f"round {r + 1}/{rounds}: 1 process {times[1][-1]:.2f} s, 2 ranks {times[2][-1]:.2f} s",
+            for name, (devices, threads) in setups.items():
+                root = Path(tmp) / f"{devices}-{threads}-{r}"
+                times[name].append(train_seconds(args.members, args.steps, devices, root, threads, args.engine))
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in times.items()),
                   file=sys.stderr)
-    med = {d: statistics.median(v) for d, v in times.items()}
+    med = {name: statistics.median(v) for name, v in times.items()}
     work = args.members * args.steps
-    print(f"K={args.members} 2-2-1, {args.steps} steps: 1 process {work / med[1]:,.0f} member-steps/s, "
-          f"2 DDP ranks {work / med[2]:,.0f} member-steps/s (median of {rounds}; "
-          f"ranges {min(times[1]):.2f}-{max(times[1]):.2f} s and {min(times[2]):.2f}-{max(times[2]):.2f} s)")
-    print(f"ddp2_vs_single={med[1] / med[2]:.2f}")
+    print(f"K={args.members} 2-2-1, {args.steps} steps, engine {args.engine}, member-steps/s (median of {rounds}; "
+          "range of the training seconds): " + "; ".join(
+              f"{name} {work / med[name]:,.0f} ({min(t):.2f}-{max(t):.2f} s)" for name, t in times.items()))
+    print(f"ddp2_vs_single={med['1 process'] / med['2 DDP ranks']:.2f} "
+          f"threads2_vs_single={med['1 process'] / med['2 threads']:.2f}")
 
 
 if __name__ == "__main__":

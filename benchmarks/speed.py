@@ -7,27 +7,36 @@
 
 All on the notebook's 2-2-1 ``add`` network, batch 1000, lr 1e-4, one torch thread. Every figure
 is the median of several interleaved rounds (machine noise hits every loop alike), shown with the
-spread (min-max) of the rounds. Per K, in µs per network-step (one SGD step of one member):
+spread (min-max) of the rounds. Both engines run side by side in the same rounds (``--model.engine``:
+``fused``, the default on the CPU, and ``torch``). Per K, in µs per network-step (one SGD step of one
+member):
 
-- ``step``: ``ReLUMLP.gradients`` + the SGD update (``p.add_(g, alpha=-lr)`` per tensor), no Lightning;
+- ``step torch`` / ``step fused``: ``train_block`` alone, no Lightning: forward, hand-derived gradients
+  and the SGD update of all K members at once (one member chunk), over blocks of distinct batches of
+  the size ``fit`` uses at this K (``cadence.steps_per_batch_limit``);
 - ``data``: one training block of the stream (``UniformBlocks.block``: inputs and targets), per step,
   shared by the K members (so divided by K);
-- ``loop``: the rest of a bare ``fit`` (no validation, checkpoints, logger or progress bar):
+- ``loop``: the rest of a bare fused ``fit`` (no validation, checkpoints, logger or progress bar):
   Lightning's per-block bookkeeping and the module's own work around the step;
 - ``val/ckpt/log``: what the defaults add (validation every 1000 steps plus one at the end, best
   and last checkpoints, CSV logging, progress bar): ``fit`` minus the bare ``fit``;
-- ``fit``: ``fit`` as ``python -m circuits_pl fit`` builds it, timed from the first training batch to
-  the end of training (no start-up, no test);
+- ``fit``: ``fit`` as ``python -m circuits_pl fit`` builds it (fused engine), timed from the first
+  training batch to the end of training (no start-up, no test); ``fit torch``: the same with
+  ``--model.engine torch``;
 - peak memory per member: peak-RSS growth (``VmHWM`` after resetting it) of a subprocess over a
   ``fit`` of at most 200 steps, divided by K (at K = 1 that is mostly the 100-step block of inputs).
 
 Then the notebook's loop (draw a batch, forward, MSE, zero_grad, backward, SGD step), and the wall
-time of ``python -m circuits_pl fit --task min`` with defaults in a fresh process.
+time of ``python -m circuits_pl fit --task min`` with defaults in a fresh process: with the torch
+engine, with the fused engine and an empty numba cache (``NUMBA_CACHE_DIR``: the first run after an
+install, the kernel compiled), and with that cache warm.
 
 The last line is machine-readable:
-``single_vs_notebook=R1 ensemble128_vs_notebook=R2 ensemble1024_vs_notebook=R3 min_fit_seconds=S ddp2_vs_single=R4
-kb_per_member_231=M timeline_overhead=T`` (R4 from ``benchmarks/scale.py``: K = 128 trained by 2 DDP ranks against
-1 process, 20k steps; M: peak memory per member of a 2-3-1 ``fit`` with K = 8192, batch 1000; T: the time the
+``single_vs_notebook=R1 ensemble128_vs_notebook=R2 ensemble1024_vs_notebook=R3 fused_vs_torch_step=F128
+fused_vs_torch_step_k1=F1 min_fit_seconds=S min_fit_cold_seconds=C min_fit_torch_seconds=T ddp2_vs_single=R4
+kb_per_member_231=M timeline_overhead=TL`` (F: ``step torch`` over ``step fused`` at K = 128 and K = 1; S, C, T:
+the three ``fit --task min`` walls above; R4 from ``benchmarks/scale.py``: K = 128 trained by 2 DDP ranks against 1
+process, 20k steps; M: peak memory per member of a 2-3-1 ``fit`` with K = 8192, batch 1000; TL: the time the
 timeline takes naming every member's circuit at every validation over the rest of ``fit --task min``, K = 1024,
 3000 steps, validation every 1000).
 """
@@ -77,22 +86,28 @@ def notebook_loop(steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def step_alone(members: int, steps: int) -> float:
-    """Seconds per network-step of the hand-derived step and SGD update of all members at once (one
-    member chunk: ``train_block`` unchunked), on one fixed batch, no Lightning."""
+def step_alone(members: int, steps: int, engine: str = "torch") -> float:
+    """Seconds per network-step of ``train_block`` (forward, hand-derived gradients and SGD update of
+    all members at once, one member chunk), no Lightning, over blocks of distinct batches as large as
+    ``fit`` makes them at this K (at least ``steps`` steps in all), laid out as ``fit`` hands them over (the
+    transposed view of the stream's block: the torch engine copies it batch-last, the fused one reads it)."""
+    from circuits_pl.cadence import steps_per_batch_limit
     from circuits_pl.network import ReLUMLP
     from circuits_pl.optim import MemberOptimizer
     from circuits_pl.stream import uniform_inputs
     from circuits_pl.train_block import train_block
 
+    block = steps_per_batch_limit(members, BATCH)
     net = ReLUMLP(LAYER_SIZES, members=members, seed=0)
     optimizer = MemberOptimizer(net.parameters(), lr=LR)
-    xt = uniform_inputs(BATCH, 2, seed=1).T.contiguous()
-    xs, ys = xt.expand(steps, -1, -1), xt.sum(0, keepdim=True).expand(steps, -1, -1)  # views: one batch
-    train_block(optimizer, len(net.weights), xs[:1], ys[:1], chunk=members)  # warm-up: first touch
+    x = uniform_inputs(block * BATCH, 2, seed=1).reshape(block, BATCH, 2)  # a block as the stream draws it
+    xt, yt = x.transpose(1, 2), x.sum(2, keepdim=True).transpose(1, 2)  # (S, in, B), (S, 1, B): views, as fit
+    train_block(optimizer, len(net.weights), xt[:1], yt[:1], chunk=members, engine=engine)  # warm-up
+    blocks = -(-steps // block)
     start = time.perf_counter()
-    train_block(optimizer, len(net.weights), xs, ys, chunk=members)
-    return (time.perf_counter() - start) / steps / members
+    for _ in range(blocks):
+        train_block(optimizer, len(net.weights), xt, yt, chunk=members, engine=engine)
+    return (time.perf_counter() - start) / (blocks * block) / members
 
 
 def data_per_step(blocks: int = 20, steps_per_block: int = 100) -> float:
@@ -135,19 +150,19 @@ BARE = ["--trainer.logger", "false", "--trainer.enable_checkpointing", "false", 
         "false", "--trainer.val_check_interval", "1000000", "--trainer.log_every_n_steps", "0", "--figures", "false"]
 
 
-def fit_cli(steps: int, members: int, root: str, bare: bool = False, sizes: str = "2-2-1"):
+def fit_cli(steps: int, members: int, root: str, bare: bool = False, sizes: str = "2-2-1", engine: str = "auto"):
     """The CLI's trainer, model and data for ``fit`` (defaults; the notebook's lr, no early stop)."""
     from circuits_pl.cli import CircuitsCLI
 
     args = ["--task", "add", "--model.members", str(members), "--model.lr", str(LR), "--model.layer_sizes", sizes,
             "--trainer.max_steps", str(steps), "--stop.when", "never", "--trainer.default_root_dir", root,
-            "--threads", str(THREADS)] + (BARE if bare else [])
+            "--threads", str(THREADS), "--model.engine", engine] + (BARE if bare else [])
     return CircuitsCLI(args=args, run=False)
 
 
-def circuits_pl_loop(steps: int, members: int, root: str, bare: bool = False) -> float:
+def circuits_pl_loop(steps: int, members: int, root: str, bare: bool = False, engine: str = "auto") -> float:
     """Seconds per network-step of ``fit`` (the training loop only)."""
-    cli = fit_cli(steps, members, root, bare)
+    cli = fit_cli(steps, members, root, bare, engine=engine)
     timer = _TrainTimer()
     cli.trainer.callbacks.append(timer.callback)
     with open(os.devnull, "w") as devnull:  # the progress bar and prints, not what we measure
@@ -190,10 +205,26 @@ def peak_memory_per_member(members: int, sizes: str = "2-2-1") -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_growth_bytes"] / members
 
 
-def wall(cmd: list[str]) -> float:
+def wall(cmd: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env=None if env is None else {**os.environ, **env})
     return time.perf_counter() - start
+
+
+def min_fit_walls(rounds: int) -> dict[str, list[float]]:
+    """Wall seconds of ``python -m circuits_pl fit --task min`` (defaults) in fresh processes, interleaved:
+    the torch engine; the fused engine with an empty numba cache (the first run after an install: its
+    kernel compiled); the fused engine with that cache filled by the previous run."""
+    walls: dict[str, list[float]] = {"torch": [], "cold": [], "warm": []}
+    cmd = [sys.executable, "-m", "circuits_pl", "fit", "--task", "min"]
+    for _ in range(rounds):
+        with tempfile.TemporaryDirectory() as root, tempfile.TemporaryDirectory() as cache:
+            env = {"NUMBA_CACHE_DIR": cache}
+            walls["torch"].append(wall(cmd + ["--model.engine", "torch", "--trainer.default_root_dir", root], env))
+            walls["cold"].append(wall(cmd + ["--trainer.default_root_dir", root], env))
+            walls["warm"].append(wall(cmd + ["--trainer.default_root_dir", root], env))
+    return walls
 
 
 def _quiet() -> None:
@@ -214,20 +245,24 @@ def _cell(values: list[float], scale: float = 1e6) -> str:
 
 def measure(ks: tuple[int, ...], rounds: int, quick: bool) -> tuple[dict, list[float]]:
     """Per K and column, one value per round (seconds per network-step); and the notebook's rounds."""
-    cols = ("step", "data", "fit_bare", "fit")
+    cols = ("step_torch", "step", "data", "fit_bare", "fit", "fit_torch")
     times: dict[int, dict[str, list[float]]] = {k: {c: [] for c in cols} for k in ks}
     notebook: list[float] = []
     with tempfile.TemporaryDirectory() as root:
-        circuits_pl_loop(200, 1, root)  # warm-up: first-call costs of Lightning and torch
+        for engine in ("fused", "torch"):  # warm-up: first-call costs of Lightning, torch and the kernel
+            circuits_pl_loop(200, 1, root, engine=engine)
         for r in range(rounds):
             notebook.append(notebook_loop(2000 if quick else 5000))
             for k in ks:
                 steps = FIT_STEPS[k] if not (quick and k == 1) else 5000
                 t = times[k]
-                t["step"].append(step_alone(k, max(10, min(5000, 500_000 // k))))
+                step_steps = max(10, min(5000, 500_000 // k))
+                t["step_torch"].append(step_alone(k, step_steps, "torch"))
+                t["step"].append(step_alone(k, step_steps, "fused"))
                 t["data"].append(data_per_step() / k)
-                t["fit_bare"].append(circuits_pl_loop(steps, k, root, bare=True))
-                t["fit"].append(circuits_pl_loop(steps, k, root))
+                t["fit_bare"].append(circuits_pl_loop(steps, k, root, bare=True, engine="fused"))
+                t["fit"].append(circuits_pl_loop(steps, k, root, engine="fused"))
+                t["fit_torch"].append(circuits_pl_loop(steps, k, root, engine="torch"))
             print(f"round {r + 1}/{rounds}: notebook {notebook[-1] * 1e6:.1f} µs; fit "
                   + "  ".join(f"K={k} {times[k]['fit'][-1] * 1e6:.1f}" for k in ks) + " µs per network-step",
                   file=sys.stderr)
@@ -245,6 +280,7 @@ def plot(times: dict, notebook: float, path: str) -> None:
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     for col, label in [("fit", "fit (defaults)"), ("fit_bare", "fit, no val/ckpt/log"), ("step", "step alone"),
+                       ("fit_torch", "fit, torch engine"), ("step_torch", "step alone, torch engine"),
                        ("data", "data (shared by K)")]:
         ax.plot(ks, [statistics.median(times[k][col]) * 1e6 for k in ks], marker="o", label=label)
     ax.axhline(notebook * 1e6, color="grey", linestyle="--", label="notebook loop (1 net)")
@@ -284,42 +320,49 @@ def main() -> None:
     times, notebook_rounds = measure(ks, args.rounds, args.quick)
     memory = {} if args.quick else {k: peak_memory_per_member(k) for k in ks}
     memory_231 = peak_memory_per_member(MEMORY_231_K, "2-3-1")
-    with tempfile.TemporaryDirectory() as root:
-        py = sys.executable
-        import_s = statistics.median(wall([py, "-c", "import circuits_pl.cli"]) for _ in range(3))
-        min_fit = wall([py, "-m", "circuits_pl", "fit", "--task", "min", "--trainer.default_root_dir", root])
+    import_s = statistics.median(wall([sys.executable, "-c", "import circuits_pl.cli"]) for _ in range(3))
+    walls = min_fit_walls(2 if args.quick else 3)
+    min_fit = {key: statistics.median(v) for key, v in walls.items()}
 
     nb = statistics.median(notebook_rounds)
     print(f"\ncircuits_pl speed, torch {torch.__version__}, {THREADS} torch thread, {os.cpu_count()} CPUs, "
           f"{'-'.join(map(str, LAYER_SIZES))} add, batch {BATCH}; median (min-max) of {args.rounds} interleaved rounds")
     print(f"notebook loop (autograd, 1 net): {_cell(notebook_rounds)} µs per step")
     print("µs per network-step:")
-    header = ["K", "step", "data", "loop", "val/ckpt/log", "fit", "fit vs notebook", "peak KB/member"]
-    widths = [6, 21, 21, 21, 21, 21, 16, 15]
+    header = ["K", "step torch", "step fused", "data", "loop", "val/ckpt/log", "fit", "fit torch",
+              "fit vs notebook", "peak KB/member"]
+    widths = [6, 21, 21, 21, 21, 21, 21, 21, 16, 15]
     print("".join(h.rjust(w) for h, w in zip(header, widths)))
     for k in ks:
         t = times[k]
         mem = f"{memory[k] / 1024:.1f}" if k in memory else "-"
-        row = [str(k), _cell(t["step"]), _cell(t["data"]), _cell(t["loop"]), _cell(t["overhead"]), _cell(t["fit"]),
-               f"{nb / statistics.median(t['fit']):.1f}x", mem]
+        row = [str(k), _cell(t["step_torch"]), _cell(t["step"]), _cell(t["data"]), _cell(t["loop"]),
+               _cell(t["overhead"]), _cell(t["fit"]), _cell(t["fit_torch"]), f"{nb / statistics.median(t['fit']):.1f}x",
+               mem]
         print("".join(c.rjust(w) for c, w in zip(row, widths)))
     print(f"fit steps per K: {', '.join(f'{k}: {5000 if args.quick and k == 1 else FIT_STEPS[k]}' for k in ks)} "
           "(validation every 1000 steps and once at the end)")
     print("loop and val/ckpt/log are differences of noisy figures, per round: a negative value is below the noise")
-    print(f"fit --task min (defaults), wall: {min_fit:.1f} s, of which import circuits_pl.cli: {import_s:.1f} s")
+    print(f"fit --task min (defaults), wall, median (min-max) of {len(walls['torch'])}: torch engine "
+          f"{_cell(walls['torch'], 1)} s; fused, empty numba cache {_cell(walls['cold'], 1)} s; fused, warm "
+          f"{_cell(walls['warm'], 1)} s; import circuits_pl.cli alone: {import_s:.1f} s")
     print(f"peak memory per member, 2-3-1, batch {BATCH}, K = {MEMORY_231_K}: {memory_231 / 1024:.1f} KB "
           f"(100k members: {memory_231 * 100_000 / 2**30:.2f} GiB)")
     if args.plot:
         plot(times, nb, args.plot)
         print(f"plot: {args.plot}")
     ratio = {k: nb / statistics.median(times[k]["fit"]) for k in ks}
+    engines = {k: statistics.median(times[k]["step_torch"]) / statistics.median(times[k]["step"]) for k in ks}
     ddp2 = ddp2_vs_single(2 if args.quick else 3)
     timeline = timeline_overhead(1 if args.quick else 3)
     print(f"timeline (every member's circuit at every validation), fit --task min K={TIMELINE_K} {TIMELINE_STEPS} "
           f"steps: {_cell(timeline, 100)} % of the rest of fit")
     print(f"single_vs_notebook={ratio[1]:.2f} ensemble128_vs_notebook={ratio[128]:.1f} "
-          f"ensemble1024_vs_notebook={ratio[1024]:.1f} min_fit_seconds={min_fit:.1f} ddp2_vs_single={ddp2:.2f} "
-          f"kb_per_member_231={memory_231 / 1024:.1f} timeline_overhead={statistics.median(timeline):.3f}")
+          f"ensemble1024_vs_notebook={ratio[1024]:.1f} fused_vs_torch_step={engines[128]:.1f} "
+          f"fused_vs_torch_step_k1={engines[1]:.1f} min_fit_seconds={min_fit['warm']:.1f} "
+          f"min_fit_cold_seconds={min_fit['cold']:.1f} min_fit_torch_seconds={min_fit['torch']:.1f} "
+          f"ddp2_vs_single={ddp2:.2f} kb_per_member_231={memory_231 / 1024:.1f} "
+          f"timeline_overhead={statistics.median(timeline):.3f}")
 
 
 TIMELINE_K, TIMELINE_STEPS = 1024, 3000
@@ -355,7 +398,8 @@ def timeline_overhead(rounds: int) -> list[float]:
 
 
 def ddp2_vs_single(rounds: int) -> float:
-    """K = 128 of 2-2-1 trained by one process and by two DDP ranks (benchmarks/scale.py), same run."""
+    """K = 128 of 2-2-1 trained by one process and by two DDP ranks (benchmarks/scale.py), same run
+    (the default engine: fused)."""
     from scale import DEFAULT_STEPS, train_seconds  # benchmarks/ is the script's directory, first on sys.path
 
     times: dict[int, list[float]] = {1: [], 2: []}

@@ -4,6 +4,7 @@ pays for the other cells (µs per network-step of each width alone and inside a 
     python benchmarks/study.py            # the README's phase diagram (36 cells x 64 seeds) both ways, then
                                           # 1-2-1 ... 1-16-1, 64 members per cell, 9 interleaved rounds
     python benchmarks/study.py --quick    # a smaller diagram (18 cells x 16 seeds, 2000 steps), 5 shorter rounds
+    python benchmarks/study.py --engine torch   # the torch engine's groups (default: auto, as fit: fused here)
 
 **Phase diagram.** ``report --tasks add,abs,min --sizes 2-2-1,2-4-1,2-8-1,2-16-1 --lrs 0.03,0.1,0.3
 --members 64`` run as it runs now (one fit per task holding the task's whole diagram, ``--jobs`` = CPU
@@ -66,19 +67,19 @@ class GroupTimer:
         self.seconds: dict[tuple[int, ...], float] = defaultdict(float)
         self.inner = blocks.train_block
 
-    def __call__(self, optimizer, n_weights, xt, yt, chunk=None, members=None, group=0):
+    def __call__(self, optimizer, n_weights, xt, yt, chunk=None, members=None, group=0, engine="torch"):
         params = optimizer.group_params(group)
         sizes = (params[0].shape[2], *(p.shape[1] for p in params[:n_weights]))
         start = time.perf_counter()
-        self.inner(optimizer, n_weights, xt, yt, chunk, members, group)
+        self.inner(optimizer, n_weights, xt, yt, chunk, members, group, engine)
         self.seconds[sizes] += time.perf_counter() - start
 
 
-def trained(sizes: list[tuple[int, ...]], members: int) -> tuple[TrainedMembers, Sweep]:
+def trained(sizes: list[tuple[int, ...]], members: int, engine: str) -> tuple[TrainedMembers, Sweep]:
     sweep = Sweep.product(sizes, [LR], [1.0], members)
     net = GroupedMLPs(sweep, seed=0)
     optimizer = OptimizerSettings(lr=LR).build([list(n.parameters()) for n in net.groups], [LR] * len(net.groups))
-    return TrainedMembers(net, optimizer), sweep
+    return TrainedMembers(net, optimizer, engine), sweep
 
 
 def block(run: TrainedMembers, sweep: Sweep, x: torch.Tensor, y: torch.Tensor, timer: GroupTimer) -> float:
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 9; --quick 5)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="fits at once (default: CPU cores)")
     parser.add_argument("--phase_only", action="store_true", help="only the phase diagram, both ways")
+    parser.add_argument("--engine", default="auto", choices=["auto", "fused", "torch"],
+                        help="--model.engine of the runs (default auto: fused on the CPU, as fit)")
     args = parser.parse_args()
     study = PHASE_QUICK if args.quick else PHASE
     one, per_cell, n_cells = phase_diagram(study, args.jobs)
@@ -153,8 +156,8 @@ def main() -> None:
     timer = GroupTimer()
     blocks.train_block = timer  # TrainedMembers calls the module's train_block: every group's call is timed
     try:
-        alone = {s: trained([s], k) for s in SIZES}
-        study = trained(SIZES, k)
+        alone = {s: trained([s], k, args.engine) for s in SIZES}
+        study = trained(SIZES, k, args.engine)
         for run in [*alone.values(), study]:  # warm-up: first touch of every tensor
             block(*run, x[:2], y[:2], timer)
         per_alone: dict[tuple[int, ...], list[float]] = defaultdict(list)
@@ -186,8 +189,8 @@ def main() -> None:
         return f"{statistics.median(values):7.2f} ({min(values):.2f}–{max(values):.2f})"
 
     names = ", ".join("-".join(map(str, s)) for s in SIZES)
-    print(f"µs per network-step, {k} members per cell, batch {BATCH}, blocks of {steps} steps, plain SGD, one "
-          f"thread; median of {rounds} interleaved rounds (min–max). Study: {names}")
+    print(f"µs per network-step, engine {args.engine}, {k} members per cell, batch {BATCH}, blocks of {steps} steps, "
+          f"plain SGD, one thread; median of {rounds} interleaved rounds (min–max). Study: {names}")
     print(f"{'sizes':>8}  {'alone':>22}  {'in the study':>22}  ratio")
     ratios = {}
     for s in SIZES:

@@ -29,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if whole_process:
         signals.install()  # importing torch and Lightning takes seconds: a signal there exits at once
     try:
+        from circuits_pl.fused import warm_up_for
+
+        warm_up_for(list(sys.argv[1:] if argv is None else argv))  # the fused kernel compiles meanwhile, if needed
         from circuits_pl.cli import main as run_command
 
         if whole_process:

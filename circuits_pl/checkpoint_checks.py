@@ -131,6 +131,7 @@ def load_checked_checkpoint(path: str | Path, task: str | Task | None = None, op
             if w is None or tuple(w.shape) != (group.members, n_out, n_in):
                 raise CircuitsError(f"{path} is damaged: layer {layer} weights do not match layer sizes {sizes}")
     check_task(path, hp["task"], task, option)
+    hp.setdefault("engine", "torch")  # saved before --model.engine existed: the torch engine trained it
     return ckpt
 
 

@@ -113,10 +113,10 @@ class CircuitDataModule(pl.LightningDataModule):
 
     # --------------------------------------------------------------------------------------------
     def train_stream(self, start_step: int = 0, rank: int = 0, first_block_end: int | None = None,
-                     empty_blocks: int = 0) -> UniformBlocks:
+                     empty_blocks: int = 0, draws: str = "torch") -> UniformBlocks:
         hp = self.hparams
         return UniformBlocks(self.task, hp.batch_size, hp.steps_per_batch, hp.stream_seed, rank, start_step,
-                             self.cone, first_block_end, empty_blocks)
+                             self.cone, first_block_end, empty_blocks, draws)
 
     def fixed_set(self, stage: str, heldout: bool = False) -> TensorDataset:
         """The fixed validation (``val``) or test (``test``) points and targets, the same for every run
@@ -145,7 +145,10 @@ class CircuitDataModule(pl.LightningDataModule):
             first_end, empty = cadence.first_block(start, restored_batches(trainer) if start > 0 else 0)
         # batch_size=None: the dataset yields whole blocks, no per-sample collation.
         # num_workers=0: drawing a block is cheap; a worker's inter-process transfer would cost more.
-        stream = self.train_stream(start, first_block_end=first_end, empty_blocks=empty)
+        # The fused engine's runs draw the same numbers with its faster generator (circuits_pl.stream).
+        module = trainer.lightning_module if trainer is not None else None
+        draws = "fused" if getattr(module, "hparams", {}).get("engine") == "fused" else "torch"
+        stream = self.train_stream(start, first_block_end=first_end, empty_blocks=empty, draws=draws)
         return DataLoader(stream, batch_size=None, num_workers=0)
 
     def _loader(self, dataset: TensorDataset) -> DataLoader:

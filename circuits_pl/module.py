@@ -32,7 +32,7 @@ from circuits_pl.success import success_threshold
 from circuits_pl.sweep import Sweep
 from circuits_pl.tasks import Task, get_task
 from circuits_pl.timeline import Timeline
-from circuits_pl.train_block import TrainedMembers
+from circuits_pl.train_block import ENGINES, TrainedMembers, run_engine
 
 
 class CircuitModule(pl.LightningModule):
@@ -62,6 +62,10 @@ class CircuitModule(pl.LightningModule):
             alone would be); member m is of cell m // members (cells sorted by sizes, lr, scale:
             ``circuits_pl.sweep``). Replaces layer_sizes, lr and init_scale. The CLI's ``--sweep.*``
             options write it.
+        engine: what runs the training steps: ``fused`` (one compiled CPU loop per block, numba),
+            ``torch`` (tensor ops: the reference, and the GPU path) or ``auto`` (fused on the CPU when
+            numba imports, else torch; per group of cells); the resolved one is saved. See
+            ``circuits_pl.train_block``.
         member: member used by ``forward``, ``validate``/``test``/``predict`` metrics and readout;
             default: the best (lowest validation MSE). Not a hyper-parameter: not saved.
     """
@@ -70,7 +74,8 @@ class CircuitModule(pl.LightningModule):
                  lr: float = 0.1, members: int = 64, init_seed: int | None = None, success_mse: float | None = None,
                  member: int | None = None, optimizer: str = "sgd", momentum: float = 0.9, dampening: float = 0.0,
                  nesterov: bool = False, betas: list[float] | None = None, eps: float = 1e-8,
-                 weight_decay: float = 0.0, init_scale: float = 1.0, cells: list[dict] | None = None):
+                 weight_decay: float = 0.0, init_scale: float = 1.0, cells: list[dict] | None = None,
+                 engine: str = "auto"):
         super().__init__()
         self.task = get_task(task)
         self.optim = OptimizerSettings(optimizer, lr, momentum, dampening, nesterov,
@@ -86,6 +91,8 @@ class CircuitModule(pl.LightningModule):
         total = self.sweep.members
         if member is not None and not 0 <= member < total:
             raise CircuitsError(f"model.member must be in 0..{total - 1} ({total} members), got {member!r}")
+        if engine not in ENGINES:
+            raise CircuitsError(f"model.engine must be one of {', '.join(ENGINES)}, got {engine!r}")
         init_seed = int(torch.initial_seed() if init_seed is None else init_seed)  # seed_everything's
         self.save_hyperparameters(ignore=["member"])
         sizes = list(self.sweep.cells[0].layer_sizes) if cells is None else None  # given by the cells
@@ -143,6 +150,10 @@ class CircuitModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         check_precision(self.trainer.precision)
         check_strategy(self.trainer.strategy)
+        if stage == "fit":  # the engine that trains, as hparams.yaml, the checkpoint and results.json say
+            device = self.trainer.strategy.root_device.type
+            sizes = [g.layer_sizes for g in self.sweep.groups()]
+            record_resolved(self, engine=run_engine(self.hparams.engine, device, sizes))
 
     def on_fit_start(self) -> None:
         hp, k, sweep = self.hparams, self.members, self.sweep
@@ -190,7 +201,7 @@ class CircuitModule(pl.LightningModule):
         if not isinstance(optimizer, MemberOptimizer):
             raise CircuitsError(f"configure_optimizers must return one circuits_pl.optim.MemberOptimizer (choose the "
                                 f"rule with --model.optimizer sgd|momentum|adam), got {type(optimizer).__name__}")
-        return TrainedMembers(self.net, optimizer)
+        return TrainedMembers(self.net, optimizer, self.hparams.get("engine", "auto"))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch  # (S, B, in), (S, B, 1)

@@ -32,6 +32,7 @@ from circuits_pl.memory import (
 from circuits_pl.strategy import is_member_parallel
 from circuits_pl.sweep import Cell, Sweep, parse_positive_list, parse_sizes_list
 from circuits_pl.tasks import get_task
+from circuits_pl.train_block import engine_problem
 from circuits_pl.writable import check_writable_dir
 
 DASHED_SIZES = re.compile(r"^\s*\d+(\s*-\s*\d+)+\s*$")
@@ -227,6 +228,9 @@ def check_run(cfg: Namespace, subcommand: str | None, cadence: Cadence | None) -
     follow_default_root_dir(cfg.trainer)
     size = run_size(cfg, cadence)  # imports and calls a user task: its targets are checked here
     cells = cfg.model.get("cells") if "model" in cfg else None
+    if subcommand == "fit" and size is not None:
+        sizes = [tuple(c["layer_sizes"]) for c in cells] if cells else [size.layer_sizes]  # run_size checked them
+        check_engine(cfg.model.get("engine"), cfg.trainer.accelerator, sizes)
     check_memory(size, cells=len(cells) if isinstance(cells, (list, tuple)) and cells else 1)
     check_output_dirs(cfg, subcommand, size)
 
@@ -358,6 +362,19 @@ def check_accelerator(accelerator: Any) -> None:
     if name == "tpu" and importlib.util.find_spec("torch_xla") is None:
         raise CircuitsError("--trainer.accelerator tpu needs torch_xla, which is not installed; "
                             "give --trainer.accelerator cpu (or auto)")
+
+
+def check_engine(engine: Any, accelerator: Any, layer_sizes: Sequence[Sequence[int]]) -> None:
+    """``--model.engine fused`` where it cannot train (a GPU, numba missing, a cell's ``layer_sizes`` it has
+    no kernel for): one line naming the alternative."""
+    if not isinstance(accelerator, str):
+        return  # an accelerator object: the module's setup checks the device it gives
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    device = "cuda" if gpu else "cpu" if accelerator in ("cpu", "auto") else accelerator
+    for sizes in layer_sizes:
+        problem = engine_problem(engine, device, sizes)
+        if problem:
+            raise CircuitsError(problem)
 
 
 # Lightning's loggers and the package each needs (the first one found is enough).

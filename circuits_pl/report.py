@@ -135,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
                              "a task's seeds are split over at most this many fits. slurm: fits per task "
                              "(default 1)")
     parser.add_argument("--out", default="reports", help="reports go to OUT/version_N (default: reports)")
+    parser.add_argument("--engine", default="auto", choices=["auto", "fused", "torch"],
+                        help="--model.engine of every fit (default auto: fused on the CPU)")
     add_study_options(parser)
     return parser
 
@@ -505,6 +507,8 @@ def main(argv: list[str]) -> None:
     study = Study(bases, cells, args.seed, args.members, args.ci_width,
                   (args.max_members or DEFAULT_MAX_MEMBERS) if args.ci_width is not None else None, shards)
     extra = ["--model.success_mse", repr(args.success_mse)] if args.success_mse is not None else []
+    if args.engine != "auto":
+        extra += ["--model.engine", args.engine]
     if resuming:
         out = Path(args.resume)
     else:

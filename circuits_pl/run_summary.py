@@ -179,6 +179,7 @@ def run_results(module: CircuitModule, datamodule: CircuitDataModule, steps: int
         "bias": bool(hp.bias),
         "lr": single["lr"] if single else None,
         "init_scale": single["init_scale"] if single else None,
+        "engine": hp.get("engine", "torch"),  # what trained it (checkpoints from before the option: torch)
         "members": k_total,
         "members_per_cell": sweep.members_per_cell,
         "init_seed": int(hp.init_seed),

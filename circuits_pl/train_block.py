@@ -2,12 +2,19 @@
 and what happens to a member whose weights become non-finite. Plain PyTorch, no Lightning.
 
 :class:`TrainedMembers` (the networks and their update rule) is what ``CircuitModule.training_step``
-drives, a block at a time. Members are processed in chunks (:func:`train_block`): a chunk runs all
-S steps of the block while its weights, rule state and activations stay in cache, then the next
-chunk. Every op is per member (see ``network.step_gradients`` and ``optim``), so the result is
-bit-identical whatever the chunking. Members whose cells differ (``circuits_pl.sweep``) train in
-groups of one architecture and lr: one :func:`train_block` call per group and block, with that
-group's scalar hyper-parameters, so each member trains as in a run of its own cell.
+drives, a block at a time, with one of two engines. ``torch`` (the reference, and the GPU path):
+members are processed in chunks (:func:`train_block`), a chunk running all S steps of the block while
+its weights, rule state and activations stay in cache, then the next chunk; every op is per member
+(see ``network.step_gradients`` and ``optim``), so the result is bit-identical whatever the chunking.
+``fused`` (CPU, numba: ``circuits_pl.fused``): one compiled loop per block, forward, gradients and
+update of each member in one pass over the batch; member k is bit-identical whatever K, chunk or
+member share too, and equal to the torch engine to float32 rounding. ``auto`` is fused on the CPU
+where numba imports, torch elsewhere.
+
+Members whose cells differ (``circuits_pl.sweep``) train in groups of one architecture and lr: one
+:func:`train_block` call per group and block, with that group's scalar hyper-parameters and its own
+kernel (the fused engine's are specialised per layer sizes), so each member trains as in a run of its
+own cell under the same engine. ``auto`` is resolved per group, as it would be for that cell alone.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
+from circuits_pl.errors import CircuitsError
 from circuits_pl.network import GroupedMLPs, step_gradients
 from circuits_pl.optim import MemberOptimizer
 
@@ -40,8 +48,60 @@ def chunk_members(layer_sizes: Sequence[int], batch: int, members: int) -> int:
     return max(1, min(members, CHUNK_BYTES // per_member))
 
 
+ENGINES = ("fused", "torch", "auto")
+
+
+def engine_problem(engine: str, device: str, layer_sizes: Sequence[int]) -> str | None:
+    """Why ``--model.engine fused`` cannot train this run here (one line naming the alternative), or None."""
+    if engine != "fused":
+        return None
+    if device != "cpu":
+        return (f"--model.engine fused runs on the CPU only, and this run trains on {device}: give --model.engine "
+                "torch (or auto), or --trainer.accelerator cpu")
+    from circuits_pl import fused
+
+    error = fused.import_error()
+    if error is not None:
+        return (f"--model.engine fused needs numba, which does not import here ({error}): pip install numba, "
+                "or give --model.engine torch (or auto)")
+    reason = fused.unsupported(layer_sizes)
+    if reason is not None:
+        return f"--model.engine fused cannot train this network ({reason}): give --model.engine torch (or auto)"
+    return None
+
+
+def resolve_engine(engine: str, device: str, layer_sizes: Sequence[int]) -> str:
+    """``fused`` or ``torch`` for ``engine`` (fused|torch|auto) on ``device`` (cpu, cuda, ...).
+
+    ``auto`` is fused where it can run (the CPU, numba importable, one or two hidden layers) and is
+    the faster (``fused.slower_than_torch``), else torch. An explicit ``fused`` that cannot run raises
+    CircuitsError (:func:`engine_problem`).
+    """
+    if engine not in ENGINES:
+        raise CircuitsError(f"model.engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "auto":
+        if engine_problem("fused", device, layer_sizes):
+            return "torch"
+        from circuits_pl import fused
+
+        return "torch" if fused.slower_than_torch(layer_sizes) else "fused"
+    problem = engine_problem(engine, device, layer_sizes)
+    if problem:
+        raise CircuitsError(problem)
+    return engine
+
+
+def run_engine(engine: str, device: str, layer_sizes: Sequence[Sequence[int]]) -> str:
+    """The engine a run records (hparams, checkpoint, results.json): :func:`resolve_engine` of each group's
+    ``layer_sizes``, the one they all resolve to, or ``auto`` when ``auto`` picks differently per group
+    (a resumed run resolves them alike again)."""
+    engines = {resolve_engine(engine, device, sizes) for sizes in layer_sizes}
+    return engines.pop() if len(engines) == 1 else "auto"
+
+
 def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt: torch.Tensor,
-                chunk: int | None = None, members: slice | None = None, group: int = 0) -> None:
+                chunk: int | None = None, members: slice | None = None, group: int = 0,
+                engine: str = "torch") -> None:
     """``xt.shape[0]`` training steps of every member of one parameter group, in place.
 
     Args:
@@ -54,12 +114,26 @@ def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt
         members: train only these members of the group (a process's share under
             MemberParallelStrategy); default all. The others do not move.
         group: the parameter group (a sweep's group of cells: one architecture, one lr).
+        engine: ``torch``, ``fused`` (CPU tensors; members split over ``torch.get_num_threads()``
+            threads, which changes nothing in their values) or ``auto`` (see the module docstring).
     """
     params = optimizer.group_params(group)
-    first_member, end, _ = (members or slice(None)).indices(params[0].shape[0])
-    chunk = end - first_member if chunk is None else chunk
+    if engine == "auto":
+        sizes = [params[0].shape[2]] + [p.shape[1] for p in params[:n_weights]]
+        engine = resolve_engine(engine, params[0].device.type, sizes)
     first = optimizer.steps_done_of(group) + 1
     states = optimizer.state_tensors(group)
+    if engine == "fused":
+        from circuits_pl.fused import train_members
+
+        hyper = optimizer.param_groups[group]
+        train_members(params, states, n_weights, hyper["rule"], hyper, xt, yt, first, members or slice(None),
+                      threads=torch.get_num_threads())
+        optimizer.set_steps(first - 1 + xt.shape[0], group)
+        return
+    first_member, end, _ = (members or slice(None)).indices(params[0].shape[0])
+    chunk = end - first_member if chunk is None else chunk
+    xt = xt.contiguous()  # batch-last in memory: the per-member products run over long rows
     ys = yt.unbind(0)  # one C++ call instead of an indexing per step
     with torch.no_grad():
         for lo in range(first_member, end, chunk):
@@ -92,10 +166,13 @@ class TrainedMembers:
         net: the K networks, in groups.
         optimizer: their update rule, holding its state (built over each group's parameters, one
             parameter group per network group).
+        engine: what runs the steps: ``torch``, ``fused`` or ``auto`` (resolved per group: see the
+            module docstring).
     """
 
-    def __init__(self, net: GroupedMLPs, optimizer: MemberOptimizer):
-        self.net, self.optimizer = net, optimizer
+    def __init__(self, net: GroupedMLPs, optimizer: MemberOptimizer, engine: str = "torch"):
+        self.net, self.optimizer, self.engine = net, optimizer, engine
+        self._engines: dict[int, str] = {}  # per group, the engine ``auto`` resolved to
 
     def group_tensors(self, group: int) -> list[torch.Tensor]:
         """Everything a step changes in ``group``, member dimension first: parameters, then the rule's state."""
@@ -116,7 +193,7 @@ class TrainedMembers:
         ``share`` (default all), group by group, in member chunks (default: as many as stay in cache)."""
         first = self.optimizer.steps_done
         with torch.no_grad():
-            xt = x[:n].transpose(1, 2).contiguous()  # (n, in, B): the hot path is batch-last
+            xt = x[:n].transpose(1, 2)  # (n, in, B), a view: each engine lays it out as it reads it
             yt = y[:n].transpose(1, 2)  # (n, 1, B), a view
             for g, members in self._shares(share):
                 self._train_group(g, xt, yt, members, chunk)
@@ -126,7 +203,14 @@ class TrainedMembers:
         net = self.net.groups[g]
         if chunk is None:
             chunk = chunk_members(net.layer_sizes, xt.shape[-1], net.members)
-        train_block(self.optimizer, len(net.weights), xt, yt, chunk, members, g)
+        train_block(self.optimizer, len(net.weights), xt, yt, chunk, members, g, self.engine_of(g))
+
+    def engine_of(self, group: int) -> str:
+        """The engine (``fused`` or ``torch``) that trains ``group``."""
+        if group not in self._engines:
+            net = self.net.groups[group]
+            self._engines[group] = resolve_engine(self.engine, net.weights[0].device.type, net.layer_sizes)
+        return self._engines[group]
 
     @torch.no_grad()
     def guarded_steps(self, x: torch.Tensor, y: torch.Tensor, n: int, start: int, frozen: torch.Tensor,
@@ -143,7 +227,7 @@ class TrainedMembers:
         """
         step_of = None
         with torch.no_grad():
-            xt = x[:n].transpose(1, 2).contiguous()  # (n, in, B): the hot path is batch-last
+            xt = x[:n].transpose(1, 2)  # (n, in, B), a view: each engine lays it out as it reads it
             yt = y[:n].transpose(1, 2)  # (n, 1, B), a view
             for g, members in self._shares(share):
                 lo = self.net.starts[g]

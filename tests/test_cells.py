@@ -39,11 +39,11 @@ def _group_of(sweep: Sweep, member: int) -> tuple[int, int]:
     return g, member - sweep.groups()[g].start
 
 
-def _sweep_run(rule, share=None):
+def _sweep_run(rule, share=None, engine="torch"):
     net = GroupedMLPs(SWEEP, seed=7)
     opt = OptimizerSettings(rule, **RULES[rule]).build([list(n.parameters()) for n in net.groups],
                                                        [g.lr for g in SWEEP.groups()])
-    trained = TrainedMembers(net, opt)
+    trained = TrainedMembers(net, opt, engine)
     start = 0
     for x, y in _blocks():
         trained.guarded_steps(x, y, x.shape[0], start, torch.zeros(SWEEP.members, dtype=torch.bool), share)
@@ -51,20 +51,22 @@ def _sweep_run(rule, share=None):
     return net, opt
 
 
-def _alone(cell: Cell, rule):
-    """The cell as a run of its own: its K members, seeds 7.., its scale, its lr, the rule's reference path."""
+def _alone(cell: Cell, rule, engine="torch"):
+    """The cell as a run of its own: its K members, seeds 7.., its scale, its lr, one engine."""
     net = ReLUMLP(cell.layer_sizes, SWEEP.members_per_cell, seed=7, init_scale=cell.init_scale)
     opt = MemberOptimizer(net.parameters(), rule=rule, lr=cell.lr, **RULES[rule])
     for x, y in _blocks():
-        train_block(opt, len(net.weights), x.transpose(1, 2).contiguous(), y.transpose(1, 2))
+        train_block(opt, len(net.weights), x.transpose(1, 2).contiguous(), y.transpose(1, 2), engine=engine)
     return net, opt
 
 
+@pytest.mark.parametrize("engine", ["torch", "fused"])
 @pytest.mark.parametrize("rule", list(RULES))
-def test_every_member_equals_its_cell_trained_alone(rule):
-    net, opt = _sweep_run(rule)
+def test_every_member_equals_its_cell_trained_alone(rule, engine):
+    """Under either engine (the fused one runs each group's own kernel, specialised to its sizes)."""
+    net, opt = _sweep_run(rule, engine=engine)
     for c, cell in enumerate(SWEEP.cells):
-        alone, alone_opt = _alone(cell, rule)
+        alone, alone_opt = _alone(cell, rule, engine)
         for m in SWEEP.members_of(c):
             k = SWEEP.seed_offset(m)
             for got, want in zip(net.parameters_of(m), alone.parameters_of(k), strict=True):
@@ -80,10 +82,11 @@ def test_every_member_equals_its_cell_trained_alone(rule):
         assert torch.equal(w[:3], w[3:6] * 0.5)
 
 
-def test_a_process_share_across_groups_trains_only_its_members():
+@pytest.mark.parametrize("engine", ["torch", "fused"])
+def test_a_process_share_across_groups_trains_only_its_members(engine):
     """MemberParallelStrategy: a share [5, 17) cuts groups 0 and 2; its members end as in the whole run."""
-    whole, whole_opt = _sweep_run("adam")
-    part, part_opt = _sweep_run("adam", share=slice(5, 17))
+    whole, whole_opt = _sweep_run("adam", engine=engine)
+    part, part_opt = _sweep_run("adam", share=slice(5, 17), engine=engine)
     fresh = GroupedMLPs(SWEEP, seed=7)
     for m in range(SWEEP.members):
         want = whole if 5 <= m < 17 else fresh

@@ -86,7 +86,7 @@ def _train(members, seed, chunk, steps, rule="sgd", sizes=(2, 3, 1), **hp):
     for _ in range(steps // 50):
         xt = torch.rand(50, sizes[0], 200, generator=gen) * 2 - 1
         yt = xt.amin(1, keepdim=True)
-        train_block(opt, len(net.weights), xt, yt, chunk)
+        train_block(opt, len(net.weights), xt, yt, chunk, engine="torch")  # the fused engine: test_fused.py
     return net, opt
 
 
@@ -133,7 +133,7 @@ def test_a_member_share_trains_only_its_members_exactly_as_the_whole():
     gen = torch.Generator().manual_seed(123)
     for _ in range(2):
         xt = torch.rand(50, 2, 200, generator=gen) * 2 - 1
-        train_block(opt, 2, xt, xt.amin(1, keepdim=True), chunk=2, members=slice(2, 5))
+        train_block(opt, 2, xt, xt.amin(1, keepdim=True), chunk=2, members=slice(2, 5), engine="torch")
     for p, w, s in zip(net.parameters(), whole.parameters(), start):
         assert torch.equal(p[2:5], w[2:5]) and torch.equal(p[:2], s[:2]) and torch.equal(p[5:], s[5:])
 

@@ -177,7 +177,8 @@ def test_a_checkpoint_of_the_previous_layout_loads_and_resumes_exactly(run_cli, 
     assert module.sweep.is_single and module.net.groups[0].members == 6  # one cell, as it was trained
     assert module.population.diverged_at.tolist() == [-1, -1, -1, 11, 14, -1]
     run_cli("fit", *OLD_ARGS, "--ckpt_path", OLD_CHECKPOINT, "--trainer.max_steps", 2000)
-    run_cli("fit", *OLD_ARGS, "--trainer.max_steps", 2000)
+    # the old file was trained by the torch engine (before --model.engine), and resumes with it
+    run_cli("fit", *OLD_ARGS, "--trainer.max_steps", 2000, "--model.engine", "torch")
     resumed, never_stopped = run_dirs(tmp_path)
     # everything but the timeline: the old checkpoint has none, so the resumed run records none either
     # (its first validations are lost) and says so; results.json and verdicts read as before it existed
@@ -189,3 +190,4 @@ def test_a_checkpoint_of_the_previous_layout_loads_and_resumes_exactly(run_cli, 
     assert not (resumed / "circuits.csv").exists()
     assert _ckpt(resumed)["timeline"] is None
     assert rb["per_member"]["solved_at"] == [1000, 1000, 1000, None, None, 1000]
+    assert rb["engine"] == "torch"

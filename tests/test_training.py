@@ -25,10 +25,12 @@ def _reference(task, sizes, seed, data_seed, steps, batch, lr):
     return reference_sgd(init, (next(batches) for _ in range(steps)), lr)
 
 
+@pytest.mark.parametrize("engine", ["fused", "torch"])
 @pytest.mark.parametrize("task, members", [("add", 1), ("min", 3)])
-def test_fast_path_equals_plain_autograd_sgd(run_cli, tmp_path, task, members):
+def test_fast_path_equals_plain_autograd_sgd(run_cli, tmp_path, task, members, engine):
     steps, batch, lr = 300, 200, 0.05
     run_cli("fit", "--task", task, "--seed_everything", 5, "--model.members", members, "--model.lr", lr,
+            "--model.engine", engine,
             "--data.batch_size", batch, "--data.steps_per_batch", 40, "--trainer.max_steps", steps,
             "--stop.when", "never", *QUIET)
     run = run_dirs(tmp_path)[-1]
@@ -106,10 +108,13 @@ RULES = [
 ]
 
 
+@pytest.mark.parametrize("engine", ["fused", "torch"])
 @pytest.mark.parametrize("rule, args, torch_cls, kwargs", RULES, ids=[r[0] for r in RULES])
-def test_each_rule_through_the_cli_equals_torch_optim_with_autograd(run_cli, tmp_path, rule, args, torch_cls, kwargs):
+def test_each_rule_through_the_cli_equals_torch_optim_with_autograd(run_cli, tmp_path, rule, args, torch_cls, kwargs,
+                                                                    engine):
     steps, batch, lr = 300, 200, 0.01
     run_cli("fit", "--task", "min", "--seed_everything", 5, "--model.members", 2, "--model.lr", lr,
+            "--model.engine", engine,
             "--model.optimizer", rule, *args, "--data.batch_size", batch, "--data.steps_per_batch", 40,
             "--trainer.max_steps", steps, "--stop.when", "never", *QUIET)
     run = run_dirs(tmp_path)[-1]
@@ -136,12 +141,12 @@ BLOW_UPS = {  # member 1's weights scaled so that it diverges: Adam at step 1, m
 }
 
 
-def _diverging_run(rule, max_steps, blow_up):
+def _diverging_run(rule, max_steps, blow_up, engine="auto"):
     """3 members on abs; with ``blow_up``, member 1's layers scaled until its updates overflow."""
     from circuits_pl.data import CircuitDataModule
 
     kwargs, scales = BLOW_UPS[rule]
-    module = CircuitModule(task="abs", members=3, init_seed=0, **kwargs)
+    module = CircuitModule(task="abs", members=3, init_seed=0, engine=engine, **kwargs)
     if blow_up:
         with torch.no_grad():
             for w, scale in zip(module.net.groups[0].weights, scales):
