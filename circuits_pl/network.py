@@ -67,7 +67,7 @@ class ReLUMLP(nn.Module):
         ``members`` (default all) from ``seed + k``, then times ``init_scale`` (nothing at 1).
 
         float32: all members at once (``circuits_pl.init_weights``, torch's generator reproduced bit for bit;
-        K = 1e5 2-3-1: 0.13 s instead of 1.4 s, benchmarks/init_speed.py); other dtypes member by member.
+        benchmarks/init_speed.py compares it with the loop); other dtypes member by member.
         """
         members = members or slice(0, self.members)
         if all(p.dtype == torch.float32 for p in self.parameters()):
@@ -240,7 +240,7 @@ def layer_activations(weights: Sequence[torch.Tensor], x: torch.Tensor,
 
 
 # threshold_backward's overload resolved once: torch.ops.aten.threshold_backward(...) resolves it at
-# every call (1.93 against 1.66 µs a call here, one thread).
+# every call, a visible share of a call this small.
 _THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.default
 
 
@@ -298,9 +298,9 @@ def step_gradients(weights: Sequence[torch.Tensor], weights_t: Sequence[torch.Te
         if layer > 0:
             w_t = weights_t[layer]  # (K, in, out)
             # out = 1 (the output layer): W^T g is a broadcast product, the same single product per
-            # element as bmm's, and 18 µs instead of 39 µs (K = 87, h = 3, B = 1000, one thread).
+            # element as bmm's, without bmm's batched-matrix overhead.
             g = w_t * g if w_t.shape[-1] == 1 else torch.bmm(w_t, g)
-            # ReLU's backward, the op autograd itself runs: g where a > 0, else 0. Measured on
-            # (87, 3, 1000), one thread: 36 µs; g.mul_(a.sign()) 75 µs, g * (a > 0) 190 µs, where() 1 ms.
+            # ReLU's backward, the op autograd itself runs: g where a > 0, else 0 (one fused op; the
+            # alternatives, g.mul_(a.sign()), g * (a > 0) and where(), each make temporaries).
             g = _THRESHOLD_BACKWARD(g, prev, 0)
     return grad_w + grad_b

@@ -8,19 +8,16 @@ not on how many steps a Lightning batch packs nor on where a run was resumed; a 
 ends inside a draw takes its part of that draw. (``circuits_pl.data`` always passes rank 0: DDP
 ranks split the members, not the data, so every rank draws the same stream.)
 
-Measured (B = 1000, in = 2, one thread, µs of inputs per SGD step, median of 30, one run of
-``benchmarks/stream_candidates.py``): one reseed per step (the previous stream) 7.6; a SplitMix64
-counter hash in int64 torch ops over the whole block 12.0 (eight memory passes); numpy Philox4x64 per
-block 4.8 (random access by counter only if B * in is a multiple of 8) and SFC64 per block 3.9 (not
-worth bringing numpy into this floor for 0.4 µs); torch's CPU generator has no offset ("CPU
-Generator does not use offset"); one mt19937 reseed per draw of C steps: C = 5: 4.7, 10: 4.3,
-20: 4.1, 100: 3.9. C = 10 keeps most of the gain, divides
-the usual block sizes (10, 50, 100, 1000) and bounds the scratch draw of a misaligned block to 10 steps.
-In a whole single-network ``fit`` (5 interleaved rounds) this took a step from 54.4 to 50.5 µs.
+Why draws (``benchmarks/stream_candidates.py`` prints the candidates side by side): a reseed per step
+costs more than the values it draws; a counter hash in torch ops takes several memory passes; numpy's
+Philox/SFC64 per block are hardly faster than one mt19937 reseed per draw and would bring numpy into this
+floor; torch's CPU generator has no offset ("CPU Generator does not use offset"). C = 10 keeps most of
+the gain of longer draws, divides the usual block sizes (10, 50, 100, 1000) and bounds the scratch draw
+of a misaligned block to 10 steps.
 
 A run of the fused engine draws the same numbers through ``circuits_pl.fused.fill_uniform`` (torch's
-mt19937 and float32 transform reproduced in numba, bit for bit, tested): about 3x faster than
-torch's one-value-at-a-time generator, which is by then most of a single network's step.
+mt19937 and float32 transform reproduced in numba, bit for bit, tested), in one compiled loop instead
+of torch's one-value-at-a-time generator, which is by then most of a single network's step.
 """
 
 from __future__ import annotations
@@ -53,7 +50,7 @@ def fill_uniform(out: torch.Tensor, seed: int, generator: torch.Generator | None
     """Fill ``out`` in place with U[-1, 1) drawn from a CPU generator seeded with ``seed``.
 
     float32 takes 24 random bits per value, float64 53; the largest value is 1 - 2^-23 (2^-52).
-    Pass ``generator`` to reuse one (reseeding costs ~1 µs, a new Generator more).
+    Pass ``generator`` to reuse one (a new Generator costs more than reseeding one).
     """
     gen = torch.Generator() if generator is None else generator
     gen.manual_seed(seed)

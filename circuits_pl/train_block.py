@@ -27,14 +27,10 @@ from circuits_pl.errors import CircuitsError
 from circuits_pl.network import GroupedMLPs, step_gradients
 from circuits_pl.optim import MemberOptimizer
 
-# Bytes of one chunk's per-step working set (activations, gradients, masks) aimed at. Measured
-# (benchmarks/hotpath.py, one thread, batch 1000, K = 1024, SGD; 2 MiB L2 per core, 32 MiB L3;
-# a shared machine, three runs agreed on the shape), µs per network-step by members per chunk:
-#   chunk   4     8    16    32    64   128   256  1024 (no chunks)
-#   2-2-1  6.3   3.8   2.7   2.3   2.0   1.8   1.8  14.7
-#   2-3-1  6.8   4.7   3.4   2.8   2.6   2.4   2.3  22.1
-# Flat from 128 to 256 members (5-12 MiB working set: L3, not L2), 6-9x slower unchunked: 8 MiB
-# gives 233 members for 2-2-1 and 174 for 2-3-1.
+# Bytes of one chunk's per-step working set (activations, gradients, masks) aimed at: small chunks pay
+# per-op dispatch, one chunk of every member spills out of the cache; in between the time per
+# network-step is flat (benchmarks/hotpath.py prints it by members per chunk). 8 MiB stays in the L3
+# cache and gives a few hundred members per chunk for the notebook's sizes.
 CHUNK_BYTES = 8 << 20
 
 
@@ -141,7 +137,7 @@ def train_block(optimizer: MemberOptimizer, n_weights: int, xt: torch.Tensor, yt
             ps = [p[lo:hi] for p in params]  # views: updated in place
             st = [[s[lo:hi] for s in ss] for ss in states]
             weights, biases = ps[:n_weights], ps[n_weights:]
-            # The views step_gradients would make at every step, made once per chunk (~0.8 µs each):
+            # The views step_gradients would make at every step, made once per chunk:
             # each step's inputs expanded to the chunk (K, in, B) and transposed, the weights transposed.
             xs = xt.unsqueeze(1).expand(-1, hi - lo, -1, -1)  # (S, K, in, B)
             steps = list(zip(xs.unbind(0), xs.transpose(2, 3).unbind(0), ys))
