@@ -44,6 +44,7 @@ timeline takes naming every member's circuit at every validation over the rest o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -165,12 +166,9 @@ def circuits_pl_loop(steps: int, members: int, root: str, bare: bool = False, en
     cli = fit_cli(steps, members, root, bare, engine=engine)
     timer = _TrainTimer()
     cli.trainer.callbacks.append(timer.callback)
-    with open(os.devnull, "w") as devnull:  # the progress bar and prints, not what we measure
-        stdout, sys.stdout = sys.stdout, devnull
-        try:
-            cli.trainer.fit(cli.model, cli.datamodule)
-        finally:
-            sys.stdout = stdout
+    # the progress bar and prints, not what we measure
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        cli.trainer.fit(cli.model, cli.datamodule)
     return timer.seconds / timer.steps / members
 
 
@@ -189,12 +187,8 @@ def memory_child(members: int, sizes: str) -> None:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         before = _status_kb("VmRSS") * 1024
-        with open(os.devnull, "w") as devnull:
-            stdout, sys.stdout = sys.stdout, devnull
-            try:
-                cli.trainer.fit(cli.model, cli.datamodule)
-            finally:
-                sys.stdout = stdout
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            cli.trainer.fit(cli.model, cli.datamodule)
     peak = _status_kb("VmHWM") * 1024
     print(json.dumps({"members": members, "peak_growth_bytes": max(peak - before, 0)}))
 
@@ -384,12 +378,8 @@ def timeline_overhead(rounds: int) -> list[float]:
                                     "--figures", "false"], run=False)
             timer = _TrainTimer()
             cli.trainer.callbacks.append(timer.callback)
-            with open(os.devnull, "w") as devnull:
-                stdout, sys.stdout = sys.stdout, devnull
-                try:
-                    cli.trainer.fit(cli.model, cli.datamodule)
-                finally:
-                    sys.stdout = stdout
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                cli.trainer.fit(cli.model, cli.datamodule)
             spent = cli.model.timeline.seconds
             shares.append(spent / (timer.seconds - spent))
             print(f"timeline: {spent:.2f} s of fit {timer.seconds:.2f} s (K={TIMELINE_K}, {TIMELINE_STEPS} steps, "
