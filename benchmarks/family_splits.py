@@ -34,7 +34,7 @@ from circuits_pl.success import wilson_interval
 from circuits_pl.tasks import BUILTIN_TASKS
 
 TASKS, SIZES, LRS, MEMBERS = "add,abs,min", "2-2-1,2-4-1,2-8-1,2-16-1", "0.03,0.1,0.3", 64
-COMMAND = ["report", "--tasks", TASKS, "--sizes", SIZES, "--lrs", LRS, "--members", str(MEMBERS)]
+COMMAND = ["report", "--tasks", TASKS, "--sweep.sizes", SIZES, "--sweep.lr", LRS, "--model.members", str(MEMBERS)]
 SAVED = Path(__file__).with_name("family_splits.json")
 
 

@@ -6,8 +6,8 @@ pays for the other cells (µs per network-step of each width alone and inside a 
     python benchmarks/study.py --quick    # a smaller diagram (18 cells x 16 seeds, 2000 steps), 5 shorter rounds
     python benchmarks/study.py --engine torch   # the torch engine's groups (default: auto, as fit: fused here)
 
-**Phase diagram.** ``report --tasks add,abs,min --sizes 2-2-1,2-4-1,2-8-1,2-16-1 --lrs 0.03,0.1,0.3
---members 64`` run as it runs now (one fit per task holding the task's whole diagram, ``--jobs`` = CPU
+**Phase diagram.** ``report --tasks add,abs,min --sweep.sizes 2-2-1,2-4-1,2-8-1,2-16-1 --sweep.lr 0.03,0.1,0.3
+--model.members 64`` run as it runs now (one fit per task holding the task's whole diagram, ``--jobs`` = CPU
 cores: the wall time of the whole command, report.md and figures included) against one ``fit`` process
 per cell (report's old way: the same seeds, budget and flags, run by the same local launcher with as many
 at once, fits only: nothing written after them). Every cell's found count is checked equal both ways.
@@ -89,9 +89,11 @@ def block(run: TrainedMembers, sweep: Sweep, x: torch.Tensor, y: torch.Tensor, t
     return time.perf_counter() - start
 
 
-PHASE = ["--tasks", "add,abs,min", "--sizes", "2-2-1,2-4-1,2-8-1,2-16-1", "--lrs", "0.03,0.1,0.3", "--members", "64"]
-PHASE_QUICK = ["--tasks", "abs,add", "--sizes", "2-2-1,2-4-1,2-8-1", "--lrs", "0.03,0.1,0.3", "--members", "16",
-               "--max_steps", "2000"]
+PHASE = ["--tasks", "add,abs,min", "--sweep.sizes", "2-2-1,2-4-1,2-8-1,2-16-1", "--sweep.lr", "0.03,0.1,0.3",
+         "--model.members", "64"]
+PHASE_QUICK = ["--tasks", "abs,add", "--sweep.sizes", "2-2-1,2-4-1,2-8-1", "--sweep.lr", "0.03,0.1,0.3",
+               "--model.members", "16",
+               "--trainer.max_steps", "2000"]
 
 
 def phase_diagram(study: list[str], jobs: int) -> tuple[float, float, int]:

@@ -25,7 +25,15 @@ from circuits_pl.files import atomic_open, remove_stray_temps, save_failed
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose saves are atomic on local filesystems (loads are Lightning's)."""
+    """``TorchCheckpointIO`` whose saves are atomic on local filesystems (loads are Lightning's).
+
+    ``loaded``: a checkpoint the CLI already read and checked (``(path, checkpoint)``), so that a command
+    reads its ``--ckpt_path`` once: the first load of that path returns it instead of reading the file again.
+    """
+
+    def __init__(self, loaded: tuple[str | os.PathLike, dict[str, Any]] | None = None):
+        super().__init__()
+        self._loaded = loaded
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
@@ -53,6 +61,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only)
         remove_stray_temps(Path(path).parent)  # leftovers of a save that was killed
+        if self._loaded is not None and os.path.abspath(self._loaded[0]) == os.path.abspath(path):
+            checkpoint, self._loaded = self._loaded[1], None  # handed over once: Lightning updates it as it restores
+            return checkpoint
         if not os.path.exists(path):
             raise FileNotFoundError(f"Checkpoint file not found: {path}")
         with open(path, "rb") as f:

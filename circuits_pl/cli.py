@@ -52,7 +52,7 @@ from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.run_summary import RunSummary
 from circuits_pl.sweep import Sweep
 from circuits_pl.tasks import task_names
-from circuits_pl.usage import front_door, program_name
+from circuits_pl.usage import current_spelling, front_door, program_name
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "accelerator": "auto",
@@ -330,6 +330,7 @@ class CircuitsCLI(HookedLightningCLI):
         else:
             best = next(v for k, v in info["state_dict"].items() if k.rsplit(".", 1)[-1] == "best_member")
             check_finite(path, info["state_dict"], int(best) if self.model.member is None else self.model.member, sub)
+        self._checkpoint = None  # checked; the Trainer's checkpoint plugin holds it until Lightning restores it
 
     def _resolve_cadence(self, cfg: Namespace) -> None:
         """data.steps_per_batch, when not given: the cadence's choice, saved in config.yaml."""
@@ -355,7 +356,11 @@ class CircuitsCLI(HookedLightningCLI):
         plugins = config.get("plugins") or []
         plugins = list(plugins) if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
-            plugins.append(AtomicCheckpointIO())  # saves never leave a partial file (issue 9)
+            # saves never leave a partial file (issue 9); the --ckpt_path read and checked in after_parse is
+            # the one Lightning restores (the file is read once)
+            loaded = getattr(self, "_checkpoint", None)
+            path = self._active_config().get("ckpt_path")
+            plugins.append(AtomicCheckpointIO(loaded=(path, loaded) if loaded is not None and path else None))
         config["plugins"] = plugins
         if (config.get("logger") is False or config.get("fast_dev_run")) and rank_zero_only.rank == 0:
             config["default_root_dir"] = claim_run_dir(config.get("default_root_dir") or ".")
@@ -483,7 +488,7 @@ def main(args: Sequence[str] | None = None) -> None:
         from circuits_pl import inspection, report
 
         command = {"inspect": inspection.main, "report": report.main}[argv[0]]
-        run = functools.partial(command, argv[1:])
+        run = functools.partial(command, current_spelling(argv[0], argv[1:]))
     else:
         run = functools.partial(CircuitsCLI, args=args)
     loggers = [logging.getLogger(name) for name in _LOGGERS]

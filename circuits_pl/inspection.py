@@ -83,7 +83,7 @@ def main(argv: list[str]) -> None:
                     "which exact circuit, checks; (re)writes its PNG figures into the run directory.",
     )
     parser.add_argument("path", help="a checkpoint (.ckpt) or a run directory (lightning_logs/version_N)")
-    parser.add_argument("--member", "--model.member", type=int, default=None, dest="member",
+    parser.add_argument("--model.member", type=int, default=None, dest="member",
                         help="member to read (default: the best)")
     parser.add_argument("--figures", type=_bool, default=True, metavar="true|false",
                         help="(re)write timeline.png, losses.png, function_member{k}.png, circuit_member{k}.png "

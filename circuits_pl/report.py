@@ -1,6 +1,6 @@
 """``python -m circuits_pl report``: the study — every task (and cell) with many seeds, as one table.
 
-The study's cells are every task × ``--sizes`` × ``--lrs`` × ``--init_scales`` (or the cells of
+The study's cells are every task × ``--sweep.sizes`` × ``--sweep.lr`` × ``--sweep.init_scale`` (or the cells of
 ``--config`` files). One ``fit`` trains a task's whole diagram side by side (its members differ in
 sizes, lr and init scale: ``circuits_pl.sweep``), with many seeds per cell and no early stop, so every
 seed trains the whole budget; ``--jobs N`` splits a task's seeds over at most N fits. Where a cell's
@@ -18,7 +18,7 @@ added in rounds to the cells whose interval is still wider than the target. The 
     study.json   the command, so that ``report --resume OUT/version_N`` continues the study
 
 Jobs: the built-in tasks with circuits_pl's defaults (``--tasks`` to choose), swept over
-``--sizes``, ``--lrs`` and ``--init_scales`` if given; or config files (``--config
+``--sweep.sizes``, ``--sweep.lr`` and ``--sweep.init_scale`` if given; or config files (``--config
 configs/notebook/*.yaml`` runs the notebook's study: its sizes, lr and budgets).
 """
 
@@ -47,7 +47,7 @@ from circuits_pl.launch import LAUNCHERS, FitSpec, SlurmOptions, check_launcher,
 from circuits_pl.study import Base, CellRecord, FitPlan, Study
 from circuits_pl.sweep import Cell, parse_positive_list, parse_sizes_list
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
-from circuits_pl.usage import program_name
+from circuits_pl.usage import current_spelling, program_name
 from circuits_pl.verdicts import MIN_VALIDATIONS, VERDICTS
 
 DEFAULT_MEMBERS = 128
@@ -65,10 +65,11 @@ RESUMABLE = ("--resume", "--launcher", "--jobs", "--slurm.")
 def add_study_options(parser: argparse.ArgumentParser) -> None:
     """The study's options beyond tasks, sizes and lrs: init scales, seeds until an interval is tight,
     resuming, and where the fits run (``circuits_pl.launch``)."""
-    parser.add_argument("--init_scales", default=None,
+    parser.add_argument("--sweep.init_scale", dest="init_scales", default=None,
                         help="sweep initial-weight scales (a factor on nn.Linear's init bound), e.g. 0.5,1")
     parser.add_argument("--ci_width", type=float, default=None,
-                        help="add --members seeds per round to every cell whose found rate's 95%% Wilson interval "
+                        help="add --model.members seeds per round to every cell whose found rate's 95%% Wilson "
+                             "interval "
                              "is wider than this (e.g. 0.1), until it is not or the cell has --max_members")
     parser.add_argument("--max_members", type=int, default=None,
                         help=f"with --ci_width: at most this many seeds per cell (default {DEFAULT_MAX_MEMBERS})")
@@ -116,26 +117,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--tasks", default=",".join(BUILTIN_TASKS),
                         help="comma-separated tasks, with circuits_pl's defaults (default: all built-in)")
-    parser.add_argument("--sizes", default=None,
+    parser.add_argument("--sweep.sizes", dest="sizes", default=None,
                         help="sweep layer sizes, e.g. 2-2-1,2-4-1,2-8-1: the hidden widths apply to every task "
                              "(the input size is the task's)")
-    parser.add_argument("--lrs", default=None, help="sweep learning rates, e.g. 0.03,0.1,0.3")
+    parser.add_argument("--sweep.lr", dest="lrs", default=None, help="sweep learning rates, e.g. 0.03,0.1,0.3")
     parser.add_argument("--config", nargs="+", default=[],
                         help="config files to run instead (their task, sizes, lr, budget), "
                              "e.g. configs/notebook/*.yaml")
-    parser.add_argument("--members", type=int, default=DEFAULT_MEMBERS,
+    parser.add_argument("--model.members", dest="members", type=int, default=DEFAULT_MEMBERS,
                         help="seeds per cell (default 128; with --ci_width: per round)")
-    parser.add_argument("--max_steps", type=int, default=None,
+    parser.add_argument("--trainer.max_steps", dest="max_steps", type=int, default=None,
                         help=f"SGD steps per job (default: the config's, else {DEFAULT_STEPS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of member 0 (member k: seed + k)")
-    parser.add_argument("--success_mse", type=float, default=None,
+    parser.add_argument("--seed_everything", dest="seed", type=int, default=0,
+                        help="seed of member 0 (member k: seed + k) and of the data")
+    parser.add_argument("--model.success_mse", dest="success_mse", type=float, default=None,
                         help="validation MSE below which a member counts as solved (default: the task's ε-threshold)")
     parser.add_argument("--jobs", type=int, default=None,
                         help="local: fits run at once, one process and one torch thread each (default: CPU cores); "
                              "a task's seeds are split over at most this many fits. slurm: fits per task "
                              "(default 1)")
     parser.add_argument("--out", default="reports", help="reports go to OUT/version_N (default: reports)")
-    parser.add_argument("--engine", default="auto", choices=["auto", "fused", "torch"],
+    parser.add_argument("--model.engine", dest="engine", default="auto", choices=["auto", "fused", "torch"],
                         help="--model.engine of every fit (default auto: fused on the CPU)")
     add_study_options(parser)
     return parser
@@ -152,7 +154,8 @@ def _resumed(argv: list[str]) -> tuple[argparse.Namespace, list[str], dict]:
     path = Path(given.resume) / STUDY_FILE
     try:
         saved = json.loads(path.read_text())
-        original = [str(a) for a in saved["argv"]]
+        # a study started before its options had fit's names: the current spellings, silently
+        original = current_spelling("report", [str(a) for a in saved["argv"]], say=False)
     except FileNotFoundError:
         raise CircuitsError(f"--resume {given.resume}: no {STUDY_FILE} there (give a report directory, "
                             "e.g. reports/version_0, made by this version of report)") from None
@@ -164,21 +167,23 @@ def _resumed(argv: list[str]) -> tuple[argparse.Namespace, list[str], dict]:
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.members < 1:
-        raise CircuitsError(f"--members must be a positive integer, got {args.members}")
+        raise CircuitsError(f"--model.members must be a positive integer, got {args.members}")
     if args.max_steps is not None and args.max_steps < 1:
-        raise CircuitsError(f"--max_steps must be a positive integer, got {args.max_steps}")
+        raise CircuitsError(f"--trainer.max_steps must be a positive integer, got {args.max_steps}")
     if args.success_mse is not None and not args.success_mse > 0:
-        raise CircuitsError(f"--success_mse must be a positive number, got {args.success_mse}")
+        raise CircuitsError(f"--model.success_mse must be a positive number, got {args.success_mse}")
     if args.jobs is not None and args.jobs < 1:
         raise CircuitsError(f"--jobs must be a positive integer, got {args.jobs}")
     if args.ci_width is not None:
         if not 0 < args.ci_width < 1:
             raise CircuitsError(f"--ci_width must be a width between 0 and 1 (e.g. 0.1), got {args.ci_width}")
         if args.config:
-            raise CircuitsError("--ci_width adds seeds to the cells of --tasks (× --sizes × --lrs × --init_scales); "
+            raise CircuitsError("--ci_width adds seeds to the cells of --tasks (× --sweep.sizes × --sweep.lr × "
+                                "--sweep.init_scale); "
                                 "a --config file runs as one fit: drop one of them")
         if args.max_members is not None and args.max_members < args.members:
-            raise CircuitsError(f"--max_members ({args.max_members}) must be at least --members ({args.members}), "
+            raise CircuitsError(f"--max_members ({args.max_members}) must be at least --model.members "
+                                f"({args.members}), "
                                 "the seeds of the first round")
     elif args.max_members is not None:
         raise CircuitsError("--max_members caps the rounds of --ci_width: give --ci_width too (e.g. --ci_width 0.1)")
@@ -199,17 +204,18 @@ def make_study(args: argparse.Namespace) -> tuple[list[Base], dict[str, list[Cel
     arities = {t: get_task(t).arity for t in tasks}
     hidden = None
     if args.sizes:
-        sizes = parse_sizes_list(args.sizes, option="--sizes")
+        sizes = parse_sizes_list(args.sizes, option="--sweep.sizes")
         for s in sizes:
             if s[0] not in arities.values():
                 takes = " or ".join(f"{a} ({', '.join(t for t in tasks if arities[t] == a)})"
                                     for a in sorted(set(arities.values())))
-                raise CircuitsError(f"--sizes item {'-'.join(map(str, s))} starts with {s[0]} inputs; the tasks take "
+                raise CircuitsError(f"--sweep.sizes item {'-'.join(map(str, s))} starts with {s[0]} inputs; "
+                                    "the tasks take "
                                     f"{takes}: e.g. {min(arities.values())}-{'-'.join(map(str, s[1:]))} (each task "
                                     "gets its own input size)")
         hidden = [list(s[1:-1]) for s in sizes]
-    lrs = parse_positive_list(args.lrs, "--lrs") if args.lrs else [DEFAULT_LR]
-    scales = parse_positive_list(args.init_scales, "--init_scales") if args.init_scales else [1.0]
+    lrs = parse_positive_list(args.lrs, "--sweep.lr") if args.lrs else [DEFAULT_LR]
+    scales = parse_positive_list(args.init_scales, "--sweep.init_scale") if args.init_scales else [1.0]
     cells = {}
     for task in tasks:
         layers = [get_task(task).layer_sizes] if hidden is None else [(arities[task], *h, 1) for h in hidden]
@@ -239,7 +245,7 @@ def progress_line(row: dict[str, Any]) -> str:
     """The stderr line of a finished cell: ``abs: 10/32 found the circuit (0.18–0.49), ...`` (no padding)."""
     if too_early(row):
         return (f"{row['job']}: too early to tell: all {row['members']} members had fewer than {MIN_VALIDATIONS} "
-                "validations; give more steps (--max_steps) or validate more often")
+                "validations; give more steps (--trainer.max_steps) or validate more often")
     return (f"{row['job']}: {row['found']}/{row['members']} found the circuit "
             f"({row['found_ci95_low']:.2f}–{row['found_ci95_high']:.2f}), {row['solved']} solved, median at "
             f"{_fmt(row['median_solved_at'], '.0f')} steps; {row['circuits'] or 'no exact circuit'}")
@@ -483,7 +489,7 @@ def _check_resources(args: argparse.Namespace, study: Study, shards: int) -> Non
         if base.task and cells:
             widest = max((c.layer_sizes for c in cells), key=lambda s: sum(a * b for a, b in zip(s[:-1], s[1:])))
             size = RunSize(widest, per_fit * len(cells), 1000)
-            preflight.check_memory(size, available // at_once, options={"members": "--members"}, cells=len(cells))
+            preflight.check_memory(size, available // at_once, options={"members": "--model.members"}, cells=len(cells))
 
 
 def fit_spec(plan: FitPlan, args: argparse.Namespace, out: Path, extra: list[str]) -> FitSpec:

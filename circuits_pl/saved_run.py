@@ -50,7 +50,7 @@ def load_run(path: str | Path, member: int | None = None, task: str | None = Non
     members = saved_sweep(ckpt, info["hyper_parameters"]).members
     if member is not None and not 0 <= member < members:
         raise CircuitsError(
-            f"--member {member} is out of range: the checkpoint has {members} member(s), 0..{members - 1}")
+            f"--model.member {member} is out of range: the checkpoint has {members} member(s), 0..{members - 1}")
     override = {} if task is None else {"task": task}
     check_state_dict(ckpt, info["state_dict"], _expected_state(info, override))
     datamodule_hparams = dict(info.get("datamodule_hyper_parameters") or {})
@@ -67,7 +67,7 @@ def check_finite_member(run: Run, member: int) -> None:
         return
     good = finite.nonzero().flatten().tolist()
     listed = ", ".join(map(str, good[:10])) + (f", ... ({len(good)} in all)" if len(good) > 10 else "")
-    others = f"members with finite weights: {listed} (pick one with --member)" if good else \
+    others = f"members with finite weights: {listed} (pick one with --model.member)" if good else \
         "no member has finite weights: retrain, e.g. with a smaller --model.lr"
     raise CircuitsError(f"{run.checkpoint}: member {member} has non-finite (NaN/inf) weights, so no circuit "
                         f"to read; {others}")

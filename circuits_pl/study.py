@@ -3,7 +3,7 @@ when a cell has seeds enough. Plain Python (no torch, no Lightning): it plans co
 reads results.json files.
 
 A study trains the cells (``circuits_pl.sweep.Cell``) of one or more *bases*: a built-in task with
-its cells (``--sizes`` × ``--lrs`` × ``--init_scales``), or a config file (its own cells). Each cell
+its cells (``--sweep.sizes`` × ``--sweep.lr`` × ``--sweep.init_scale``), or a config file (its own cells). Each cell
 takes seeds ``SEED + 0, 1, 2, ...``. A *fit* (:class:`FitPlan`) is one ``fit`` process: some cells
 of one base side by side and the seeds ``[first, first + count)`` of each::
 

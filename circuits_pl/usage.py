@@ -49,6 +49,33 @@ KEY_OPTIONS = (
 )
 
 
+# Old spellings of options whose thing has fit's name (--model.*, --trainer.*, --sweep.*): still accepted,
+# with one line on stderr saying the new one.
+RENAMED = {
+    "inspect": {"--member": "--model.member"},
+    "report": {"--members": "--model.members", "--max_steps": "--trainer.max_steps", "--seed": "--seed_everything",
+               "--success_mse": "--model.success_mse", "--engine": "--model.engine", "--sizes": "--sweep.sizes",
+               "--lrs": "--sweep.lr", "--init_scales": "--sweep.init_scale"},
+}
+
+
+def current_spelling(command: str, args: Sequence[str], say: bool = True) -> list[str]:
+    """``args`` of ``command`` with every old spelling of :data:`RENAMED` replaced by its current one
+    (``--member 3`` -> ``--model.member 3``, ``--lrs=0.1`` -> ``--sweep.lr=0.1``); ``say``: one line on
+    stderr per old spelling used."""
+    renamed, said = RENAMED.get(command, {}), set()
+    out = []
+    for arg in args:
+        name, eq, value = str(arg).partition("=")
+        if name in renamed:
+            if say and name not in said:
+                print(f"circuits_pl: {name} is deprecated; use {renamed[name]}", file=sys.stderr)
+                said.add(name)
+            arg = renamed[name] + eq + value
+        out.append(arg)
+    return out
+
+
 def program_name() -> str:
     """``circuits-pl`` when run through the console script, else ``python -m circuits_pl``."""
     return "circuits-pl" if Path(sys.argv[0]).name == "circuits-pl" else "python -m circuits_pl"

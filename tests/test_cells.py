@@ -186,7 +186,7 @@ def test_results_metrics_and_inspect_carry_each_members_cell(run_cli, tmp_path, 
         assert sum(float(r[k]) for k in columns) == float(r["val/solved"])
     assert [int(float(rows[-1][k])) for k in columns] == [c["solved"] for c in res["cells"]]
     # inspect names the member's cell and seed
-    run_cli("inspect", run, "--member", 20, "--figures", "false")
+    run_cli("inspect", run, "--model.member", 20, "--figures", "false")
     assert "member 20 of 24" in (said := capsys.readouterr().out)
     assert "cell 6: 1-3-1 lr 0.2 init×0.5, seed 2" in said
 

@@ -57,7 +57,7 @@ def test_inspect_a_stuck_member_says_where_it_is_wrong(run_cli, tmp_path, capsys
     stuck = per["verdict"].index("stuck")
     assert per["circuit"][stuck] is None and per["val_mse"][stuck] > 0.1
     capsys.readouterr()
-    run_cli("inspect", run / "checkpoints" / "last.ckpt", "--member", stuck, "--figures", "false")
+    run_cli("inspect", run / "checkpoints" / "last.ckpt", "--model.member", stuck, "--figures", "false")
     out = capsys.readouterr().out
     assert f"member {stuck} of 8" in out and "Circuit: matches no known circuit" in out
     assert "Where it is wrong: wrong where x " in out and "Worst inputs:" in out
@@ -69,7 +69,7 @@ def test_inspect_a_stuck_member_says_where_it_is_wrong(run_cli, tmp_path, capsys
     (["inspect", "nowhere"], r"checkpoint nowhere does not exist"),
     (["inspect", "."], r"holds no checkpoints/last.ckpt"),
     (["report", "--tasks", "mul"], r"unknown task 'mul'"),
-    (["report", "--members", "0"], r"--members must be a positive integer"),
+    (["report", "--model.members", "0"], r"--model.members must be a positive integer"),
     (["report", "--config", "missing.yaml"], r"config file missing.yaml does not exist"),
 ])
 def test_inspect_and_report_errors_are_one_line(run_cli, capsys, argv, message):
@@ -125,7 +125,7 @@ def test_results_json_the_circuit_line_and_inspect_decide_alike(run_cli, tmp_pat
     fit_says = next(line for line in out.splitlines() if line.startswith("Solved: "))
     assert fit_says.startswith("Solved: yes" if per["solved"][best] else "Solved: no")
     for k in range(6):
-        run_cli("inspect", run, "--member", k, "--figures", "false")
+        run_cli("inspect", run, "--model.member", k, "--figures", "false")
         said = capsys.readouterr().out
         assert f"Solved: {'yes' if per['solved'][k] else 'no'}, by the exact MSE over [-1, 1]² " in said
         assert f"certified max error {per['max_error'][k]:.2g} over [-1, 1]²" in said

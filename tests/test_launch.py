@@ -18,7 +18,8 @@ from test_study import _alone, _check_row_against, _members_of, _rows
 pytest.importorskip("submitit")
 
 TESTS = Path(__file__).parent
-STUDY = ["report", "--tasks", "abs", "--sizes", "1-2-1,1-4-1", "--members", 4, "--max_steps", 5000, "--jobs", 2]
+STUDY = ["report", "--tasks", "abs", "--sweep.sizes", "1-2-1,1-4-1", "--model.members", 4, "--trainer.max_steps", 5000,
+         "--jobs", 2]
 
 
 def _check_against_fits_alone(run_cli, tmp_path: Path, out: Path) -> None:

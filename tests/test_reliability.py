@@ -550,8 +550,8 @@ def _job_processes(marker: str) -> list[str]:
 
 def test_report_stops_its_running_and_queued_jobs_on_a_signal_and_reports_what_finished(tmp_path):
     out = tmp_path / "study"
-    proc = _start(["report", "--tasks", "abs,add,min", "--members", 4, "--max_steps", 10_000_000, "--jobs", 2,
-                   "--out", out], tmp_path)
+    proc = _start(["report", "--tasks", "abs,add,min", "--model.members", 4, "--trainer.max_steps", 10_000_000,
+                   "--jobs", 2, "--out", out], tmp_path)
     log = out / "version_0" / "runs" / "abs_seeds0-1.log"  # 3 tasks on 2 jobs: 2 fits per task
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (log.exists() and "step " in log.read_text()):

@@ -19,7 +19,7 @@ def _wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
 
 
 def test_report_tables_every_task_and_parallel_jobs_give_the_serial_results(run_cli, tmp_path):
-    study = ["report", "--tasks", "abs,subtract", "--members", 16, "--max_steps", 2000]
+    study = ["report", "--tasks", "abs,subtract", "--model.members", 16, "--trainer.max_steps", 2000]
     run_cli(*study, "--jobs", 2)
     run_cli(*study, "--jobs", 1)  # a second report: a new version_N, the first untouched
     parallel, serial = (list(csv.DictReader((tmp_path / "reports" / v / "report.csv").open()))
@@ -74,7 +74,7 @@ def test_a_job_whose_members_are_all_too_early_says_so_not_no_exact_circuit(tmp_
            "median_solved_at": None, "converged": 0, "converging": 0, "slow": 0, "stuck": 0, "too_early": 16,
            "diverged": 0, "max_sparsity_error_solved": None, "circuits": "", "common_stuck": "", "run_dir": "r"}
     assert progress_line(row) == ("min: too early to tell: all 16 members had fewer than 3 validations; give more "
-                                  "steps (--max_steps) or validate more often")
+                                  "steps (--trainer.max_steps) or validate more often")
     write_markdown([row], tmp_path / "report.md", "report --tasks min")
     text = (tmp_path / "report.md").read_text()
     assert "- **min** (2-3-1, lr 0.1): too early to tell (fewer than 3 validations)" in text

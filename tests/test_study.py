@@ -71,8 +71,8 @@ def test_split_seeds_is_even_and_consecutive():
 
 
 def test_a_task_diagram_is_one_fit_split_by_members_and_each_cell_equals_its_fit_alone(run_cli, tmp_path):
-    run_cli("report", "--tasks", "abs", "--sizes", "1-2-1,1-3-1", "--lrs", "0.1,0.3", "--init_scales", "0.5,1",
-            "--members", 4, "--max_steps", 1500, "--jobs", 2)
+    run_cli("report", "--tasks", "abs", "--sweep.sizes", "1-2-1,1-3-1", "--sweep.lr", "0.1,0.3",
+            "--sweep.init_scale", "0.5,1", "--model.members", 4, "--trainer.max_steps", 1500, "--jobs", 2)
     out = tmp_path / "reports" / "version_0"
     # two fits for the task's 8 cells: seeds 0-1 and 2-3 of every cell (members split, not cells)
     assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["abs_seeds0-1", "abs_seeds2-3"]
@@ -106,8 +106,8 @@ def _start(args: list, cwd: Path) -> subprocess.Popen:
 
 def test_ci_width_rounds_add_seeds_to_wide_cells_and_resume_continues_an_interrupted_study(run_cli, tmp_path):
     # 4 seeds: 0/4 or 4/4 found is 0.49 wide, 1-3 of 4 is 0.65-0.70: those cells get 4 more (max 8)
-    study = ["report", "--tasks", "abs", "--sizes", "1-2-1,1-8-1", "--members", 4, "--max_members", 8,
-             "--ci_width", 0.6, "--max_steps", 6000, "--jobs", 1]
+    study = ["report", "--tasks", "abs", "--sweep.sizes", "1-2-1,1-8-1", "--model.members", 4, "--max_members", 8,
+             "--ci_width", 0.6, "--trainer.max_steps", 6000, "--jobs", 1]
     proc = _start(study, tmp_path)
     out = tmp_path / "reports" / "version_0"
     log = out / "runs" / "abs_seeds4-7.log"  # round 1's fit

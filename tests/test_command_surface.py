@@ -1,0 +1,102 @@
+"""One command surface: the same option has the same name in every command (fit's), and the old
+spellings of inspect and report still work, with one line saying the new one."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import run_dirs
+
+from circuits_pl.usage import RENAMED, current_spelling
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--figures", "false"]
+
+
+def test_every_renamed_option_is_an_option_of_fit_or_of_the_command():
+    """The new spelling of every old one is the name fit gives the same thing (or the command's own)."""
+    assert RENAMED["inspect"] == {"--member": "--model.member"}
+    assert RENAMED["report"]["--members"] == "--model.members"
+    assert RENAMED["report"]["--max_steps"] == "--trainer.max_steps"
+    for renamed in RENAMED.values():
+        for old, new in renamed.items():
+            assert new.startswith(("--model.", "--trainer.", "--sweep.", "--seed_everything")), (old, new)
+
+
+def test_old_spellings_are_rewritten_with_one_line_each(capsys):
+    argv = ["--tasks", "abs", "--members", "4", "--max_steps=300", "--members", "8", "--seed", "3"]
+    assert current_spelling("report", argv) == ["--tasks", "abs", "--model.members", "4", "--trainer.max_steps=300",
+                                                "--model.members", "8", "--seed_everything", "3"]
+    assert capsys.readouterr().err.splitlines() == [
+        "circuits_pl: --members is deprecated; use --model.members",
+        "circuits_pl: --max_steps is deprecated; use --trainer.max_steps",
+        "circuits_pl: --seed is deprecated; use --seed_everything"]
+    assert current_spelling("report", ["--members", "4"], say=False) == ["--model.members", "4"]
+    assert capsys.readouterr().err == ""
+    assert current_spelling("fit", ["--member", "3"]) == ["--member", "3"]  # fit has no old spellings
+
+
+def test_inspect_member_old_and_new_spelling_read_the_same_member(run_cli, tmp_path, capsys):
+    run_cli("fit", "--task", "abs", "--model.members", 3, "--trainer.max_steps", 300, *QUIET)
+    (run,) = run_dirs(tmp_path)
+    capsys.readouterr()
+    run_cli("inspect", run, "--model.member", 2, "--figures", "false")
+    new = capsys.readouterr()
+    run_cli("inspect", run, "--member", 2, "--figures", "false")
+    old = capsys.readouterr()
+    assert "member 2 of 3" in new.out and old.out == new.out
+    assert new.err == ""
+    assert old.err.splitlines() == ["circuits_pl: --member is deprecated; use --model.member"]
+
+
+def test_report_max_steps_and_members_old_and_new_spelling_give_the_same_study(run_cli, tmp_path, capsys):
+    common = ["report", "--tasks", "abs", "--jobs", 1]
+    run_cli(*common, "--model.members", 2, "--trainer.max_steps", 400, "--out", "new")
+    assert "deprecated" not in capsys.readouterr().err
+    run_cli(*common, "--members", 2, "--max_steps", 400, "--out", "old")
+    err = capsys.readouterr().err.splitlines()
+    assert [ln for ln in err if "deprecated" in ln] == [
+        "circuits_pl: --members is deprecated; use --model.members",
+        "circuits_pl: --max_steps is deprecated; use --trainer.max_steps"]
+    new, old = (list(csv.DictReader((tmp_path / out / "version_0" / "report.csv").open())) for out in ("new", "old"))
+    assert len(new) == 1 and new[0]["members"] == "2"
+    dropped = ("run_dir",)  # where each fit ran: under its own --out
+    assert [{k: v for k, v in r.items() if k not in dropped} for r in old] == \
+           [{k: v for k, v in r.items() if k not in dropped} for r in new]
+
+
+@pytest.mark.parametrize("old, value", [("--members", "0"), ("--max_steps", "0")])
+def test_a_bad_value_under_an_old_spelling_is_refused_in_the_new_ones_words(run_cli, tmp_path, capsys, old, value):
+    run_cli("report", "--tasks", "abs", old, value, expect=2)
+    err = capsys.readouterr().err.splitlines()
+    new = RENAMED["report"][old]
+    assert err == [f"circuits_pl: {old} is deprecated; use {new}",
+                   f"error: {new} must be a positive integer, got 0"]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "predict"])
+def test_a_command_reads_its_ckpt_path_once(run_cli, tmp_path, monkeypatch, command):
+    """The checkpoint the CLI reads and checks is the one Lightning restores: one torch.load of the file."""
+    import torch
+
+    run_cli("fit", "--task", "abs", "--model.members", 2, "--trainer.max_steps", 200, *QUIET)
+    (run,) = run_dirs(tmp_path)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    reads, load = [], torch.load
+
+    def counting_load(f, *args, **kwargs):
+        name = getattr(f, "name", f)
+        if str(name) == str(ckpt):
+            reads.append(name)
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting_load)
+    more = ["--trainer.max_steps", 400] if command == "fit" else []
+    run_cli(command, "--ckpt_path", ckpt, *more, *QUIET)
+    assert len(reads) == 1
+    if command == "fit":  # the restore really used it: training went on from step 200
+        from conftest import results
+
+        resumed = max(run_dirs(tmp_path), key=lambda d: int(d.name.split("_")[1]))
+        assert results(resumed)["steps"] == 400
