@@ -99,7 +99,7 @@ PHASE_QUICK = ["--tasks", "abs,add", "--sweep.sizes", "2-2-1,2-4-1,2-8-1", "--sw
 def phase_diagram(study: list[str], jobs: int) -> tuple[float, float, int]:
     """Wall seconds of ``report STUDY`` and of one fit per cell of it; the number of cells."""
     from circuits_pl.launch import LocalLauncher
-    from circuits_pl.report import _parser, fit_spec, make_study
+    from circuits_pl.report import fit_spec, make_study, parse_args
     from circuits_pl.study import FitPlan
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +109,7 @@ def phase_diagram(study: list[str], jobs: int) -> tuple[float, float, int]:
         one = time.perf_counter() - start
         rows = list(csv.DictReader(open(f"{tmp}/one/version_0/report.csv")))
 
-        args = _parser().parse_args(study)
+        args = parse_args(study)
         bases, cells = make_study(args)
         plans = [FitPlan(f"{b.name}_{i}", b, (c,), 0, args.members) for b in bases for i, c in enumerate(cells[b.name])]
         found = {}

@@ -19,7 +19,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from circuits_pl import preflight, signals
+from circuits_pl import inspection, preflight, report, signals
 from circuits_pl.atomic_checkpoint_io import AtomicCheckpointIO
 from circuits_pl.cadence import Cadence
 from circuits_pl.callbacks import FrozenHeap, LastCheckpoint, PredictionWriter, StepProgressBar, StopWhenSolved
@@ -42,6 +42,8 @@ from circuits_pl.compat import (
     cli_parser,
     parser_actions,
     quiet_lightning_warnings,
+    subcommand_parsers,
+    summary_line,
 )
 from circuits_pl.data import CircuitDataModule
 from circuits_pl.errors import CircuitsError, SaveFailed, TrainingDiverged
@@ -52,7 +54,7 @@ from circuits_pl.module import CircuitModule, check_precision
 from circuits_pl.run_summary import RunSummary
 from circuits_pl.sweep import Sweep
 from circuits_pl.tasks import task_names
-from circuits_pl.usage import current_spelling, front_door, program_name
+from circuits_pl.usage import RENAMED, current_spelling, front_door, program_name
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "accelerator": "auto",
@@ -72,6 +74,31 @@ DESCRIPTION = (
     "Subcommands: fit, validate, test, predict (Lightning's), and inspect PATH (read a run's circuit) "
     "and report (the success-rate study), each with --help."
 )
+
+
+# Lightning's commands, as circuits_pl's short help and each command's --help describe them (inspect's and
+# report's lines are the first lines of their functions' docstrings).
+LIGHTNING_COMMANDS = {
+    "fit": "train --task NAME, many seeds at once; writes lightning_logs/version_N/",
+    "validate": "validation MSE of a trained run: --ckpt_path RUN/checkpoints/last.ckpt",
+    "test": "test MSE of a trained run: --ckpt_path CKPT",
+    "predict": "predictions.csv (inputs, target, prediction) of a trained run: --ckpt_path CKPT",
+}
+# circuits_pl's commands beside Lightning's: plain functions whose typed parameters are the options
+COMMAND_FUNCTIONS: dict[str, Callable[..., Any]] = {"inspect": inspection.inspect, "report": report.report}
+# The options of fit the short help lists first, in its words: (option as typed, text, the parser key whose
+# default and choices the short help quotes, or None). The quoted values are the parser's (short_help_module).
+KEY_OPTIONS = (
+    ("--task NAME", "the task to learn (with --ckpt_path: the checkpoint's)", None),
+    ("--model.members K", "seeds trained at once", "model.members"),
+    ("--model.lr LR", "SGD learning rate", "model.lr"),
+    ('--model.layer_sizes "[2, 3, 1]"', "layer widths, input to output (default: the task's)", None),
+    ("--trainer.max_steps N", "SGD step budget", "trainer.max_steps"),
+    ("--stop.when", "stop once one member is solved, all are, or never", "stop.when"),
+    ("--config FILE.yaml", "options from a file: configs/*.yaml, or a run's config.yaml", None),
+    ("--ckpt_path FILE.ckpt", "resume (fit) or evaluate (validate, test, predict) a checkpoint", None),
+)
+SHORT_HELP_MODULE = os.path.join(os.path.dirname(__file__), "short_help.py")
 
 
 # Hyper-parameters that define the weights in a checkpoint: they must match it (init_scale and
@@ -95,10 +122,20 @@ class CircuitsCLI(HookedLightningCLI):
             auto_configure_optimizers=False,  # the fast path is plain SGD with model.lr
             save_config_callback=AtomicSaveConfig,
             parser_kwargs={"exit_on_error": False, "default_env": False, "prog": program_name(),
-                           "description": DESCRIPTION},
+                           "description": DESCRIPTION,
+                           **{name: {"description": text} for name, text in LIGHTNING_COMMANDS.items()}},
             args=args,
             run=run,
         )
+
+    def command_functions(self) -> dict[str, Callable[..., Any]]:
+        """circuits_pl's commands beside Lightning's: their typed parameters are their options."""
+        return dict(COMMAND_FUNCTIONS)
+
+    def run_command_function(self, name: str, function: Callable[..., Any], options: dict[str, Any]) -> None:
+        if name == "report":  # the study keeps its command line as typed (study.json, report.md)
+            options["argv"] = self._command_argv
+        function(**options)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -136,10 +173,16 @@ class CircuitsCLI(HookedLightningCLI):
             # collision check costs a collective per validation under DDP
             "checkpoint.enable_version_counter": False,
         })
-        # Lightning's help for these counts batches and epochs; circuits_pl counts SGD steps
+        # Lightning's help for these counts batches and epochs; circuits_pl counts SGD steps. Elsewhere its
+        # "Default: ``X``" is dropped where circuits_pl's default is another (the help ends with the real one).
         for action in parser_actions(parser):
             if action.dest in _STEP_HELP:
                 action.help = _STEP_HELP[action.dest] + " (type: %(type)s, default: %(default)s)"
+            elif action.dest in _OWN_HELP:
+                action.help = _OWN_HELP[action.dest]
+            elif isinstance(action.help, str) and action.default is not None:
+                action.help = _STATED_DEFAULT.sub(
+                    lambda m, real=action.default: m[0] if m[1] == str(real) else "", action.help)
 
     # ------------------------------------------------------------------------------------------
     def _active_config(self) -> Namespace:
@@ -152,8 +195,16 @@ class CircuitsCLI(HookedLightningCLI):
         ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``."""
         self._typed_config: Namespace | None = None
         if args is None or isinstance(args, (list, tuple)):
-            argv = preflight.normalise_argv(sys.argv[1:] if args is None else [str(a) for a in args])
-            preflight.check_config_files(argv)
+            argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
+            if argv and argv[0] in RENAMED:  # old spellings of inspect's and report's options, with one line each
+                argv = [argv[0], *current_spelling(argv[0], argv[1:])]
+            if argv and argv[0] in self.command_functions():
+                self._command_argv = argv[1:]
+                if argv[0] == "report":
+                    argv = [argv[0], *report.normalise_argv(argv[1:])]
+            else:
+                argv = preflight.normalise_argv(argv)
+                preflight.check_config_files(argv)
             self._argv = argv
             if args is None:  # Lightning's would warn that args and sys.argv are both given
                 self.config = parser.parse_args(argv)
@@ -442,6 +493,16 @@ _STEP_HELP = {
 }
 
 
+# Lightning's help of options that mean something else here.
+_OWN_HELP = {
+    "trainer.logger": "Logger (or loggers) of the run. null or true: circuits_pl's CSV logger (metrics.csv and "
+                      "hparams.yaml in lightning_logs/version_N, claimed atomically); false: none; or a logger class, "
+                      "e.g. lightning.pytorch.loggers.TensorBoardLogger (its save_dir: the run's root).",
+}
+# Lightning's way of stating a default in its help: "Default: ``True``."
+_STATED_DEFAULT = re.compile(r"\s*Default: ``([^`]*)``\.?")
+
+
 def _cells_text(sweep: Sweep) -> str:
     """``a 1-4-1 network at lr 0.1`` or ``6 cells (2 sizes (1-2-1, 1-4-1) × ...)``, for messages."""
     if sweep.is_single:
@@ -479,18 +540,75 @@ def member_parallel(strategy: Any, devices: Any, num_nodes: int) -> Any:
     return strategy
 
 
+class _Parsers(Exception):
+    def __init__(self, parser: LightningArgumentParser):
+        self.parser = parser
+
+
+class _ParserOnly(CircuitsCLI):
+    """CircuitsCLI up to its parser: built, not parsed (what the short help is generated from)."""
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        raise _Parsers(parser)
+
+
+def command_parsers() -> dict[str, Any]:
+    """Every command's parser, in the order of the command root (fit, validate, test, predict, inspect, report)."""
+    try:
+        _ParserOnly(args=[])
+    except _Parsers as built:
+        return subcommand_parsers(built.parser)
+    raise AssertionError("CircuitsCLI parsed without calling parse_arguments")
+
+
+def short_help_module() -> str:
+    """The text of circuits_pl/short_help.py: the commands, the built-in tasks and the key options of fit with
+    their defaults, as the command root and the task registry have them today. ``python -m circuits_pl --help``
+    reads that file (no torch, no Lightning); tests/test_front_door.py checks it equals this."""
+    from circuits_pl.tasks import BUILTIN_TASKS
+
+    parsers = command_parsers()
+    commands = {name: LIGHTNING_COMMANDS.get(name) or _lower_first(summary_line(COMMAND_FUNCTIONS[name]))
+                for name in parsers}
+    fit = {action.dest: action for action in parser_actions(parsers["fit"])}
+    options = []
+    for option, text, key in KEY_OPTIONS:
+        if key is not None:
+            action = fit[key]  # a KeyError: a key option the parser no longer has
+            choices = action.choices or (action.metavar or "").strip("{}").split(",")  # a Literal: {best,all,never}
+            if option.count(" ") == 0 and any(choices):
+                option = f"{option} {'|'.join(choices)}"
+            text = f"{text} (default {action.default})"
+        options.append((option, text))
+    tasks = [(t.name, t.formula, "-".join(map(str, t.layer_sizes))) for t in BUILTIN_TASKS.values()]
+    lines = ['"""The short help\'s facts: generated by circuits_pl.cli.short_help_module from the command root and',
+             "the task registry. Do not edit; regenerate with",
+             '    python -c "from circuits_pl.cli import write_short_help; write_short_help()"', "",
+             "tests/test_front_door.py checks that this file is what the generator prints today.", '"""', "",
+             "# command -> its line", "COMMAND_HELP = {",
+             *(f"    {name!r}: {text!r}," for name, text in commands.items()), "}", "",
+             "# circuits_pl.tasks.BUILTIN_TASKS as (name, target formula, default layer sizes)", "BUILTIN_TASKS = (",
+             *(f"    {task!r}," for task in tasks), ")", "",
+             "# (option, text): fit's options a user reaches for first, with the parser's defaults", "KEY_OPTIONS = (",
+             *(f"    {option!r}," for option in options), ")", ""]
+    return "\n".join(lines)
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
+def write_short_help() -> None:
+    """(Re)write circuits_pl/short_help.py from :func:`short_help_module`."""
+    atomic_write_text(SHORT_HELP_MODULE, short_help_module())
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Run a command (circuits_pl.__main__ is the entry and calls this); ``args`` for in-process use."""
     argv = list(sys.argv[1:] if args is None else args)
     if (status := front_door(argv)) is not None:  # --help, no command, an unknown command
         raise SystemExit(status)
-    if argv and argv[0] in ("inspect", "report"):
-        from circuits_pl import inspection, report
-
-        command = {"inspect": inspection.main, "report": report.main}[argv[0]]
-        run = functools.partial(command, current_spelling(argv[0], argv[1:]))
-    else:
-        run = functools.partial(CircuitsCLI, args=args)
+    run = functools.partial(CircuitsCLI, args=args)
     loggers = [logging.getLogger(name) for name in _LOGGERS]
     handlers = {sig: signal.getsignal(sig) for sig in signals.STOP_SIGNALS}
     threads, environment = torch.get_num_threads(), dict(os.environ)  # --threads sets OMP_NUM_THREADS
@@ -498,7 +616,7 @@ def main(args: Sequence[str] | None = None) -> None:
         logger.addFilter(_said_otherwise)
     try:
         with quiet_lightning_warnings():
-            return _run_guarded(run, whole_process=args is None)
+            return _run_guarded(run, whole_process=args is None, command=argv[0] if argv else None)
     finally:
         # what this command changed, as it was (a caller in Python goes on in the same process)
         for logger in loggers:
@@ -531,7 +649,7 @@ def _said_otherwise(record: logging.LogRecord) -> bool:
     return not any(text in message for text in _SAID_OTHERWISE)
 
 
-def _run_guarded(fn, whole_process: bool = True) -> Any:
+def _run_guarded(fn, whole_process: bool = True, command: str | None = None) -> Any:
     """Run ``fn``, turning circuits_pl's errors and interrupts into one line and an exit status.
     ``whole_process``: the process ends with this command (else :func:`main` restores the signal handlers)."""
     interrupted = False
@@ -559,7 +677,7 @@ def _run_guarded(fn, whole_process: bool = True) -> Any:
         print("Interrupted (SIGINT)", file=sys.stderr)
         raise SystemExit(130) from None
     except _argument_errors() as err:
-        _fail(_one_line(str(err)), 2)
+        _fail(_one_line(str(err), command), 2)
     except BaseException:
         stop_with = signal.SIGTERM
         if (failed := signals.failed_child()) is not None:  # DDP: another rank is gone; this error follows
@@ -606,10 +724,14 @@ _OPTION_NAMES = {"model.layer_sizes": "a list of positive integers like [2, 3, 1
                  "model.betas": "two numbers like [0.9, 0.999], or null"}
 
 
-def _one_line(message: str) -> str:
+def _one_line(message: str, command: str | None = None) -> str:
     """jsonargparse's message as one line in the user's terms: which option, what it takes, what was given."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     text = " ".join(lines)
+    if command in ("inspect", "report") and text.startswith(("argument ", "the following arguments are required")):
+        # argparse's own words (inspect and report were argparse commands), and where the options are listed
+        text = text.replace(f"required: {command}.", "required: ")
+        return f"{text} (see {program_name()} {command} --help)"
     key = re.match(r'Parser key "([\w.]+)":', text)
     given = re.search(r"Given value: (.*)$", text)
     # 'Parser key "data.batch_size": Expected a <class 'int'>. Got value: 1000.0'

@@ -14,8 +14,11 @@ commands silence are silenced by :func:`quiet_lightning_warnings`, around a comm
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
+import typing
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -104,18 +107,93 @@ def restored_batches(trainer: Any) -> int:
 # --- LightningCLI: the points between Lightning's steps where circuits_pl's CLI acts ---------------
 
 class HookedLightningCLI(LightningCLI):
-    """LightningCLI with a public-named hook where Lightning has only a private step.
+    """LightningCLI with a public-named hook where Lightning has only a private step, and commands of
+    its own beside Lightning's on the same root parser.
 
     :meth:`after_parse` runs after parsing, before the seed is set and any class is built. It replaces
     ``LightningCLI._parse_ckpt_path`` (no public hook runs there), which would ``torch.load`` a
     ``--ckpt_path`` a second time, unchecked, to read its hyper-parameters.
+
+    :meth:`command_functions` names commands that are plain functions: each is a subcommand of the
+    root parser (``LightningCLI._add_subcommands`` adds only the Trainer's methods; the subcommands
+    action it makes is jsonargparse's private ``_subcommands_action``) whose options are the function's
+    typed parameters (a dataclass parameter ``model`` gives ``--model.<field>``) and whose help is its
+    docstring. Such a command runs right after parsing (:meth:`run_command_function`); nothing of
+    Lightning's is seeded or built for it.
     """
+
+    def command_functions(self) -> dict[str, Callable[..., Any]]:
+        """Commands beside fit/validate/test/predict: name -> function (its typed parameters are the
+        command's options, its docstring the help)."""
+        return {}
+
+    def run_command_function(self, name: str, function: Callable[..., Any], options: dict[str, Any]) -> None:
+        """Run the command ``name`` with its parsed options (dataclass options built)."""
+        function(**options)
 
     def after_parse(self) -> None:
         """``self.config`` is parsed; nothing is seeded or built yet."""
 
+    def _add_subcommands(self, parser: Any, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for name, function in self.command_functions().items():
+            parser._subcommands_action.add_subcommand(name, function_parser(function, name),
+                                                      help=summary_line(function))
+
     def _parse_ckpt_path(self) -> None:
+        name = self.config.get("subcommand")
+        functions = self.command_functions()
+        if name in functions:
+            self.subcommand = name
+            self.run_command_function(name, functions[name], call_options(functions[name], self.config[name]))
+            raise _CommandRan
         self.after_parse()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except _CommandRan:  # a command of command_functions ran: LightningCLI's seeding and building are not its
+            pass
+
+
+def subcommand_parsers(parser: Any) -> dict[str, Any]:
+    """A jsonargparse parser's subcommands and their parsers, in order (its private ``_subcommands_action``)."""
+    return dict(parser._subcommands_action.choices)
+
+
+class _CommandRan(Exception):
+    """Raised after a command of HookedLightningCLI.command_functions ran, to end LightningCLI's constructor."""
+
+
+def summary_line(function: Callable[..., Any]) -> str:
+    """The first line of a function's docstring: its line in the list of commands."""
+    return (inspect.getdoc(function) or "").strip().splitlines()[0] if inspect.getdoc(function) else ""
+
+
+def function_parser(function: Callable[..., Any], name: str) -> Any:
+    """A jsonargparse parser of ``function``'s typed parameters (required ones positional; keyword-only
+    ones are not options: the caller passes them), helped by its docstring; one line per usage error
+    (``exit_on_error=False``: the CLI says it)."""
+    from jsonargparse import ArgumentParser
+
+    paragraphs = (inspect.getdoc(function) or "").split("\n\nArgs:")[0].split("\n\n")
+    description = "\n\n".join(paragraphs[1:] or paragraphs)  # the first line is the command's line in the list
+    parser = ArgumentParser(prog=name, description=description, exit_on_error=False, default_env=False)
+    passed = {name for name, p in inspect.signature(function).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    parser.add_function_arguments(function, as_group=False, as_positional=True, skip=passed)
+    return parser
+
+
+def call_options(function: Callable[..., Any], options: Any) -> dict[str, Any]:
+    """The keyword arguments of ``function`` from its parsed options: a dataclass parameter's group of
+    options (``--model.member``) built into the dataclass."""
+    hints = typing.get_type_hints(function)
+    values = options.as_dict() if hasattr(options, "as_dict") else dict(options)
+    for key, value in values.items():
+        kind = hints.get(key)
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            values[key] = kind(**value)
+    return values
 
 
 def parser_actions(parser: Any) -> list[Any]:

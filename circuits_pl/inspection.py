@@ -11,14 +11,13 @@ that cannot be written still gets its readout.
 
 from __future__ import annotations
 
-import argparse
 import math
+from dataclasses import dataclass
 
 from circuits_pl.module_readout import heldout_mse, read_member, test_mse, write_figures
 from circuits_pl.readout import Readout
 from circuits_pl.saved_run import Run, check_finite_member, load_run
 from circuits_pl.timeline import NOT_TRACKED, path_text
-from circuits_pl.usage import program_name
 from circuits_pl.verdicts import TREND_WINDOW, projected_step
 
 
@@ -69,30 +68,32 @@ def bias_text(run: Run, member: int) -> str:
             "readout (for bias-free nets) does not apply\n")
 
 
-def _bool(text: str) -> bool:
-    value = {"true": True, "false": False}.get(text.lower())
-    if value is None:
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return value
+@dataclass(frozen=True)
+class MemberChoice:
+    """The member to read (fit's --model.member).
+
+    Args:
+        member: the member to read (null: the best by validation MSE)
+    """
+
+    member: int | None = None
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog=f"{program_name()} inspect",
-        description="Read the circuit a trained member computes: raw and canonical weights, formula, "
-                    "which exact circuit, checks; (re)writes its PNG figures into the run directory.",
-    )
-    parser.add_argument("path", help="a checkpoint (.ckpt) or a run directory (lightning_logs/version_N)")
-    parser.add_argument("--model.member", type=int, default=None, dest="member",
-                        help="member to read (default: the best)")
-    parser.add_argument("--figures", type=_bool, default=True, metavar="true|false",
-                        help="(re)write timeline.png, losses.png, function_member{k}.png, circuit_member{k}.png "
-                             "into the run directory (default: true)")
-    parser.add_argument("--task", default=None,
-                        help="the checkpoint's task, if it is your own (package.module:function): "
-                             "a checkpoint never imports code by itself")
-    args = parser.parse_args(argv)
-    run = load_run(args.path, args.member, args.task)
+def inspect(path: str, model: MemberChoice = MemberChoice(), figures: bool = True, task: str | None = None) -> None:
+    """Read the circuit a run learned: inspect RUN_DIR_OR_CKPT
+
+    Read the circuit a trained member computes: raw and canonical weights, formula, which exact circuit,
+    checks; (re)writes its PNG figures into the run directory.
+
+    Args:
+        path: a checkpoint (.ckpt) or a run directory (lightning_logs/version_N)
+        model: the member to read
+        figures: (re)write timeline.png, losses.png, function_member{k}.png and circuit_member{k}.png into the
+            run directory
+        task: the checkpoint's task, if it is your own (package.module:function): a checkpoint never imports
+            code by itself
+    """
+    run = load_run(path, model.member, task)
     module = run.module
     member = module.selected_member
     check_finite_member(run, member)
@@ -102,12 +103,12 @@ def main(argv: list[str]) -> None:
     else:
         readout = read_member(module, run.data, member)
         print(report_text(run, member, readout), end="")
-    if not args.figures:
+    if not figures:
         return
     try:
         written = write_figures(run.directory, module, member, readout)
     except OSError as err:
         print(f"Figures not written: {run.directory} is not writable ({err.strerror or err})")
         return
-    for path in written:
-        print(f"Figure: {path}")
+    for figure in written:
+        print(f"Figure: {figure}")

@@ -70,7 +70,17 @@ class FitSpec:
 
 @dataclass(frozen=True)
 class SlurmOptions:
-    """report's ``--slurm.*`` options, as submitit's executor parameters."""
+    """report's ``--slurm.*`` options, as submitit's executor parameters (with --launcher slurm).
+
+    Args:
+        partition: SLURM partition (null: the cluster's default)
+        time: minutes per job; a fit that needs longer is requeued and resumes from its last.ckpt
+        cpus_per_task: CPUs per job (a fit uses one torch thread)
+        gpus_per_node: GPUs per job (each fit, at --trainer.accelerator auto, trains on a GPU it finds)
+        array_parallelism: jobs of a round running at once
+        account: SLURM account to charge
+        qos: SLURM quality of service
+    """
 
     partition: str | None = None
     time: int = 60  # minutes per job; a fit that needs longer is requeued and resumes

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -36,9 +37,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from circuits_pl import signals
 from circuits_pl.errors import CircuitsError
@@ -60,93 +62,146 @@ RESUMABLE = ("--resume", "--launcher", "--jobs", "--slurm.")
 
 
 # -------------------------------------------------------------------------------------------------
-# Options
+# Options: the typed parameters of `report` and their help (its docstring), the one place they are
+# declared; circuits_pl.cli puts them on the command root. What fit also has has fit's name.
 # -------------------------------------------------------------------------------------------------
-def add_study_options(parser: argparse.ArgumentParser) -> None:
-    """The study's options beyond tasks, sizes and lrs: init scales, seeds until an interval is tight,
-    resuming, and where the fits run (``circuits_pl.launch``)."""
-    parser.add_argument("--sweep.init_scale", dest="init_scales", default=None,
-                        help="sweep initial-weight scales (a factor on nn.Linear's init bound), e.g. 0.5,1")
-    parser.add_argument("--ci_width", type=float, default=None,
-                        help="add --model.members seeds per round to every cell whose found rate's 95%% Wilson "
-                             "interval "
-                             "is wider than this (e.g. 0.1), until it is not or the cell has --max_members")
-    parser.add_argument("--max_members", type=int, default=None,
-                        help=f"with --ci_width: at most this many seeds per cell (default {DEFAULT_MAX_MEMBERS})")
-    parser.add_argument("--resume", default=None, metavar="OUT/version_N",
-                        help="continue an interrupted report: finished fits are read, fits cut mid-way resume from "
-                             "their last.ckpt (only --launcher, --jobs and --slurm.* may change)")
-    parser.add_argument("--launcher", default="local", choices=LAUNCHERS,
-                        help="where the fits run: local processes (default), SLURM jobs through submitit "
-                             "(pip install 'circuits_pl[slurm]'), or submitit's local executor (a check of that path)")
-    slurm = SlurmOptions()
-    parser.add_argument("--slurm.partition", default=slurm.partition, help="SLURM partition (default: the cluster's)")
-    parser.add_argument("--slurm.time", type=int, default=slurm.time,
-                        help=f"minutes per job (default {slurm.time}); a fit that needs longer is requeued and "
-                             "resumes from its last.ckpt")
-    parser.add_argument("--slurm.cpus_per_task", type=int, default=slurm.cpus_per_task,
-                        help=f"CPUs per job (default {slurm.cpus_per_task}: a fit uses one torch thread)")
-    parser.add_argument("--slurm.gpus_per_node", type=int, default=slurm.gpus_per_node,
-                        help="GPUs per job (default 0); pass the fit's device with --extra if you want it used")
-    parser.add_argument("--slurm.array_parallelism", type=int, default=slurm.array_parallelism,
-                        help=f"jobs of a round running at once (default {slurm.array_parallelism})")
-    parser.add_argument("--slurm.account", default=None, help="SLURM account to charge")
-    parser.add_argument("--slurm.qos", default=None, help="SLURM quality of service")
+SLURM_DEFAULTS = SlurmOptions()
+
+
+@dataclass(frozen=True)
+class StudySweep:
+    """The cells of every task (as fit's --sweep.*): every combination of these is a cell.
+
+    Args:
+        sizes: layer sizes, e.g. 2-2-1,2-4-1,2-8-1: the hidden widths apply to every task (the input size is
+            the task's)
+        lr: learning rates, e.g. 0.03,0.1,0.3
+        init_scale: initial-weight scales (a factor on nn.Linear's init bound), e.g. 0.5,1
+    """
+
+    sizes: str | None = None
+    lr: str | None = None
+    init_scale: str | None = None
+
+
+@dataclass(frozen=True)
+class StudyModel:
+    """What every fit trains (as fit's --model.*).
+
+    Args:
+        members: seeds per cell (with --ci_width: per round)
+        success_mse: validation MSE below which a member counts as solved (null: the task's ε-threshold)
+        engine: --model.engine of every fit (auto: fused on the CPU)
+    """
+
+    members: int = DEFAULT_MEMBERS
+    success_mse: float | None = None
+    engine: Literal["auto", "fused", "torch"] = "auto"
+
+
+@dataclass(frozen=True)
+class StudyTrainer:
+    """How long every fit trains (as fit's --trainer.*).
+
+    Args:
+        max_steps: SGD steps per fit (null: the config file's, else 20000)
+    """
+
+    max_steps: int | None = None
+
+
+def report(tasks: str = ",".join(BUILTIN_TASKS), sweep: StudySweep = StudySweep(), config: list[str] | None = None,
+           model: StudyModel = StudyModel(), trainer: StudyTrainer = StudyTrainer(), seed_everything: int = 0,
+           jobs: int | None = None, out: str = "reports", ci_width: float | None = None,
+           max_members: int | None = None, resume: str | None = None, launcher: str = "local",
+           slurm: SlurmOptions = SLURM_DEFAULTS, *, argv: Sequence[str] = ()) -> None:
+    """The success-rate study: every task, many seeds, Wilson 95% intervals
+
+    Train every task with many seeds (no early stop) and report success rates with Wilson 95% CIs,
+    solved-at steps, verdicts and the circuits found (OUT/version_N/report.md, report.csv, report.png).
+
+    Args:
+        tasks: comma-separated tasks, each with circuits_pl's defaults
+        sweep: the cells of every task
+        config: config files to run instead of --tasks (their task, sizes, lr, budget), e.g.
+            configs/notebook/*.yaml
+        model: what every fit trains
+        trainer: how long every fit trains
+        seed_everything: seed of member 0 of every cell (member k: seed_everything + k) and of the data
+        jobs: local: fits run at once, one process and one torch thread each (null: one per CPU core); a task's
+            seeds are split over at most this many fits. slurm: fits per task (null: 1)
+        out: reports go to OUT/version_N
+        ci_width: add --model.members seeds per round to every cell whose found rate's 95% Wilson interval is
+            wider than this (e.g. 0.1), until it is not or the cell has --max_members
+        max_members: with --ci_width: at most this many seeds per cell (null: 1024)
+        resume: OUT/version_N: continue an interrupted report: finished fits are read, fits cut mid-way resume
+            from their last.ckpt (only --launcher, --jobs and --slurm.* may change)
+        launcher: where the fits run: local (processes here), slurm (SLURM jobs through submitit: pip install
+            'circuits_pl[slurm]'), or submitit_local (submitit's local executor, a check of that path)
+        slurm: with --launcher slurm
+        argv: the command line as typed (study.json keeps it for --resume; report.md quotes it)
+    """
+    run(_study_args(tasks, sweep, config, model, trainer, seed_everything, jobs, out, ci_width, max_members, resume,
+                    launcher, slurm), list(argv))
+
+
+# The numbers the help quotes, from their one definition (a docstring cannot be an f-string).
+StudyTrainer.__doc__ = StudyTrainer.__doc__.replace("20000", str(DEFAULT_STEPS))
+report.__doc__ = report.__doc__.replace("(null: 1024)", f"(null: {DEFAULT_MAX_MEMBERS})")
+
+
+def _study_args(tasks: str, sweep: StudySweep, config: list[str] | None, model: StudyModel, trainer: StudyTrainer,
+                seed_everything: int, jobs: int | None, out: str, ci_width: float | None, max_members: int | None,
+                resume: str | None, launcher: str, slurm: SlurmOptions) -> argparse.Namespace:
+    """:func:`report`'s options as the study reads them."""
+    return argparse.Namespace(
+        tasks=tasks, sizes=sweep.sizes, lrs=sweep.lr, init_scales=sweep.init_scale, config=list(config or []),
+        members=model.members, success_mse=model.success_mse, engine=model.engine, max_steps=trainer.max_steps,
+        seed=seed_everything, jobs=jobs, out=out, ci_width=ci_width, max_members=max_members, resume=resume,
+        launcher=launcher, slurm=slurm)
+
+
+def normalise_argv(argv: Sequence[str]) -> list[str]:
+    """``--config a.yaml b.yaml`` (a shell's ``configs/notebook/*.yaml``) as the one list it is."""
+    argv = [str(a) for a in argv]
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--config":
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            out.append(f"--config={json.dumps(argv[i + 1:j])}" if j > i + 1 else argv[i])
+            i = j
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``report ARGV``'s options, parsed by report's own parser (the one the command root has), as
+    :func:`report` hands them on. For tools that plan a study without running it (benchmarks/study.py)."""
+    from circuits_pl.compat import call_options, function_parser
+
+    parser = function_parser(report, "report")
+    argv = normalise_argv(current_spelling("report", argv, say=False))
+    return _study_args(**call_options(report, parser.parse_args(argv)))
 
 
 def slurm_options(args: argparse.Namespace) -> SlurmOptions:
-    values = {k.removeprefix("slurm."): v for k, v in vars(args).items() if k.startswith("slurm.")}
+    values = dataclasses.asdict(args.slurm)
     for key in ("time", "cpus_per_task", "array_parallelism"):
         if values[key] < 1:
             raise CircuitsError(f"--slurm.{key} must be a positive integer, got {values[key]}")
     if values["gpus_per_node"] < 0:
         raise CircuitsError(f"--slurm.gpus_per_node must be 0 or more, got {values['gpus_per_node']}")
-    return SlurmOptions(**values)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line (exit 2), as every other usage error, not usage + error
-        raise CircuitsError(f"{message} (see {self.prog} --help)")
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog=f"{program_name()} report",
-        description="Train every task with many seeds (no early stop) and report success rates with "
-                    "Wilson 95% CIs, solved-at steps, verdicts and the circuits found.",
-    )
-    parser.add_argument("--tasks", default=",".join(BUILTIN_TASKS),
-                        help="comma-separated tasks, with circuits_pl's defaults (default: all built-in)")
-    parser.add_argument("--sweep.sizes", dest="sizes", default=None,
-                        help="sweep layer sizes, e.g. 2-2-1,2-4-1,2-8-1: the hidden widths apply to every task "
-                             "(the input size is the task's)")
-    parser.add_argument("--sweep.lr", dest="lrs", default=None, help="sweep learning rates, e.g. 0.03,0.1,0.3")
-    parser.add_argument("--config", nargs="+", default=[],
-                        help="config files to run instead (their task, sizes, lr, budget), "
-                             "e.g. configs/notebook/*.yaml")
-    parser.add_argument("--model.members", dest="members", type=int, default=DEFAULT_MEMBERS,
-                        help="seeds per cell (default 128; with --ci_width: per round)")
-    parser.add_argument("--trainer.max_steps", dest="max_steps", type=int, default=None,
-                        help=f"SGD steps per job (default: the config's, else {DEFAULT_STEPS})")
-    parser.add_argument("--seed_everything", dest="seed", type=int, default=0,
-                        help="seed of member 0 (member k: seed + k) and of the data")
-    parser.add_argument("--model.success_mse", dest="success_mse", type=float, default=None,
-                        help="validation MSE below which a member counts as solved (default: the task's ε-threshold)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="local: fits run at once, one process and one torch thread each (default: CPU cores); "
-                             "a task's seeds are split over at most this many fits. slurm: fits per task "
-                             "(default 1)")
-    parser.add_argument("--out", default="reports", help="reports go to OUT/version_N (default: reports)")
-    parser.add_argument("--model.engine", dest="engine", default="auto", choices=["auto", "fused", "torch"],
-                        help="--model.engine of every fit (default auto: fused on the CPU)")
-    add_study_options(parser)
-    return parser
+    return args.slurm
 
 
 def _resumed(argv: list[str]) -> tuple[argparse.Namespace, list[str], dict]:
     """``--resume DIR``: the study's own command line (its study.json) with the options that may change."""
-    parser = _parser()
-    given = parser.parse_args(argv)
+    given = parse_args(argv)
     changed = [a.split("=")[0] for a in argv if a.startswith("--") and not a.startswith(RESUMABLE)]
     if changed:
         raise CircuitsError(f"--resume continues the study as it was started; drop {', '.join(changed)} "
@@ -161,7 +216,7 @@ def _resumed(argv: list[str]) -> tuple[argparse.Namespace, list[str], dict]:
                             "e.g. reports/version_0, made by this version of report)") from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CircuitsError(f"--resume {given.resume}: {path} is not readable or not a study ({err})") from None
-    args = parser.parse_args(original + argv)  # the later options win: launcher, jobs, slurm
+    args = parse_args(original + argv)  # the later options win: launcher, jobs, slurm
     return args, original, saved
 
 
@@ -498,13 +553,16 @@ def fit_spec(plan: FitPlan, args: argparse.Namespace, out: Path, extra: list[str
                    tuple(plan.fit_args(args.seed, args.max_steps, root, DEFAULT_STEPS, extra)))
 
 
-def main(argv: list[str]) -> None:
-    argv = list(argv)
-    resuming = any(a == "--resume" or a.startswith("--resume=") for a in argv)
+def run(args: argparse.Namespace, argv: list[str]) -> None:
+    """Run the study of ``args`` (:func:`report`'s options); ``argv``: the command line as typed."""
+    if args.launcher not in LAUNCHERS:  # argparse's words, as for every other choice
+        raise CircuitsError(f"argument --launcher: invalid choice: {args.launcher!r} "
+                            f"(choose from {', '.join(map(repr, LAUNCHERS))})")
+    resuming = args.resume is not None
     if resuming:
         args, original, saved = _resumed(argv)
     else:
-        args, original, saved = _parser().parse_args(argv), argv, {}
+        original, saved = argv, {}
     _check_args(args)
     options = slurm_options(args)
     check_launcher(args.launcher)

@@ -2,9 +2,9 @@
 Lightning (``--help``, no command, an unknown command).
 
 Plain Python only (no torch, no Lightning): ``python -m circuits_pl --help`` answers about as fast as a
-bare ``python -c pass`` instead of after seconds of imports through LightningCLI. The
-facts repeated here (built-in tasks, option defaults) are checked against the real registry and
-parser by tests/test_front_door.py.
+bare ``python -c pass`` instead of after seconds of imports through LightningCLI. Its facts (commands,
+built-in tasks, option defaults) come from circuits_pl/short_help.py, which circuits_pl.cli generates
+from the real command root and task registry (tests/test_front_door.py checks it is current).
 """
 
 from __future__ import annotations
@@ -13,40 +13,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-# One line each, in the order the short help lists them.
-COMMAND_HELP = {
-    "fit": "train --task NAME, many seeds at once; writes lightning_logs/version_N/",
-    "validate": "validation MSE of a trained run: --ckpt_path RUN/checkpoints/last.ckpt",
-    "test": "test MSE of a trained run: --ckpt_path CKPT",
-    "predict": "predictions.csv (inputs, target, prediction) of a trained run: --ckpt_path CKPT",
-    "inspect": "read the circuit a run learned: inspect RUN_DIR_OR_CKPT",
-    "report": "the success-rate study: every task, many seeds, Wilson 95% intervals",
-}
+# The commands, tasks and key options (with their defaults) as the real command root and task registry
+# have them: generated into short_help.py (circuits_pl.cli.short_help_module; a test checks it is current).
+from circuits_pl.short_help import BUILTIN_TASKS, COMMAND_HELP, KEY_OPTIONS  # noqa: E402
+
 COMMANDS = tuple(COMMAND_HELP)
-
-# circuits_pl.tasks.BUILTIN_TASKS as (name, target formula, default layer sizes); kept static so the
-# help needs no torch (tasks.py imports it). A test checks this copy against the registry.
-BUILTIN_TASKS = (
-    ("identity", "x", "1-2-1"),
-    ("negate", "-x", "1-2-1"),
-    ("abs", "|x|", "1-2-1"),
-    ("add", "a + b", "2-2-1"),
-    ("subtract", "a - b", "2-2-1"),
-    ("min", "min(a, b)", "2-3-1"),
-    ("max", "max(a, b)", "2-3-1"),
-)
-
-# The options a user reaches for first; the defaults are checked against the real parser by a test.
-KEY_OPTIONS = (
-    ("--task NAME", "the task to learn (with --ckpt_path: the checkpoint's)"),
-    ("--model.members K", "seeds trained at once (default 64)"),
-    ("--model.lr LR", "SGD learning rate (default 0.1)"),
-    ('--model.layer_sizes "[2, 3, 1]"', "layer widths, input to output (default: the task's)"),
-    ("--trainer.max_steps N", "SGD step budget (default 20000)"),
-    ("--stop.when best|all|never", "stop once one member is solved, all are, or never (default best)"),
-    ("--config FILE.yaml", "options from a file: configs/*.yaml, or a run's config.yaml"),
-    ("--ckpt_path FILE.ckpt", "resume (fit) or evaluate (validate, test, predict) a checkpoint"),
-)
 
 
 # Old spellings of options whose thing has fit's name (--model.*, --trainer.*, --sweep.*): still accepted,

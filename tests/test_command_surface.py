@@ -4,6 +4,7 @@ spellings of inspect and report still work, with one line saying the new one."""
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 from conftest import run_dirs
@@ -100,3 +101,92 @@ def test_a_command_reads_its_ckpt_path_once(run_cli, tmp_path, monkeypatch, comm
 
         resumed = max(run_dirs(tmp_path), key=lambda d: int(d.name.split("_")[1]))
         assert results(resumed)["steps"] == 400
+
+
+# A default stated in an option's help, in the forms the help texts use: Lightning's "Default: ``1.0``",
+# "(default 128)", "(default: reports)", "default: X"; not "by default: ...", which says what a default does.
+STATED = re.compile(r"Default: ``([^`]*)``|\(default:? ([^),;]+)[),;]|(?<!by )\bdefault: ([^\s,;)]+)")
+
+
+def option_blocks(help_text: str) -> dict[str, str]:
+    """Each option of a --help text and its help, as one line."""
+    blocks: dict[str, list[str]] = {}
+    current = None
+    for line in help_text.split("\n\n", 1)[1].splitlines():  # after the usage paragraph
+        start = re.match(r"^  (?:-\w, )?(--[\w.]+)", line)
+        if start:
+            current = start.group(1)
+            blocks[current] = [line]
+        elif current and line.startswith("    "):
+            blocks[current].append(line)
+        else:
+            current = None
+    return {flag: " ".join(" ".join(lines).split()) for flag, lines in blocks.items()}
+
+
+def _same(stated: str, real: str) -> bool:
+    def norm(text: str) -> str:
+        return text.strip().strip("'\"`.").lower().replace("none", "null")
+
+    return norm(stated) == norm(real)
+
+
+@pytest.fixture(scope="module")
+def command_help() -> dict[str, str]:
+    """Every command's --help, as the command root prints it."""
+    from circuits_pl.cli import command_parsers
+
+    return {name: parser.format_help() for name, parser in command_parsers().items()}
+
+
+def test_every_command_is_on_the_one_root_with_its_help(command_help):
+    assert list(command_help) == ["fit", "validate", "test", "predict", "inspect", "report"]
+    assert "--model.member MEMBER" in command_help["inspect"] and "--trainer.max_steps" in command_help["report"]
+    assert "--sweep.lr" in command_help["report"] and "--model.members" in command_help["report"]
+
+
+def test_every_default_an_options_help_states_is_its_real_default(command_help):
+    """jsonargparse ends each option's help with its real default (``default: X)``); any other default the
+    help text states must be that one, or say what null stands for (``Default: ``1.0```` for a Lightning
+    option whose null means 1.0). Lightning's own "Default: ``True``" of an option whose default circuits_pl
+    changed would fail here."""
+    checked = 0
+    for command, text in command_help.items():
+        for flag, block in option_blocks(text).items():
+            real = re.search(r"default: (.*?)(?:, known subclasses: .*)?\)$", block)
+            if real is None:  # no default (--help, --config)
+                continue
+            prose = block[:real.start()]
+            for match in STATED.finditer(prose):
+                stated = next(g for g in match.groups() if g is not None)
+                assert _same(stated, real.group(1)) or _same(real.group(1), "null"), \
+                    f"{command} {flag}: its help says default {stated!r}, the parser's is {real.group(1)!r}"
+            checked += 1
+    assert checked > 6 * 20
+
+
+def test_the_check_of_stated_defaults_finds_a_wrong_one():
+    block = option_blocks("usage: x\n\noptions:\n  --members M  seeds (default 128) (type: int, default: 64)\n")
+    prose, real = block["--members"].rsplit("(type", 1)
+    stated = next(g for g in STATED.search(prose).groups() if g is not None)
+    assert stated == "128" and not _same(stated, re.search(r"default: (.*)\)$", real).group(1))
+
+
+def test_the_short_helps_facts_are_what_the_command_root_and_registry_give_today():
+    """circuits_pl/short_help.py (read by the fast --help, no torch, no Lightning) is generated from the real
+    parser and task registry; a changed default, task or command must be regenerated into it."""
+    from pathlib import Path
+
+    from circuits_pl import cli
+
+    committed = Path(cli.SHORT_HELP_MODULE).read_text()
+    assert committed == cli.short_help_module(), \
+        'regenerate: python -c "from circuits_pl.cli import write_short_help; write_short_help()"'
+    assert "('--model.members K', 'seeds trained at once (default 64)')" in committed
+
+
+def test_the_short_help_generator_quotes_a_changed_default(monkeypatch):
+    from circuits_pl import cli
+
+    monkeypatch.setitem(cli.TRAINER_DEFAULTS, "max_steps", 12345)
+    assert "SGD step budget (default 12345)" in cli.short_help_module()

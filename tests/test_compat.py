@@ -244,3 +244,68 @@ def test_quiet_lightning_warnings_silences_inside_and_restores_after():
         warnings.warn("The dirpath has changed from 'a' to 'b'", UserWarning, stacklevel=1)
     assert len(caught) == 1  # the one outside the block
     assert warnings.filters == before
+
+
+def test_command_functions_are_subcommands_of_lightnings_root_and_run_before_the_seed(monkeypatch):
+    """HookedLightningCLI adds command_functions beside fit/validate/test/predict on LightningCLI's own root
+    parser (through its private ``_add_subcommands`` and jsonargparse's private ``_subcommands_action``),
+    parses a dataclass parameter as ``--model.<field>``, and runs the function right after parsing:
+    LightningCLI seeds and builds nothing for it."""
+    from dataclasses import dataclass
+
+    from lightning.pytorch.cli import LightningCLI
+
+    from circuits_pl.compat import HookedLightningCLI
+
+    @dataclass(frozen=True)
+    class Pick:
+        """Which.
+
+        Args:
+            member: the member
+        """
+
+        member: int | None = None
+
+    ran = []
+
+    def hello(path: str, model: Pick = Pick(), loud: bool = False, *, given: str = "") -> None:
+        """Say hello: the first line
+
+        What hello does.
+
+        Args:
+            path: where
+            model: which member
+            loud: shout
+            given: passed by the CLI, not an option
+        """
+        ran.append((path, model, loud, given))
+
+    calls = []
+    for name in ("_set_seed", "instantiate_classes"):
+        original = getattr(LightningCLI, name)
+        monkeypatch.setattr(LightningCLI, name,
+                            lambda self, *a, _n=name, _f=original, **k: (calls.append(_n), _f(self, *a, **k))[1])
+
+    class WithHello(HookedLightningCLI):
+        def command_functions(self):
+            return {"hello": hello}
+
+        def run_command_function(self, name, function, options):
+            function(**options, given=name)
+
+    monkeypatch.setattr(sys, "argv", ["circuits_pl"])
+    cli = WithHello(CircuitModule, CircuitDataModule,
+                    args=["hello", "run_dir", "--model.member", "3", "--loud", "true"],
+                    parser_kwargs={"exit_on_error": False})
+    assert ran == [("run_dir", Pick(member=3), True, "hello")]
+    assert calls == [] and cli.subcommand == "hello" and not hasattr(cli, "trainer")
+    choices = cli.parser._subcommands_action.choices
+    assert list(choices) == ["fit", "validate", "test", "predict", "hello"]
+    assert choices["hello"].description == "What hello does."
+    from jsonargparse import ArgumentError
+
+    with pytest.raises(ArgumentError, match="given"):  # keyword-only: not an option
+        WithHello(CircuitModule, CircuitDataModule, args=["hello", "x", "--given", "y"],
+                  parser_kwargs={"exit_on_error": False})

@@ -15,8 +15,8 @@ README = PACKAGE.parent / "README.md"
 
 FLOORS = [
     # 1. plain facts: torch only, no Lightning
-    {"errors", "files", "usage", "cadence", "writable", "tasks", "network", "optim", "train_block", "fused", "stream",
-     "sweep", "init_weights", "memory", "population", "signals"},
+    {"errors", "files", "usage", "short_help", "cadence", "writable", "tasks", "network", "optim", "train_block",
+     "fused", "stream", "sweep", "init_weights", "memory", "population", "signals"},
     # 2. analysis without Lightning
     {"success", "verdicts", "readout", "plots", "basins", "study", "timeline"},
     # 3. Lightning parts
