@@ -214,7 +214,10 @@ def compiled(spec: Spec) -> Callable:
             warming.kill()
     _load_numba()
     hidden = len(spec.layer_sizes) - 2
-    make = _one_hidden if hidden == 1 else _two_hidden
+    if hidden == 2:
+        make = _two_hidden
+    else:
+        make = _one_hidden if spec.layer_sizes[1] <= WIDE else _one_hidden_wide
     kernel = _jit(make(*spec.layer_sizes[:-1], spec.bias, RULE_CODES[spec.rule]))
     _compile_now(kernel, spec)
     _uniform_kernel()  # the stream's draws of a fused run (fill_uniform)
@@ -519,6 +522,90 @@ def _one_hidden(N_IN: int, H: int, BIAS: bool, RULE: int) -> Callable:  # noqa: 
                             g_b1[j] += t
                         for i in range(N_IN):
                             g_w1[j * N_IN + i] += t * x[i, b]
+                args = (RULE, first_step + s, lr, wd, momentum, dampening, nesterov, beta1, beta2, eps)
+                _apply_rule(w1, g_w1, states[0][k], states[4][k], *args)
+                _apply_rule(w2, g_w2, states[1][k], states[5][k], *args)
+                if BIAS:
+                    _apply_rule(b1, g_b1, states[2][k], states[6][k], *args)
+                    _apply_rule(b2, g_b2, states[3][k], states[7][k], *args)
+
+    return block
+
+
+# The one-pass kernel keeps (N_IN + 1 + BIAS) sums per hidden unit in registers, its loops over units
+# unrolled. Above 8 units LLVM's unrolling and vectorising of that body became unpredictable (several
+# times slower per unit, by a factor that jumped from width to width: benchmarks/kernel_widths.py).
+# Wider layers use a kernel whose innermost loops all run over the batch: unit by unit, the output is
+# accumulated in a batch-sized array (pass 1), then each unit's gradient sums are one pass each (pass 2).
+WIDE = 8
+
+
+def _one_hidden_wide(N_IN: int, H: int, BIAS: bool, RULE: int) -> Callable:  # noqa: N803
+    """The kernel of an N_IN-H-1 network with H > WIDE (see the comment above)."""
+    NW1 = H * N_IN  # noqa: N806
+
+    def block(params, states, xs, ys, first_step, lr, wd, momentum, dampening, nesterov, beta1, beta2, eps,
+              lo, hi):
+        W1, W2, B1, B2 = params[0], params[1], params[2], params[3]  # noqa: N806
+        n_steps, batch = ys.shape[0], ys.shape[1]
+        x = np.empty((N_IN, batch), np.float32)  # one step's inputs, batch-last
+        err = np.empty(batch, np.float32)  # the output, then its error scaled as the gradient of the mean
+        scale = np.float32(2.0 / batch)
+        zero = np.float32(0.0)
+        g_w1 = np.empty(NW1, np.float32)
+        g_w2 = np.empty(H, np.float32)
+        g_b1 = np.empty(H, np.float32)
+        g_b2 = np.empty(1, np.float32)
+        s_w1 = _carray(_stack_floats(N_IN), N_IN)  # one unit's input-weight sums (registers)
+        for s in range(n_steps):
+            flat, y = xs[s], ys[s]
+            for b in range(batch):
+                for i in range(N_IN):
+                    x[i, b] = flat[b * N_IN + i]
+            for k in range(lo, hi):
+                w1, w2, b1, b2 = W1[k], W2[k], B1[k], B2[k]
+                for b in range(batch):
+                    err[b] = b2[0] if BIAS else zero
+                for j in range(H):  # pass 1: the output, unit by unit
+                    c = b1[j] if BIAS else zero
+                    v = w2[j]
+                    for b in range(batch):
+                        a = w1[j * N_IN] * x[0, b]
+                        for i in range(1, N_IN):
+                            a += w1[j * N_IN + i] * x[i, b]
+                        if BIAS:
+                            a += c
+                        err[b] += v * (zero if a < zero else a)
+                sum_e = zero
+                for b in range(batch):
+                    e = (err[b] - y[b]) * scale
+                    err[b] = e
+                    sum_e += e
+                g_b2[0] = sum_e
+                for j in range(H):  # pass 2: each unit's gradient sums
+                    c = b1[j] if BIAS else zero
+                    v = w2[j]
+                    s_w2 = zero
+                    s_b1 = zero
+                    for i in range(N_IN):
+                        s_w1[i] = zero
+                    for b in range(batch):
+                        a = w1[j * N_IN] * x[0, b]
+                        for i in range(1, N_IN):
+                            a += w1[j * N_IN + i] * x[i, b]
+                        if BIAS:
+                            a += c
+                        e = err[b]
+                        h = zero if a < zero else a
+                        s_w2 += e * h
+                        t = v * e if h > zero else zero
+                        s_b1 += t
+                        for i in range(N_IN):
+                            s_w1[i] += t * x[i, b]
+                    g_w2[j] = s_w2
+                    g_b1[j] = s_b1
+                    for i in range(N_IN):
+                        g_w1[j * N_IN + i] = s_w1[i]
                 args = (RULE, first_step + s, lr, wd, momentum, dampening, nesterov, beta1, beta2, eps)
                 _apply_rule(w1, g_w1, states[0][k], states[4][k], *args)
                 _apply_rule(w2, g_w2, states[1][k], states[5][k], *args)

@@ -249,7 +249,9 @@ class SubmititLauncher:
         import submitit
 
         self.cluster = cluster
-        self.executor = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=cluster,
+        # one folder for all jobs: submitit names every file by its job id (a "%j" folder would also leave
+        # an empty literal "%j" directory behind, made before any job id exists)
+        self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster,
                                               slurm_max_num_timeout=MAX_TIMEOUTS)
         self.executor.update_parameters(**options.parameters())
         self.pending: dict[str, Any] = {}

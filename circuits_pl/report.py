@@ -577,7 +577,8 @@ def main(argv: list[str]) -> None:
             plot_basins_of(name, record, out / f"basins_{name}.png")
     write_csv(rows, out / "report.csv")
     plot_rates(rows, out / "report.png")
-    print(f"Report ({len(rows)} cells, {len(planned)} fits, {time.perf_counter() - start:.0f} s): "
+    counts = f"{len(rows)} cell{'s' * (len(rows) != 1)}, {len(planned)} fit{'s' * (len(planned) != 1)}"
+    print(f"Report ({counts}, {time.perf_counter() - start:.0f} s): "
           f"{out / 'report.md'}, {out / 'report.csv'}, {out / 'report.png'}")
 
 

@@ -23,7 +23,7 @@ HYPER = {"lr": 0.1, "weight_decay": 0.0, "momentum": 0.0, "dampening": 0.0, "nes
          "betas": (0.9, 0.999), "eps": 1e-8}
 
 # one and two hidden layers, narrow and wide, one and several inputs (B = 333: no multiple of a vector)
-SIZES = [(1, 2, 1), (2, 3, 1), (3, 12, 1), (2, 3, 2, 1), (2, 5, 4, 1)]
+SIZES = [(1, 2, 1), (2, 3, 1), (3, 12, 1), (1, 16, 1), (2, 3, 2, 1), (2, 5, 4, 1)]  # wider than 8: fused.WIDE
 
 
 def _batch(sizes, steps, batch=333, seed=0):
@@ -74,7 +74,7 @@ def _state(opt):
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-@pytest.mark.parametrize("sizes", [(2, 3, 1), (2, 3, 2, 1)], ids=["2-3-1", "2-3-2-1"])
+@pytest.mark.parametrize("sizes", [(2, 3, 1), (2, 10, 1), (2, 3, 2, 1)], ids=["2-3-1", "2-10-1", "2-3-2-1"])
 @pytest.mark.parametrize("rule, hp", RULES, ids=[f"{r}{i}" for i, (r, _) in enumerate(RULES)])
 def test_each_fused_update_equals_the_torch_engines(rule, hp, sizes, bias):
     """Step by step from the same weights and state: the change of every weight and the new rule state
@@ -115,7 +115,7 @@ def _fused_run(members, seed, steps=120, sizes=(2, 3, 1), rule="momentum", bias=
     return [t.detach() for t in list(net.parameters()) + _state(opt)], start
 
 
-@pytest.mark.parametrize("rule, sizes", [("momentum", (2, 3, 1)), ("adam", (2, 3, 2, 1))])
+@pytest.mark.parametrize("rule, sizes", [("momentum", (2, 3, 1)), ("adam", (2, 3, 2, 1)), ("sgd", (2, 9, 1))])
 def test_member_k_is_bit_identical_whatever_k_share_threads_or_block(rule, sizes):
     whole, _ = _fused_run(7, 0, rule=rule, sizes=sizes)
     for k in (0, 4):  # a K = 1 run of seed k
