@@ -1,15 +1,15 @@
-"""The README's phase diagram and family splits ("Does width change which circuit SGD finds?"), regenerated.
+"""The phase diagram and family splits of docs/study.md ("Does width change which circuit SGD finds?"), regenerated.
 
-Runs the README's study (or reads its runs), reads every job's last checkpoint with today's readout
+Runs the page's study (or reads its runs), reads every job's last checkpoint with today's readout
 (``circuits_pl.run_summary.run_results``: found, solved, families), and writes per cell (task, hidden width, lr):
 members, found, its Wilson interval and the families of the found members, into ``benchmarks/family_splits.json``;
-prints the sentences the README states; with ``--figure``, draws the phase diagram (report's heat map) from it.
+prints the sentences the page states; with ``--figure``, draws the phase diagram (report's heat map) from it.
 
     python benchmarks/family_splits.py                                   # trains the 36 jobs (~5 min on 2 idle cores)
     python benchmarks/family_splits.py --runs reports/version_3          # the runs of a report already made
-    python benchmarks/family_splits.py --figure docs/images/phase.png    # also the README's figure
+    python benchmarks/family_splits.py --figure docs/images/phase.png    # also the page's figure
 
-``tests/test_family_splits.py`` checks the README's sentences against the saved JSON, and re-trains one cell
+``tests/test_family_splits.py`` checks the page's sentences against the saved JSON, and re-trains one cell
 to check the JSON against today's code.
 """
 
@@ -39,7 +39,7 @@ SAVED = Path(__file__).with_name("family_splits.json")
 
 
 def family_key(task: str, family: str) -> str:
-    """A found member's family as the README counts it: the task's first listed circuit, its mirror, or the
+    """A found member's family as docs/study.md counts it: the task's first listed circuit, its mirror, or the
     function's unique form (the spread-out listed circuit and every structural reading of it)."""
     circuits = [c.formula.replace("-", MINUS) for c in BUILTIN_TASKS[task].circuits]
     if family in circuits[:2]:
@@ -102,7 +102,7 @@ def rows(table: list[dict]) -> list[dict]:
 
 
 def sentences(table: list[dict]) -> list[str]:
-    """What the README says, from the table."""
+    """What docs/study.md says, from the table."""
     at = {(c["task"], c["width"], c["lr"]): c for c in table}
     widths = sorted({c["width"] for c in table})
     lrs = sorted({c["lr"] for c in table})

@@ -17,9 +17,9 @@ by 2x that step (what the trend rule promises), and by the end of the run.
     python benchmarks/found_stability.py                      # every setting (~10 minutes on 2 cores)
     python benchmarks/found_stability.py --only min-2-8-1     # one setting
     python benchmarks/found_stability.py --save out.json      # keep the timelines (re-analyse with --load)
-    python benchmarks/found_stability.py --summary benchmarks/found_stability.json   # the README's table
+    python benchmarks/found_stability.py --summary benchmarks/found_stability.json   # docs/timeline.md's table
 
-``tests/test_found_stability.py`` checks the README's table and sentences against that file.
+``tests/test_found_stability.py`` checks the table and sentences of docs/timeline.md against that file.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--save", type=Path, default=None, help="write the recorded timelines as JSON")
     parser.add_argument("--load", type=Path, default=None, help="analyse timelines saved by --save (no training)")
     parser.add_argument("--summary", type=Path, default=None,
-                        help=f"write the figures of every setting as JSON (the README's table: {SUMMARY.name})")
+                        help=f"write the figures of every setting as JSON (docs/timeline.md's table: {SUMMARY.name})")
     args = parser.parse_args()
     print(f"trend: the same exact circuit at {FORMED_VALIDATIONS} validations and a power law over {TREND_WINDOW} "
           f"reaching the threshold within {TREND_HORIZON:g}x the steps; geometric: the last two validations each "

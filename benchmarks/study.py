@@ -1,7 +1,7 @@
 """A study in one process: the phase diagram's wall time against one fit per cell, and whether a member
 pays for the other cells (µs per network-step of each width alone and inside a study).
 
-    python benchmarks/study.py            # the README's phase diagram (36 cells x 64 seeds) both ways, then
+    python benchmarks/study.py            # docs/study.md's phase diagram (36 cells x 64 seeds) both ways, then
                                           # 1-2-1 ... 1-16-1, 64 members per cell, 9 interleaved rounds
     python benchmarks/study.py --quick    # a smaller diagram (18 cells x 16 seeds, 2000 steps), 5 shorter rounds
     python benchmarks/study.py --engine torch   # the torch engine's groups (default: auto, as fit: fused here)

@@ -1,7 +1,7 @@
-"""The README's "When circuits form" figure and numbers (min 2-3-1, 256 seeds), regenerated.
+"""The "When circuits form" figure (docs/timeline.md) and numbers (min 2-3-1, 256 seeds), regenerated.
 
-Runs the README's command (or reads its run), and from the run's timeline and results.json writes what the
-README states: the found members' circuits, how they entered them (from ``none`` straight, or after another
+Runs the page's command (or reads its run), and from the run's timeline and results.json writes what the
+page states: the found members' circuits, how they entered them (from ``none`` straight, or after another
 name; through another circuit of the task or not), the median step their circuit formed (with its 95%
 interval) against the median step they were solved, and the stuck function members hover about (how often
 an entry into it went back to ``none``); per member its found flag, formed-at and solved-at, so a test can
@@ -10,9 +10,9 @@ re-train a few members and compare. Saved in ``benchmarks/timeline_min.json``; w
 
     python benchmarks/timeline_figure.py                                        # trains the run (~1-2 min)
     python benchmarks/timeline_figure.py --run lightning_logs/version_N         # a run of that command
-    python benchmarks/timeline_figure.py --figure docs/images/timeline_min.png  # also the README's figure
+    python benchmarks/timeline_figure.py --figure docs/images/timeline_min.png  # also the page's figure
 
-``tests/test_timeline_figure.py`` checks the README's paragraph against the saved JSON, and re-trains the
+``tests/test_timeline_figure.py`` checks the page's paragraph against the saved JSON, and re-trains the
 first members to check the JSON against today's code.
 """
 
@@ -38,7 +38,7 @@ SAVED = Path(__file__).with_name("timeline_min.json")
 
 
 def summary(run_dir: Path) -> dict:
-    """What the README says of the run, from its last checkpoint's timeline and its results.json."""
+    """What docs/timeline.md says of the run, from its last checkpoint's timeline and its results.json."""
     run = load_run(run_dir)
     timeline = run.module.timeline
     res = json.loads((run_dir / "results.json").read_text())
@@ -79,7 +79,7 @@ def summary(run_dir: Path) -> dict:
 
 
 def sentences(s: dict) -> list[str]:
-    """The README's numbers, as sentences."""
+    """The page's numbers, as sentences."""
     circuits = ", ".join(f"{n} {c}" for c, n in s["found_circuits"].items())
     lo, hi = s["formed_at_ci95"]
     return [f"{s['found']} of {s['members']} members found the circuit ({circuits}); "

@@ -18,7 +18,7 @@ unit then starts pushing the output the right way). A member is classified by
     agreeing   how many are faced by an agreeing unit (one hidden layer only),
 
 and the found rate is tabulated per class (:func:`basin_table`). Measured with 512 seeds per task at
-lr 0.1 (README "Basins"): the dark ceiling is exact for abs (no member with an uncovered half-line is
+lr 0.1 (docs/basins.md): the dark ceiling is exact for abs (no member with an uncovered half-line is
 found) and every abs and add member whose sectors are all covered by agreeing units is found; min's
 initial directions decide far less (its fate is made during training).
 

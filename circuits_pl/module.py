@@ -7,7 +7,7 @@ rule (``optim``), a block of S steps and the reset of members that diverge
 SGD steps against Lightning batches (``cadence.Cadence``). One training batch is a block of S steps,
 run by hand-derived gradients and the MemberOptimizer that configure_optimizers returns, applied
 directly: ``LightningOptimizer.step()`` would add its closure, precision and strategy hooks to every
-step (README "Speed"). Only Lightning's step bookkeeping is called (``compat.count_optimizer_steps``),
+step (docs/speed.md). Only Lightning's step bookkeeping is called (``compat.count_optimizer_steps``),
 so ``global_step``, ``max_steps`` and checkpoint resume count SGD steps. Not run on this path:
 ``on_before_optimizer_step`` hooks, gradient clipping, mixed precision.
 """

@@ -158,21 +158,21 @@ def test_outcome_labels():
 
 
 def _readme_basins_rows() -> dict:
-    """The README's Basins table: (task, h) -> the row's cells after the ceiling."""
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    """The Basins table of docs/basins.md: (task, h) -> the row's cells after the ceiling."""
+    text = (Path(__file__).parents[1] / "docs" / "basins.md").read_text()
     rows = {}
     for m in re.finditer(r"^\| (abs|identity) \| (\d+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| (\d+) / (\d+) \| "
                          r"(\d+) / (\d+) \|$", text, re.M):
         rows[m.group(1), int(m.group(2))] = m.groups()[2:]
-    assert len(rows) == 6, "the README's Basins table changed shape"
+    assert len(rows) == 6, "docs/basins.md's table changed shape"
     return rows
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["abs", "identity"])
 def test_the_readme_basins_rows_for_two_units_are_what_report_trains_today(task, tmp_path):
-    """The README's h = 2 rows, retrained the way its `report` command trains them (512 seeds, 20k steps, seed 0,
-    the torch engine that made them) and counted here from per-member fields with Python arithmetic."""
+    """The h = 2 rows of docs/basins.md, retrained the way its `report` command trains them (512 seeds, 20k steps,
+    seed 0, the torch engine that made them) and counted here from per-member fields with Python arithmetic."""
     from circuits_pl.study import Base, FitPlan
     from circuits_pl.sweep import Cell
 

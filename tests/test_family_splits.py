@@ -1,7 +1,7 @@
-"""The README's phase diagram figures stay honest: every number in its "Does width change which circuit SGD
+"""The phase diagram figures of docs/study.md stay honest: every number in its "Does width change which circuit SGD
 finds?" paragraph equals what ``benchmarks/family_splits.py`` saved, and members of a cell of that study
 re-trained here with today's code give the saved outcomes exactly (so a change to training or to the
-readout that moves the figures fails until the script is re-run and the README updated)."""
+readout that moves the figures fails until the script is re-run and docs/study.md updated)."""
 
 import json
 import re
@@ -22,12 +22,12 @@ import family_splits  # noqa: E402
 
 SAVED = json.loads((ROOT / "benchmarks" / "family_splits.json").read_text())
 CELLS = {(c["task"], c["width"], c["lr"]): c for c in SAVED["cells"]}
-README = (ROOT / "README.md").read_text()
+PAGE = (ROOT / "docs" / "study.md").read_text()
 
 
 def paragraph() -> str:
-    start = README.index("**Does width change which circuit SGD finds?")
-    return " ".join(README[start:README.index("## Configs", start)].split())
+    start = PAGE.index("**Does width change which circuit SGD finds?")
+    return " ".join(PAGE[start:PAGE.index("## A whole diagram in one fit", start)].split())
 
 
 def test_the_readme_names_the_command_and_its_numbers_are_the_saved_ones():

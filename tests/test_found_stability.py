@@ -1,5 +1,5 @@
-"""The README's "Found, from the trend" table and sentences stay honest: every number in them equals what
-``benchmarks/found_stability.py --summary`` saved (its runs take minutes: the test reads the file; the
+"""The "Found, from the trend" table and sentences of docs/timeline.md stay honest: every number in them equals
+what ``benchmarks/found_stability.py --summary`` saved (its runs take minutes: the test reads the file; the
 trend rule itself is tested on real runs in tests/test_timeline.py and tests/test_timeline_figure.py)."""
 
 import json
@@ -9,13 +9,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = json.loads((ROOT / "benchmarks" / "found_stability.json").read_text())
 SETTINGS = SAVED["settings"]
-README = (ROOT / "README.md").read_text()
+PAGE = (ROOT / "docs" / "timeline.md").read_text()
 TREND, BEFORE = f"trend, formed {SAVED['formed_validations']}", "geometric"
 
 
 def section() -> str:
-    start = README.index("**Found, from the trend.**")
-    return README[start:README.index("## The study: `report`", start)]
+    return PAGE[PAGE.index("## Found, from the trend\n"):]
 
 
 def total(rule: str, key: str) -> int:
@@ -42,20 +41,20 @@ def test_the_readme_table_is_the_saved_one():
 def test_the_readme_sentences_are_the_saved_figures():
     text = " ".join(section().split())
     m = re.search(r"Of the trend rule's (\d+) calls, (\d+) \(\d+%\) were solved within twice the step and (\d+) "
-                  r"\(\d+%\) by the end of the run; of the rule before it, (\d+) of (\d+) \(\d+%\) and (\d+) \(\d+%\)",
+                  r"\(\d+%\) by the end of the run; of the geometric rule, (\d+) of (\d+) \(\d+%\) and (\d+) \(\d+%\)",
                   text)
     assert m, text
     assert [int(v) for v in m.groups()] == [
         total(TREND, "calls"), total(TREND, "solved_by_double"), total(TREND, "solved_by_end"),
         total(BEFORE, "solved_by_double"), total(BEFORE, "calls"), total(BEFORE, "solved_by_end")]
-    m = re.search(r"the trend rule misses (\d+) of the (\d+) members solved within twice the step \(the rule "
-                  r"before: (\d+)\)", text)
+    m = re.search(r"the trend rule misses (\d+) of the (\d+) members solved within twice the step \(the geometric "
+                  r"rule: (\d+)\)", text)
     assert m, text
     due = total(TREND, "due")
     assert [int(v) for v in m.groups()] == [due - total(TREND, "solved_by_double"), due,
                                             due - total(BEFORE, "solved_by_double")]
-    m = re.search(r"min 2-3-1 at 4k: (\d+) found by the trend, all solved by 8k \(the rule before: (\d+), all solved\)",
-                  text)
+    m = re.search(r"min 2-3-1 at 4k: (\d+) found by the trend, all solved by 8k "
+                  r"\(the geometric rule: (\d+), all solved\)", text)
     assert m, text
     early = SETTINGS["min-2-3-1"]["rules"]
     assert [int(v) for v in m.groups()] == [early[TREND]["early_calls"], early[BEFORE]["early_calls"]]

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "circuits_pl"
-README = PACKAGE.parent / "README.md"
+LAYOUT = PACKAGE.parent / "docs" / "layout.md"
 
 FLOORS = [
     # 1. plain facts: torch only, no Lightning
@@ -123,10 +123,8 @@ def test_floors_name_only_modules_that_exist():
 
 
 def readme_layout() -> dict[str, int]:
-    """README "## Layout" table: each backticked name of the file column, with its floor (0-based)."""
-    text = README.read_text()
-    section = text[text.index("\n## Layout\n"):]
-    section = section[: section.index("\n## ", 1)] if "\n## " in section[1:] else section
+    """docs/layout.md's table: each backticked name of the file column, with its floor (0-based)."""
+    section = LAYOUT.read_text()
     out, floor = {}, None
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -140,12 +138,12 @@ def readme_layout() -> dict[str, int]:
 
 
 def test_readme_layout_lists_every_module_on_its_floor():
-    """A module added without a line in README's Layout table fails here (readout/ is one entry)."""
+    """A module added without a line in docs/layout.md's table fails here (readout/ is one entry)."""
     on_disk = {p.name for p in PACKAGE.glob("*.py")} | {f"{p.name}/" for p in PACKAGE.iterdir()
                                                          if (p / "__init__.py").exists()}
     table = readme_layout()
-    assert set(table) == on_disk, (f"in README's Layout but not in circuits_pl/: {sorted(set(table) - on_disk)}; "
-                                   f"in circuits_pl/ but not in the Layout: {sorted(on_disk - set(table))}")
+    assert set(table) == on_disk, (f"in docs/layout.md but not in circuits_pl/: {sorted(set(table) - on_disk)}; "
+                                   f"in circuits_pl/ but not in docs/layout.md: {sorted(on_disk - set(table))}")
     wrong = {name: floor + 1 for name, floor in table.items()
              if floor_of(name.removesuffix(".py").removesuffix("/")) != floor}
-    assert not wrong, f"README's Layout puts these on another floor than tests/test_layers.py FLOORS: {wrong}"
+    assert not wrong, f"docs/layout.md puts these on another floor than tests/test_layers.py FLOORS: {wrong}"

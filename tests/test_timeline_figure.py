@@ -1,7 +1,7 @@
-"""The README's "When circuits form" paragraph stays honest: every number in it equals what
+"""The "When circuits form" paragraph of docs/timeline.md stays honest: every number in it equals what
 ``benchmarks/timeline_figure.py`` saved, and the first seeds of that run re-trained here with today's code
 give the saved found flags, formed-at and solved-at steps exactly (so a change to training, the readout or
-the timeline that moves the figure fails until the script is re-run and the README updated)."""
+the timeline that moves the figure fails until the script is re-run and docs/timeline.md updated)."""
 
 import json
 import re
@@ -11,13 +11,13 @@ from conftest import results, run_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 SAVED = json.loads((ROOT / "benchmarks" / "timeline_min.json").read_text())
-README = (ROOT / "README.md").read_text()
+PAGE = (ROOT / "docs" / "timeline.md").read_text()
 MEMBERS = 16  # of the 256: member k is the same net whatever the number of members beside it
 
 
 def paragraph() -> str:
-    start = README.index("What it shows for min 2-3-1")
-    return " ".join(README[start:README.index("![each member's circuit over training]", start)].split())
+    start = PAGE.index("What it shows for min 2-3-1")
+    return " ".join(PAGE[start:PAGE.index("![each member's circuit over training]", start)].split())
 
 
 def test_the_readme_names_the_command_and_its_numbers_are_the_saved_ones():
