@@ -190,3 +190,22 @@ def test_the_short_help_generator_quotes_a_changed_default(monkeypatch):
 
     monkeypatch.setitem(cli.TRAINER_DEFAULTS, "max_steps", 12345)
     assert "SGD step budget (default 12345)" in cli.short_help_module()
+
+
+def test_a_study_saved_with_the_old_spellings_resumes_with_them_silently(tmp_path, capsys):
+    """study.json keeps the command line as typed: one written before the renames resumes as it was
+    (the same study), with no deprecation line for what the user did not type now."""
+    import json
+
+    from circuits_pl.report import STUDY_FILE, _resumed
+
+    out = tmp_path / "reports" / "version_0"
+    out.mkdir(parents=True)
+    old = ["--tasks", "abs", "--sizes", "1-2-1,1-4-1", "--lrs", "0.1,0.3", "--members", "8", "--max_steps", "700",
+           "--seed", "5", "--success_mse", "1e-6", "--engine", "torch", "--init_scales", "0.5,1"]
+    (out / STUDY_FILE).write_text(json.dumps({"argv": old, "shards": 1}))
+    args, original, saved = _resumed(["--resume", str(out), "--jobs", "3"])
+    assert (args.sizes, args.lrs, args.init_scales, args.members, args.max_steps, args.seed, args.success_mse,
+            args.engine, args.jobs) == ("1-2-1,1-4-1", "0.1,0.3", "0.5,1", 8, 700, 5, 1e-6, "torch", 3)
+    assert original[:4] == ["--tasks", "abs", "--sweep.sizes", "1-2-1,1-4-1"] and saved["shards"] == 1
+    assert capsys.readouterr().err == ""
