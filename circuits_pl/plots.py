@@ -293,7 +293,7 @@ def plot_basins(first: torch.Tensor, out: torch.Tensor | None, outcomes: Sequenc
         if not rows:
             continue
         ax.scatter(xs[rows].flatten().tolist(), ys[rows].flatten().tolist(), s=6, alpha=0.6,
-                   color=colours[label], label=f"{label} ({len(rows)})", linewidths=0)
+                   color=colours[label], label=f"{_legend_text(label)} ({len(rows)})", linewidths=0)
     if n == 1:
         ax.axvline(0.0, color="0.3", lw=0.8)
         ax.set_xlabel("initial input weight w (the unit faces x > 0 when w > 0)")
@@ -308,6 +308,15 @@ def plot_basins(first: torch.Tensor, out: torch.Tensor | None, outcomes: Sequenc
     ax.set_title(title)
     ax.legend(fontsize=7, markerscale=2, loc="best")
     return save_figure(fig, out_png)
+
+
+# A stuck form of a wide net can run to hundreds of characters; a legend that long is wider than the
+# figure and leaves the axes no room (matplotlib then gives up the layout).
+LEGEND_CHARS = 48
+
+
+def _legend_text(label: str) -> str:
+    return label if len(label) <= LEGEND_CHARS else label[:LEGEND_CHARS - 1].rstrip() + "…"
 
 
 # ---------------------------------------------------------------------------------------------

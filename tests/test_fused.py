@@ -293,11 +293,12 @@ CHILD = textwrap.dedent("""
     from circuits_pl.train_block import train_block
     {patch}
     torch.manual_seed(0)
-    net = ReLUMLP((2, 3, 1), members=2, seed=0)
-    opt = MemberOptimizer(net.parameters(), rule="momentum", lr=0.1, momentum=0.9)
     xt = torch.rand(40, 2, 200) * 2 - 1
-    train_block(opt, 2, xt, xt.sum(1, keepdim=True).abs(), engine="fused")
-    print(" ".join(w.detach().numpy().tobytes().hex() for w in net.weights))
+    for sizes in [(2, 3, 1), (2, 12, 1)]:  # the one-pass kernel and the wide one (fused.WIDE)
+        net = ReLUMLP(sizes, members=2, seed=0)
+        opt = MemberOptimizer(net.parameters(), rule="momentum", lr=0.1, momentum=0.9)
+        train_block(opt, 2, xt, xt.sum(1, keepdim=True).abs(), engine="fused")
+        print(" ".join(w.detach().numpy().tobytes().hex() for w in net.weights))
     print(float(net.weights[0].sum()))
 """)
 

@@ -166,6 +166,20 @@ def test_plot_basins_places_each_unit_at_its_direction_and_output_weight(tmp_pat
     assert_drawn(path)
 
 
+def test_plot_basins_keeps_the_axes_with_the_stuck_forms_of_a_wide_net(tmp_path, figures, recwarn):
+    """A 16-unit stuck form is hundreds of characters: the legend shortens it, the layout holds (no warning)."""
+    long_form = "y = " + " + ".join(f"0.{i}·r(0.{i}·a − b)" for i in range(1, 10)) * 2  # 300+ characters
+    first = torch.tensor([[[1.0, 0.0], [0.0, -2.0]], [[-1.0, 1.0], [0.5, 0.5]]])
+    path = plot_basins(first, torch.ones(2, 2), ["found", long_form], [], "basins", tmp_path / "b.png")
+    (ax,) = figures[0].axes
+    labels = [c.get_label() for c in ax.collections]
+    assert labels[0] == "found (1)" and labels[1] == long_form[:47].rstrip() + "… (1)"
+    assert not [w for w in recwarn if "constrained_layout" in str(w.message)]
+    bbox = ax.get_position()
+    assert bbox.width > 0.3 and bbox.height > 0.3  # the axes keep most of the figure
+    assert_drawn(path)
+
+
 def test_plot_phase_diagram_puts_each_rate_in_its_cell(tmp_path, figures):
     cells = [{"panel": p, "layer_sizes": s, "lr": lr, "rate": r, "low": r / 2, "high": (1 + r) / 2}
              for p, s, lr, r in [("x1", "1-2-1", 0.1, 0.25), ("x1", "1-4-1", 0.1, 0.5), ("x1", "1-4-1", 0.3, 1.0),
