@@ -167,7 +167,8 @@ class _CommandRan(Exception):
 
 def summary_line(function: Callable[..., Any]) -> str:
     """The first line of a function's docstring: its line in the list of commands."""
-    return (inspect.getdoc(function) or "").strip().splitlines()[0] if inspect.getdoc(function) else ""
+    lines = (inspect.getdoc(function) or "").strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def function_parser(function: Callable[..., Any], name: str) -> Any:
@@ -179,7 +180,7 @@ def function_parser(function: Callable[..., Any], name: str) -> Any:
     paragraphs = (inspect.getdoc(function) or "").split("\n\nArgs:")[0].split("\n\n")
     description = "\n\n".join(paragraphs[1:] or paragraphs)  # the first line is the command's line in the list
     parser = ArgumentParser(prog=name, description=description, exit_on_error=False, default_env=False)
-    passed = {name for name, p in inspect.signature(function).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    passed = {key for key, p in inspect.signature(function).parameters.items() if p.kind == p.KEYWORD_ONLY}
     parser.add_function_arguments(function, as_group=False, as_positional=True, skip=passed)
     return parser
 
