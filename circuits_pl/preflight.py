@@ -200,6 +200,8 @@ def resolve_sweep(cfg: Namespace, task_name: str, typed: Namespace | None = None
         model.lr, model.init_scale = cell.lr, cell.init_scale
     else:
         model.cells = [c.as_dict() for c in sweep.cells]
+        for key, default in SWEEP_AXES.values():  # each cell carries them now (the module refuses both)
+            model[key] = default
     for axis in SWEEP_AXES:
         section[axis] = None
     return sweep

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from conftest import assert_drawn, results, run_dirs
 
 from circuits_pl.cli import main
@@ -208,6 +209,20 @@ def test_a_sweep_of_one_cell_is_a_plain_run(run_cli, tmp_path, capsys):
     assert ra == rb and ra["cells"][0]["init_scale"] == 0.5 and ra["lr"] == 0.3
     assert (a / "metrics.csv").read_text() == (b / "metrics.csv").read_text()
     assert _ckpt(a)["hyper_parameters"] == _ckpt(b)["hyper_parameters"]
+
+
+@pytest.mark.parametrize("one", [["--model.init_scale", "0.5"], ["--model.lr", "0.3"],
+                                 ["--model.layer_sizes", "[2, 4, 1]"]], ids=["init_scale", "lr", "layer_sizes"])
+def test_an_axis_not_swept_takes_the_models_one_value(run_cli, tmp_path, one):
+    """docs/study.md: ``fit --task min --sweep.sizes 2-3-1,2-8-1 --model.init_scale 0.5``: the swept axis gives
+    the cells, the model's value the axis not swept (it was refused as "model.cells ... drop model.init_scale")."""
+    swept = ["--sweep.lr", "0.1,0.2"] if one[0] == "--model.layer_sizes" else ["--sweep.sizes", "2-3-1,2-8-1"]
+    run_cli("fit", "--task", "min", *swept, *one, "--model.members", 2, "--trainer.max_steps", 200,
+            "--trainer.val_check_interval", 100, "--stop.when", "never", *QUIET)
+    (run,) = run_dirs(tmp_path)
+    cells = results(run)["cells"]
+    key, value = one[0].removeprefix("--model."), yaml.safe_load(one[1])
+    assert len(cells) == 2 and all(c[key] == value for c in cells)
 
 
 def test_a_study_stops_when_every_cell_has_a_solved_member(run_cli, tmp_path):
