@@ -152,6 +152,80 @@ def read_results(spec: FitSpec) -> tuple[dict, Path]:
 # -------------------------------------------------------------------------------------------------
 # local: processes on this machine
 # -------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------
+# local: fits forked from a process that has imported torch and Lightning once
+# -------------------------------------------------------------------------------------------------
+# A fit's own process spends most of a short fit importing torch, Lightning and circuits_pl (the
+# default report's 14 fits: most of their CPU time; benchmarks/study.py). Forked from a forkserver that
+# has imported them once, each fit is still a fresh process of its own (its own state, signals, exit
+# code and log), without paying the imports again. Lightning re-runs ``sys.argv`` for DDP ranks; a fit
+# forked here has ``python -m circuits_pl.__main__ fit ...`` as its command line, so that works too.
+FORK_PRELOAD = ["circuits_pl.cli", "numba"]
+
+
+def forkable(cmd: list[str]) -> bool:
+    """Can ``cmd`` (a :func:`fit_command`) run forked from the forkserver? Where there is one (POSIX),
+    and unless CIRCUITS_PL_FORK=0 asks for plain processes."""
+    import multiprocessing
+
+    return (os.environ.get("CIRCUITS_PL_FORK", "1") != "0" and cmd[:3] == [sys.executable, "-m", "circuits_pl"]
+            and "forkserver" in multiprocessing.get_all_start_methods())
+
+
+def _forkserver() -> Any:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(FORK_PRELOAD)
+    return ctx
+
+
+def _run_forked_fit(args: list[str], log_path: str) -> None:
+    """The forked fit: its own session (a Ctrl-C in the terminal reaches the report alone, which
+    passes it on once), its output appended to its log, then ``python -m circuits_pl ARGS``."""
+    os.setsid()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
+    import circuits_pl.__main__ as entry
+
+    sys.modules["__main__"] = entry  # what Lightning re-runs for DDP ranks: python -m circuits_pl.__main__
+    sys.argv = [entry.__file__, *args]
+    sys.exit(entry.main())
+
+
+class ForkedFit:
+    """A fit forked from the forkserver, with the part of ``subprocess.Popen`` the launcher uses."""
+
+    def __init__(self, args: list[str], log_path: str):
+        self.process = _forkserver().Process(target=_run_forked_fit, args=(list(args), log_path), daemon=False)
+        self.process.start()
+        self.pid = self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode  # as Popen's: -N after signal N
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(f"fit {self.pid}", timeout or 0.0)
+        return self.process.exitcode
+
+    def send_signal(self, signum: int) -> None:
+        if self.process.exitcode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
 class LocalLauncher:
     """Up to ``jobs`` fits at once, each a process of its own. A signal to report reaches them through
     :meth:`stop` (each saves its last.ckpt and exits), and no queued fit starts after it."""
@@ -163,13 +237,16 @@ class LocalLauncher:
         self.stopped = False
         self.stopped_names: list[str] = []
 
-    def _start(self, name: str, cmd: list[str], log: IO, env: dict[str, str]) -> subprocess.Popen | None:
+    def _start(self, name: str, cmd: list[str], log: IO, env: dict[str, str]) -> subprocess.Popen | ForkedFit | None:
         with self.lock:
             if self.stopped:
                 return None
-            # its own session: a Ctrl-C in the terminal reaches the report alone, which passes it on once
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            if forkable(cmd):
+                proc: subprocess.Popen | ForkedFit = ForkedFit(cmd[3:], log.name)
+            else:
+                # its own session: a Ctrl-C in the terminal reaches the report alone, which passes it on once
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
             self.running[name] = proc
             return proc
 

@@ -3,6 +3,7 @@ validation cadence in SGD steps."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -544,8 +545,14 @@ def test_a_sigint_the_parent_ignores_stays_ignored(tmp_path):
 
 
 def _job_processes(marker: str) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in ps if marker in line and "circuits_pl fit" in line]
+    """Processes writing their output under ``marker``: report's fits (forked from its forkserver or
+    started as ``python -m circuits_pl fit``, each has its log as stdout), whatever their command line."""
+    found = []
+    for fd in Path("/proc").glob("[0-9]*/fd/1"):
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith(marker):
+                found.append(fd.parent.parent.name)
+    return found
 
 
 def test_report_stops_its_running_and_queued_jobs_on_a_signal_and_reports_what_finished(tmp_path):
@@ -556,6 +563,7 @@ def test_report_stops_its_running_and_queued_jobs_on_a_signal_and_reports_what_f
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (log.exists() and "step " in log.read_text()):
         time.sleep(0.1)  # abs is training
+    assert len(_job_processes(str(out))) == 2  # both abs fits, each its own process
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     _one_line_exit(proc, err, 143, r"^SIGTERM: report interrupted; 0 of 6 jobs finished: .*study/version_0/report.md$")

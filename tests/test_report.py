@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 from conftest import assert_drawn
@@ -96,3 +97,33 @@ def test_a_cell_without_a_certified_error_reports_without_one(tmp_path):
     assert bullets[0] == "- **add** (2-2-1, lr 0.1): 2× r(a + b) − r(−a − b); most common stuck: 2× y = 1.0·r(a + b)"
     assert bullets[1] == ("- **add** (2-2-1, lr 0.1): 2× r(a + b) − r(−a − b); certified max error 3.4e-05 over "
                           "[-1, 1]² (the largest of the exact members); most common stuck: 2× y = 1.0·r(a + b)")
+
+
+def test_fits_forked_from_the_forkserver_give_what_plain_processes_give(run_cli, tmp_path, monkeypatch):
+    """report's local fits are forked from a forkserver that imported torch and Lightning once
+    (launch.ForkedFit); CIRCUITS_PL_FORK=0 starts each as ``python -m circuits_pl fit``. Same study, same numbers."""
+    from circuits_pl import launch
+
+    forked = []
+    real = launch.ForkedFit.__init__
+
+    def spy(self, args, log_path):
+        forked.append(log_path)
+        real(self, args, log_path)
+
+    monkeypatch.setattr(launch.ForkedFit, "__init__", spy)
+    study = ["report", "--tasks", "abs,add", "--model.members", 4, "--trainer.max_steps", 1000, "--jobs", 2]
+    run_cli(*study)
+    assert len(forked) == 2  # one fit per task
+    monkeypatch.setenv("CIRCUITS_PL_FORK", "0")
+    run_cli(*study)
+    assert len(forked) == 2
+    versions = [list(csv.DictReader((tmp_path / "reports" / v / "report.csv").open()))
+                for v in ("version_0", "version_1")]
+    for row, twin in zip(*versions):
+        assert {k: v for k, v in row.items() if k != "run_dir"} == {k: v for k, v in twin.items() if k != "run_dir"}
+        for a, b in zip(row["run_dir"].split(), twin["run_dir"].split()):
+            assert (json.loads((tmp_path / a / "results.json").read_text())["per_member"]
+                    == json.loads((tmp_path / b / "results.json").read_text())["per_member"])
+    for log in forked:  # each forked fit's output went to its own log
+        assert "Trained 1000 steps" in Path(log).read_text()
