@@ -193,11 +193,11 @@ def _run_forked_fit(args: list[str], log_path: str) -> None:
     os.close(null)
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False)  # noqa: SIM115
-    import circuits_pl.__main__ as entry
+    import runpy
 
-    sys.modules["__main__"] = entry  # what Lightning re-runs for DDP ranks: python -m circuits_pl.__main__
-    sys.argv = [entry.__file__, *args]
-    sys.exit(entry.main())
+    # as ``python -m circuits_pl``: __main__ is circuits_pl.__main__ (what Lightning re-runs for DDP ranks)
+    sys.argv = ["circuits_pl", *args]
+    runpy.run_module("circuits_pl", run_name="__main__", alter_sys=True)
 
 
 class ForkedFit:
