@@ -10,7 +10,10 @@ pays for the other cells (µs per network-step of each width alone and inside a 
 --model.members 64`` run as it runs now (one fit per task holding the task's whole diagram, ``--jobs`` = CPU
 cores: the wall time of the whole command, report.md and figures included) against one ``fit`` process
 per cell (report's old way: the same seeds, budget and flags, run by the same local launcher with as many
-at once, fits only: nothing written after them). Every cell's found count is checked equal both ways.
+at once, each ``python -m circuits_pl fit`` paying its own imports, fits only: nothing written after them),
+and against one fit per cell forked from the launcher's forkserver as report's local fits are now (which
+leaves the study in one fit per task only the per-fit costs after the imports to save). Every cell's
+found count is checked equal every way.
 
 A study (``fit --sweep.sizes 1-2-1,1-4-1,1-8-1,1-16-1``) trains its cells side by side in one process:
 one group of networks per architecture and lr (``circuits_pl.sweep``), each trained by its own
@@ -96,8 +99,10 @@ PHASE_QUICK = ["--tasks", "abs,add", "--sweep.sizes", "2-2-1,2-4-1,2-8-1", "--sw
                "--trainer.max_steps", "2000"]
 
 
-def phase_diagram(study: list[str], jobs: int) -> tuple[float, float, int]:
-    """Wall seconds of ``report STUDY`` and of one fit per cell of it; the number of cells."""
+def phase_diagram(study: list[str], jobs: int) -> tuple[float, float, float, int]:
+    """Wall seconds of ``report STUDY``, of one fit per cell of it as report ran them before a study was
+    one fit per task (each ``python -m circuits_pl fit``: CIRCUITS_PL_FORK=0), and of one fit per cell
+    forked as report's local fits are now; the number of cells."""
     from circuits_pl.launch import LocalLauncher
     from circuits_pl.report import fit_spec, make_study, parse_args
     from circuits_pl.study import FitPlan
@@ -119,13 +124,19 @@ def phase_diagram(study: list[str], jobs: int) -> tuple[float, float, int]:
             (cell,) = by_name[spec.name].cells
             found[(by_name[spec.name].base.name, "-".join(map(str, cell.layer_sizes)), cell.lr)] = res["found"]
 
-        start = time.perf_counter()
-        LocalLauncher(jobs).run([fit_spec(p, args, Path(tmp) / "per_cell", []) for p in plans], done)
-        per_cell = time.perf_counter() - start
-    same = {(r["task"], r["layer_sizes"], float(r["lr"])): int(r["found"]) for r in rows}
-    if same != found:
-        raise SystemExit(f"the two ways disagree: {json.dumps(sorted(same.items()))} vs {sorted(found.items())}")
-    return one, per_cell, len(plans)
+        times = {}
+        for fork in ("0", "1"):
+            os.environ["CIRCUITS_PL_FORK"] = fork
+            found.clear()
+            start = time.perf_counter()
+            LocalLauncher(jobs).run([fit_spec(p, args, Path(tmp) / f"per_cell{fork}", []) for p in plans], done)
+            times[fork] = time.perf_counter() - start
+            same = {(r["task"], r["layer_sizes"], float(r["lr"])): int(r["found"]) for r in rows}
+            if same != found:
+                raise SystemExit(f"the two ways disagree: {json.dumps(sorted(same.items()))} "
+                                 f"vs {sorted(found.items())}")
+        del os.environ["CIRCUITS_PL_FORK"]
+    return one, times["0"], times["1"], len(plans)
 
 
 def main() -> None:
@@ -139,13 +150,15 @@ def main() -> None:
                         help="--model.engine of the runs (default auto: fused on the CPU, as fit)")
     args = parser.parse_args()
     study = PHASE_QUICK if args.quick else PHASE
-    one, per_cell, n_cells = phase_diagram(study, args.jobs)
+    one, per_cell, per_cell_forked, n_cells = phase_diagram(study, args.jobs)
     phase = one / per_cell
     print(f"phase diagram ({n_cells} cells, report {' '.join(study)}, {args.jobs} at once): one fit per task "
-          f"{one:.1f} s (the whole report) against one fit per cell {per_cell:.1f} s (fits only): {phase:.2f}; "
-          "found counts equal in every cell")
+          f"{one:.1f} s (the whole report) against one fit per cell {per_cell:.1f} s as processes of their own "
+          f"(fits only): {phase:.2f}; against one fit per cell forked as report's fits are "
+          f"{per_cell_forked:.1f} s: {one / per_cell_forked:.2f}; found counts equal in every cell")
     if args.phase_only:
-        print(f"phase_one_process_vs_per_cell={phase:.2f}")
+        print(f"phase_one_process_vs_per_cell={phase:.2f} "
+              f"phase_one_process_vs_per_cell_forked={one / per_cell_forked:.2f}")
         return
     torch.set_num_threads(1)
     steps = 50 if args.quick else 200
