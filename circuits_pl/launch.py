@@ -164,12 +164,13 @@ FORK_PRELOAD = ["circuits_pl.cli", "numba"]
 
 
 def forkable(cmd: list[str]) -> bool:
-    """Can ``cmd`` (a :func:`fit_command`) run forked from the forkserver? Where there is one (POSIX),
-    and unless CIRCUITS_PL_FORK=0 asks for plain processes."""
+    """Can ``cmd`` (a :func:`fit_command`) run forked from the forkserver? On Linux (macOS's system
+    libraries are not safe to use in a child forked after they started: Python itself spawns there),
+    unless CIRCUITS_PL_FORK=0 asks for plain processes."""
     import multiprocessing
 
     return (os.environ.get("CIRCUITS_PL_FORK", "1") != "0" and cmd[:3] == [sys.executable, "-m", "circuits_pl"]
-            and "forkserver" in multiprocessing.get_all_start_methods())
+            and sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods())
 
 
 def _forkserver() -> Any:
