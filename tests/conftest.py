@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +14,13 @@ import torch
 from circuits_pl.cli import main
 
 torch.set_num_threads(1)
+
+# A test run started in the background of a non-interactive shell (`cmd &`, nohup) inherits SIGINT
+# ignored, and so would every fit the tests start: circuits_pl keeps SIGINT ignored when its parent
+# ignored it, and the tests that send SIGINT expect the usual 130. A Python handler here is reset to the
+# default in every child at exec; the test of the ignored case ignores SIGINT in its child itself.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
