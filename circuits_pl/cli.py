@@ -680,7 +680,9 @@ def _run_guarded(fn, whole_process: bool = True, command: str | None = None) -> 
         _fail(_one_line(str(err), command), 2)
     except BaseException:
         stop_with = signal.SIGTERM
-        if (failed := signals.failed_child()) is not None:  # DDP: another rank is gone; this error follows
+        # DDP: another rank is gone and this error follows; unless this process was stopped by a signal of
+        # its own (its handler said its line and stopped the other ranks: their exit is its consequence)
+        if not signals.acknowledged() and (failed := signals.failed_child()) is not None:
             code, line = failed
             if line:
                 print(line, file=sys.stderr)
