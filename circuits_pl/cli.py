@@ -206,10 +206,14 @@ class CircuitsCLI(HookedLightningCLI):
                 argv = preflight.normalise_argv(argv)
                 preflight.check_config_files(argv)
             self._argv = argv
-            if args is None:  # Lightning's would warn that args and sys.argv are both given
-                self.config = parser.parse_args(argv)
-                return
-            args = argv
+            try:
+                if args is None:  # Lightning's would warn that args and sys.argv are both given
+                    self.config = parser.parse_args(argv)
+                    return
+                super().parse_arguments(parser, argv)
+            except _argument_errors() as err:
+                _raise_with_hint(err, parser, argv)
+            return
         super().parse_arguments(parser, args)
 
     def _typed(self, section: str) -> Namespace:
@@ -680,9 +684,10 @@ def _run_guarded(fn, whole_process: bool = True, command: str | None = None) -> 
         _fail(_one_line(str(err), command), 2)
     except BaseException:
         stop_with = signal.SIGTERM
+        signals.set_ending()  # the rank watcher stands down: this branch says the one line
         # DDP: another rank is gone and this error follows; unless this process was stopped by a signal of
         # its own (its handler said its line and stopped the other ranks: their exit is its consequence)
-        if not signals.acknowledged() and (failed := signals.failed_child()) is not None:
+        if not signals.acknowledged() and (failed := signals.failed_child(wait=signals.GRACE)) is not None:
             code, line = failed
             if line:
                 print(line, file=sys.stderr)
@@ -706,6 +711,32 @@ def _end_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _raise_with_hint(err: BaseException, parser: LightningArgumentParser, argv: Sequence[str]) -> None:
+    """An unrecognized option, in one line with the option the user likely meant: ``fit --members 4`` ->
+    ``--model.members`` (fit's options are in sections; report's old spellings still work there)."""
+    import difflib
+
+    text = " ".join(str(err).split())
+    unknown = re.match(r"unrecognized arguments: (--[\w.-]+)", text)
+    sub = subcommand_parsers(parser).get(argv[0]) if argv else None
+    if not unknown or sub is None:
+        raise err
+    name = unknown[1].partition("=")[0]
+    options = [o for o in sub._option_string_actions if o.startswith("--") and o not in ("--help", "--print_config")]
+    section, _, short = name[2:].rpartition(".")
+    last: dict[str, list[str]] = {}  # the name within its section: --members is --model.members
+    for option in options:
+        where, _, key = option[2:].rpartition(".")
+        if not section or where == section:  # --model.bogus: only --model.* options
+            last.setdefault(key, []).append(option)
+    close = difflib.get_close_matches(short, list(last), n=1, cutoff=0.8)
+    meant = last[close[0]] if close else []
+    if not meant:
+        raise err
+    raise CircuitsError(f"{text} (did you mean {' or '.join(sorted(meant)[:3])}? "
+                        f"see {program_name()} {argv[0]} --help)") from None
 
 
 def _argument_errors() -> tuple[type[BaseException], ...]:

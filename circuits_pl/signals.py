@@ -237,17 +237,24 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="circuits_pl-parent").start()
 
 
-def failed_child() -> tuple[int, str | None] | None:
+def failed_child(wait: float = 0.0) -> tuple[int, str | None] | None:
     """If a child rank has exited with a failure: the status this process should exit with, and the
-    line saying why (an error here, such as gloo's "Connection reset by peer", is its consequence)."""
-    for rank, proc in enumerate(list(_children), start=1):
-        status = proc.poll()
-        if status:
-            signum = status_signal(status)
-            code = 128 + signum if signum else (status if status > 0 else 1)
-            message = _state.get("rank_message")
-            return code, message(rank, status) if message else None
-    return None
+    line saying why (an error here, such as gloo's "Connection closed by peer", is its consequence).
+
+    ``wait``: seconds to keep looking while every child still runs. A rank's sockets close while it
+    exits, a moment before its status can be read: rank 0's error may come first."""
+    deadline = time.monotonic() + wait
+    while True:
+        for rank, proc in enumerate(list(_children), start=1):
+            status = proc.poll()
+            if status:
+                signum = status_signal(status)
+                code = 128 + signum if signum else (status if status > 0 else 1)
+                message = _state.get("rank_message")
+                return code, message(rank, status) if message else None
+        if not _children or all(p.poll() == 0 for p in _children) or time.monotonic() >= deadline:
+            return None
+        time.sleep(0.02)
 
 
 def watch_children(message: Callable[[int, int], str | None]) -> None:

@@ -35,6 +35,12 @@ def current_spelling(command: str, args: Sequence[str], say: bool = True) -> lis
     (``--member 3`` -> ``--model.member 3``, ``--lrs=0.1`` -> ``--sweep.lr=0.1``); ``say``: one line on
     stderr per old spelling used."""
     renamed, said = RENAMED.get(command, {}), set()
+    given = {str(a).partition("=")[0] for a in args}
+    for old, new in renamed.items():
+        if old in given and new in given:  # which would win is the parser's order: refuse, not guess
+            from circuits_pl.errors import CircuitsError
+
+            raise CircuitsError(f"{old} and {new} are both given: {old} is the old spelling of {new}; give it once")
     out = []
     for arg in args:
         name, eq, value = str(arg).partition("=")

@@ -177,7 +177,13 @@ CASES = [
     ([*ADD, "--model.lr", "0"], 2, r"model.lr must be a positive number, got 0"),
     ([*ADD, "--data.batch_size", "0"], 2, r"data.batch_size must be a positive integer, got 0"),
     ([*ADD, "--model.members", "0"], 2, r"model.members must be a positive integer, got 0"),
-    ([*ADD, "--model.bogus", "1"], 2, r"unrecognized arguments: --model.bogus"),
+    ([*ADD, "--model.bogus", "1"], 2, r"unrecognized arguments: --model.bogus 1$"),  # nothing close: no guess
+    # an option's name without its section, or misspelt: the option meant (fit has sections, report old names)
+    ([*ADD, "--members", "4"], 2, r"unrecognized arguments: --members 4 \(did you mean --model.members\? see "),
+    ([*ADD, "--max_steps=300"], 2, r"--max_steps=300 \(did you mean --trainer.max_steps\?"),
+    ([*ADD, "--lr", "0.1"], 2, r"did you mean --model.lr or --sweep.lr\?"),
+    ([*ADD, "--trainer.max_stepz", "3"], 2, r"did you mean --trainer.max_steps\?"),
+    (["validate", "--member", "3"], 2, r"did you mean --model.member\? see .* validate --help\)"),
     (["fit"], 2, r"fit needs --task NAME"),
     # --- user tasks: bad targets (10.3)
     (["fit", "--task", "custom_tasks:nan_target"], 2,

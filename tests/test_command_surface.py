@@ -37,6 +37,20 @@ def test_old_spellings_are_rewritten_with_one_line_each(capsys):
     assert current_spelling("fit", ["--member", "3"]) == ["--member", "3"]  # fit has no old spellings
 
 
+def test_an_option_given_in_both_spellings_is_refused_in_one_line(capsys):
+    """``inspect --member 0 --model.member 1`` used 1 without a word (the parser's last wins)."""
+    from circuits_pl.cli import main
+
+    for argv in (["inspect", "run", "--member", "0", "--model.member", "1"],
+                 ["report", "--members=4", "--model.members", "8"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        old, new = ("--member", "--model.member") if argv[0] == "inspect" else ("--members", "--model.members")
+        assert capsys.readouterr().err.splitlines() == [
+            f"error: {old} and {new} are both given: {old} is the old spelling of {new}; give it once"]
+
+
 def test_inspect_member_old_and_new_spelling_read_the_same_member(run_cli, tmp_path, capsys):
     run_cli("fit", "--task", "abs", "--model.members", 3, "--trainer.max_steps", 300, *QUIET)
     (run,) = run_dirs(tmp_path)

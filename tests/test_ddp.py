@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -146,6 +147,41 @@ def test_a_divergence_every_rank_raises_is_said_once(capsys, monkeypatch):
             _run_guarded(diverge)
         assert exit_.value.code == 1
         assert capsys.readouterr().err == said
+
+
+def test_a_collective_error_that_comes_before_the_dead_ranks_status_is_one_line(capsys, monkeypatch):
+    """A DDP rank stopped by a signal while starting closes its sockets a moment before its exit status
+    can be read: rank 0's collective fails first ("Connection closed by peer"). Rank 0 waits for the
+    status and says the rank's one line with 128 + the signal, not gloo's traceback (fault_injection.py
+    --mode ddp found it: exit 1 and a 60-line traceback)."""
+    from circuits_pl import signals
+    from circuits_pl.cli import _run_guarded
+
+    child = subprocess.Popen([sys.executable, "-c", "import os, time; time.sleep(0.5); os._exit(143)"])
+    monkeypatch.setattr(signals, "_children", [child])
+    monkeypatch.setitem(signals._state, "rank_message", lambda rank, status: f"SIGTERM: rank {rank} exited {status}")
+    monkeypatch.setitem(signals._state, "ending", False)
+
+    def collective():
+        raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:16768")
+
+    assert signals.failed_child() is None  # the status is not there yet
+    with pytest.raises(SystemExit) as exit_:
+        _run_guarded(collective, whole_process=False)
+    assert exit_.value.code == 143
+    assert capsys.readouterr().err == "SIGTERM: rank 1 exited 143\n"
+
+
+def test_rank_zeros_own_error_is_not_blamed_on_ranks_that_finished(monkeypatch):
+    """failed_child(wait=...) returns at once when every rank has finished well: nothing to blame."""
+    from circuits_pl import signals
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    monkeypatch.setattr(signals, "_children", [child])
+    start = time.monotonic()
+    assert signals.failed_child(wait=30.0) is None
+    assert time.monotonic() - start < 5.0
 
 
 def test_fit_leaves_a_callers_gc_freeze_alone(run_cli):
