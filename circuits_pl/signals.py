@@ -237,6 +237,15 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="circuits_pl-parent").start()
 
 
+def _failed() -> tuple[int, int] | None:
+    """The first child rank that has exited with a failure: (its rank, its status). Cheap: no message."""
+    for rank, proc in enumerate(list(_children), start=1):
+        status = proc.poll()
+        if status:
+            return rank, status
+    return None
+
+
 def failed_child(wait: float = 0.0) -> tuple[int, str | None] | None:
     """If a child rank has exited with a failure: the status this process should exit with, and the
     line saying why (an error here, such as gloo's "Connection closed by peer", is its consequence).
@@ -244,31 +253,34 @@ def failed_child(wait: float = 0.0) -> tuple[int, str | None] | None:
     ``wait``: seconds to keep looking while every child still runs. A rank's sockets close while it
     exits, a moment before its status can be read: rank 0's error may come first."""
     deadline = time.monotonic() + wait
-    while True:
-        for rank, proc in enumerate(list(_children), start=1):
-            status = proc.poll()
-            if status:
-                signum = status_signal(status)
-                code = 128 + signum if signum else (status if status > 0 else 1)
-                message = _state.get("rank_message")
-                return code, message(rank, status) if message else None
+    while (failed := _failed()) is None:
         if not _children or all(p.poll() == 0 for p in _children) or time.monotonic() >= deadline:
             return None
         time.sleep(0.02)
+    rank, status = failed
+    signum = status_signal(status)
+    code = 128 + signum if signum else (status if status > 0 else 1)
+    message = _state.get("rank_message")
+    return code, message(rank, status) if message else None
 
 
 def watch_children(message: Callable[[int, int], str | None]) -> None:
     """Rank 0: when a child rank exits with a failure while this process is not itself stopping (a
     signal that reached that rank alone, before training; an error there), stop every rank with the
     same status and one line (``message(rank, status)``), instead of waiting forever in a collective.
-    (Lightning's own observer SIGKILLs rank 0: exit 137 and a line about zombies.)"""
+    (Lightning's own observer SIGKILLs rank 0: exit 137 and a line about zombies.)
+
+    The watching thread only polls the children's statuses: the line (which reads the trainer and its
+    tensors) is made only when it stops the process. A daemon thread that held a tensor while the
+    interpreter shut down aborted the exit ("terminate called without an active exception", exit -6)
+    after a DDP run stopped by a signal had said its lines."""
 
     _state["rank_message"] = message
 
     def watch() -> None:
         while True:
             time.sleep(0.2)
-            if failed_child() is None:
+            if _failed() is None:
                 continue
             died = time.monotonic()
             while time.monotonic() - died < 2.0:  # a rank that stops with us exits first

@@ -172,6 +172,24 @@ def test_a_collective_error_that_comes_before_the_dead_ranks_status_is_one_line(
     assert capsys.readouterr().err == "SIGTERM: rank 1 exited 143\n"
 
 
+def test_the_rank_watcher_makes_no_line_while_the_run_stops_itself(monkeypatch):
+    """Rank 0 stopped by a signal: rank 1 exits 130 with it. The watcher thread must only poll: the line
+    (which reads the trainer's tensors) made in a daemon thread while the interpreter shut down aborted
+    the exit ("terminate called without an active exception", exit -6; fault_injection.py --mode ddp,
+    a core file showed the watcher's frame freeing a tensor during finalization)."""
+    from circuits_pl import signals
+
+    made = []
+    child = subprocess.Popen([sys.executable, "-c", "import os; os._exit(130)"])
+    child.wait()
+    monkeypatch.setattr(signals, "_children", [child])
+    monkeypatch.setitem(signals._state, "ending", True)  # this process is on its way out
+    signals.watch_children(lambda rank, status: made.append((rank, status)) or "line")
+    time.sleep(1.0)  # the watcher polls every 0.2 s
+    assert made == []
+    assert signals.failed_child() == (130, "line")  # the main thread's path still says it
+
+
 def test_rank_zeros_own_error_is_not_blamed_on_ranks_that_finished(monkeypatch):
     """failed_child(wait=...) returns at once when every rank has finished well: nothing to blame."""
     from circuits_pl import signals
