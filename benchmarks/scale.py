@@ -4,6 +4,10 @@ one process with two threads (``--threads 2``: the fused engine splits the membe
     python benchmarks/scale.py                  # K = 128, 2-2-1, 20000 steps, 3 rounds (~2 minutes)
     python benchmarks/scale.py --quick          # 2 rounds
     python benchmarks/scale.py --engine torch   # the torch engine (its --threads 2 is torch's intra-op threads)
+    python benchmarks/scale.py --quick --members 1024 --steps 5000   # more members per rank (~1 minute)
+
+With the fused engine, K = 128 trains in about as long as its 20 validations, timeline, checkpoints and
+logs take, and every rank pays those whole: two ranks gain little there (docs/speed.md has the parts).
 
 Each run is a real ``python -m circuits_pl fit`` (validation, checkpoints, logging at their
 defaults, 20000 steps: the default fit's length); the training time is the one its end-of-fit summary
