@@ -404,12 +404,14 @@ def _jit(fn: Callable) -> Callable:
 _stack_floats: Any = None  # the intrinsic below, made on first use (it needs numba)
 _carray: Any = None
 _apply_rule: Any = None
+_batch_last: Any = None
+_update_one_hidden: Any = None
 
 
 def _load_numba() -> None:
     """Define the numba pieces the kernels call, once. They are module globals (not closure
     variables) because numba's cache key pickles a kernel's closure variables: only constants there."""
-    global _stack_floats, _carray, _apply_rule
+    global _stack_floats, _carray, _apply_rule, _batch_last, _update_one_hidden
     if _stack_floats is not None:
         return
     import numba
@@ -433,6 +435,30 @@ def _load_numba() -> None:
     _stack_floats = stack_floats
     _carray = numba.carray
     _apply_rule = _jit(_apply_rule_py)
+    # inlined into each kernel (numba IR), where the input count, the rule and the bias flag are compile-time
+    # constants again: as calls, the update of a 2-2-1 member took 0.63 µs per step against 0.44-0.50 µs
+    _batch_last = numba.njit(inline="always")(_batch_last_py)
+    _update_one_hidden = numba.njit(inline="always")(_update_one_hidden_py)
+
+
+def _batch_last_py(flat, x, n_in):
+    """One step's inputs from the stream's sample-major layout ``flat`` (B * n_in) into ``x`` (n_in, B),
+    batch-last: the layout every kernel reads, made once per step for all members."""
+    for b in range(x.shape[1]):
+        for i in range(n_in):
+            x[i, b] = flat[b * n_in + i]
+
+
+def _update_one_hidden_py(w1, w2, b1, b2, g_w1, g_w2, g_b1, g_b2, states, k, bias, rule, step, lr, wd, momentum,
+                          dampening, nesterov, beta1, beta2, eps):
+    """The rule's update of member ``k`` of a one-hidden-layer net: each parameter from its gradient,
+    with its rule state (``states``: the 4 first buffers, then the 4 second ones, per parameter)."""
+    args = (rule, step, lr, wd, momentum, dampening, nesterov, beta1, beta2, eps)
+    _apply_rule(w1, g_w1, states[0][k], states[4][k], *args)
+    _apply_rule(w2, g_w2, states[1][k], states[5][k], *args)
+    if bias:
+        _apply_rule(b1, g_b1, states[2][k], states[6][k], *args)
+        _apply_rule(b2, g_b2, states[3][k], states[7][k], *args)
 
 
 def _apply_rule_py(p, g, buf, buf2, rule, step, lr, wd, momentum, dampening, nesterov, beta1, beta2, eps):
@@ -488,9 +514,7 @@ def _one_hidden(N_IN: int, H: int, BIAS: bool, RULE: int) -> Callable:  # noqa: 
         h = _carray(_stack_floats(H), H)
         for s in range(n_steps):
             flat, y = xs[s], ys[s]
-            for b in range(batch):  # sample-major (the stream's layout) to batch-last, once for all members
-                for i in range(N_IN):
-                    x[i, b] = flat[b * N_IN + i]
+            _batch_last(flat, x, N_IN)
             for k in range(lo, hi):
                 w1, w2, b1, b2 = W1[k], W2[k], B1[k], B2[k]
                 for q in range(NW1):
@@ -522,12 +546,8 @@ def _one_hidden(N_IN: int, H: int, BIAS: bool, RULE: int) -> Callable:  # noqa: 
                             g_b1[j] += t
                         for i in range(N_IN):
                             g_w1[j * N_IN + i] += t * x[i, b]
-                args = (RULE, first_step + s, lr, wd, momentum, dampening, nesterov, beta1, beta2, eps)
-                _apply_rule(w1, g_w1, states[0][k], states[4][k], *args)
-                _apply_rule(w2, g_w2, states[1][k], states[5][k], *args)
-                if BIAS:
-                    _apply_rule(b1, g_b1, states[2][k], states[6][k], *args)
-                    _apply_rule(b2, g_b2, states[3][k], states[7][k], *args)
+                _update_one_hidden(w1, w2, b1, b2, g_w1, g_w2, g_b1, g_b2, states, k, BIAS, RULE, first_step + s,
+                                   lr, wd, momentum, dampening, nesterov, beta1, beta2, eps)
 
     return block
 
@@ -559,9 +579,7 @@ def _one_hidden_wide(N_IN: int, H: int, BIAS: bool, RULE: int) -> Callable:  # n
         s_w1 = _carray(_stack_floats(N_IN), N_IN)  # one unit's input-weight sums (registers)
         for s in range(n_steps):
             flat, y = xs[s], ys[s]
-            for b in range(batch):
-                for i in range(N_IN):
-                    x[i, b] = flat[b * N_IN + i]
+            _batch_last(flat, x, N_IN)
             for k in range(lo, hi):
                 w1, w2, b1, b2 = W1[k], W2[k], B1[k], B2[k]
                 for b in range(batch):
@@ -606,12 +624,8 @@ def _one_hidden_wide(N_IN: int, H: int, BIAS: bool, RULE: int) -> Callable:  # n
                     g_b1[j] = s_b1
                     for i in range(N_IN):
                         g_w1[j * N_IN + i] = s_w1[i]
-                args = (RULE, first_step + s, lr, wd, momentum, dampening, nesterov, beta1, beta2, eps)
-                _apply_rule(w1, g_w1, states[0][k], states[4][k], *args)
-                _apply_rule(w2, g_w2, states[1][k], states[5][k], *args)
-                if BIAS:
-                    _apply_rule(b1, g_b1, states[2][k], states[6][k], *args)
-                    _apply_rule(b2, g_b2, states[3][k], states[7][k], *args)
+                _update_one_hidden(w1, w2, b1, b2, g_w1, g_w2, g_b1, g_b2, states, k, BIAS, RULE, first_step + s,
+                                   lr, wd, momentum, dampening, nesterov, beta1, beta2, eps)
 
     return block
 
@@ -639,9 +653,7 @@ def _two_hidden(N_IN: int, H1: int, H2: int, BIAS: bool, RULE: int) -> Callable:
         d2 = _carray(_stack_floats(H2), H2)
         for s in range(n_steps):
             flat, y = xs[s], ys[s]
-            for b in range(batch):  # sample-major (the stream's layout) to batch-last, once for all members
-                for i in range(N_IN):
-                    x[i, b] = flat[b * N_IN + i]
+            _batch_last(flat, x, N_IN)
             for k in range(lo, hi):
                 w1, w2, w3, b1, b2, b3 = W1[k], W2[k], W3[k], B1[k], B2[k], B3[k]
                 for q in range(NW1):
