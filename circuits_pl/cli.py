@@ -40,6 +40,7 @@ from circuits_pl.compat import (
     cli_get,
     cli_instantiate_trainer,
     cli_parser,
+    fast_result_logging,
     parser_actions,
     quiet_lightning_warnings,
     subcommand_parsers,
@@ -619,7 +620,7 @@ def main(args: Sequence[str] | None = None) -> None:
     for logger in loggers:
         logger.addFilter(_said_otherwise)
     try:
-        with quiet_lightning_warnings():
+        with quiet_lightning_warnings(), fast_result_logging():
             return _run_guarded(run, whole_process=args is None, command=argv[0] if argv else None)
     finally:
         # what this command changed, as it was (a caller in Python goes on in the same process)

@@ -8,7 +8,8 @@ method, the override lives here, in a base class that hands over to a public-nam
 :class:`HookedDDPStrategy`); the subclasses elsewhere override only those hooks.
 
 Importing this module changes no process state: the warnings Lightning gives that circuits_pl's
-commands silence are silenced by :func:`quiet_lightning_warnings`, around a command only.
+commands silence are silenced by :func:`quiet_lightning_warnings`, and Lightning's logging is shortened
+by :func:`fast_result_logging`, around a command only.
 """
 
 from __future__ import annotations
@@ -53,6 +54,41 @@ def quiet_lightning_warnings() -> Iterator[None]:
         for message in LIGHTNING_NOISE:
             warnings.filterwarnings("ignore", message=message)
         yield
+
+
+@contextlib.contextmanager
+def fast_result_logging() -> Iterator[None]:
+    """Inside the block, ``self.log`` no longer walks a logged metric's state when it is already where
+    the value is; the class is as before after it.
+
+    Lightning's ``_ResultCollection.log`` calls ``_ResultMetric.to(value.device)`` for every key at every
+    call, and ``to`` walks the metric's whole ``__dict__`` with ``apply_to_collection`` (deep-copying its
+    metadata dataclasses) even when nothing moves: Lightning issue #20388; open PR #21769 short-circuits
+    it the same way. Measured in a K = 128 ``fit`` here (20k steps, 60 calls of ``_log_metrics`` of 3-6
+    keys): 3.5-3.8 ms per call with Lightning's, 1.1-1.3 ms with this. A ``.to`` with another device, a
+    dtype or keywords, or on a metric whose value is not a tensor, is Lightning's own.
+    """
+    import torch
+    from lightning.pytorch.trainer.connectors.logger_connector import result
+
+    cls = getattr(result, "_ResultMetric", None)
+    original = cls.__dict__.get("to") if cls is not None else None
+    if original is None:  # a Lightning without it: nothing to shorten
+        yield
+        return
+
+    def to(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not kwargs and len(args) == 1 and isinstance(args[0], (str, torch.device)):
+            value = self.__dict__.get("value")
+            if isinstance(value, torch.Tensor) and value.device == torch.device(args[0]):
+                return self
+        return original(self, *args, **kwargs)
+
+    cls.to = to
+    try:
+        yield
+    finally:
+        cls.to = original
 
 
 def record_resolved(obj: pl.LightningModule | pl.LightningDataModule, **values: Any) -> None:

@@ -246,6 +246,52 @@ def test_quiet_lightning_warnings_silences_inside_and_restores_after():
     assert warnings.filters == before
 
 
+def test_fast_result_logging_skips_lightnings_walk_only_when_nothing_moves(monkeypatch):
+    """Lightning's _ResultMetric.to still walks the metric's state on every call (the cost the shim
+    removes; Lightning issue #20388): inside the block a .to to the device the value is on returns at
+    once, any other .to is Lightning's own, and the class is as before after the block."""
+    from lightning.pytorch.trainer.connectors.logger_connector import result
+
+    from circuits_pl.compat import fast_result_logging
+
+    walks = []
+    walk = result.apply_to_collection
+    monkeypatch.setattr(result, "apply_to_collection", lambda *a, **k: walks.append(1) or walk(*a, **k))
+    collection = result._ResultCollection(training=True)
+    collection.log("training_step", "train/mse", torch.tensor(0.5), on_step=True, on_epoch=False, batch_size=1)
+    metric = collection["training_step.train/mse"]
+    original = result._ResultMetric.to
+
+    walks.clear()
+    metric.to(torch.device("cpu"))
+    assert walks, "Lightning no longer walks the state: the shim is not needed"
+    with fast_result_logging():
+        walks.clear()
+        assert metric.to(torch.device("cpu")) is metric and metric.to("cpu") is metric
+        collection.log("training_step", "train/mse", torch.tensor(0.25), on_step=True, on_epoch=False, batch_size=1)
+        assert walks == []
+        metric.to(torch.float64)  # a dtype: Lightning's walk
+        assert walks
+    assert result._ResultMetric.to is original
+    assert float(collection["training_step.train/mse"].value) == 0.25
+
+
+def test_fast_result_logging_logs_what_lightning_logs(run_cli, tmp_path, monkeypatch):
+    """metrics.csv and the loss curves' record are the same with Lightning's own logging."""
+    import contextlib
+
+    from circuits_pl import cli
+
+    args = ["fit", "--task", "abs", "--model.members", 3, "--trainer.max_steps", 600, "--trainer.val_check_interval",
+            200, "--trainer.log_every_n_steps", 100, "--trainer.enable_progress_bar", "false", "--figures", "false"]
+    run_cli(*args, "--trainer.default_root_dir", "fast")
+    monkeypatch.setattr(cli, "fast_result_logging", contextlib.nullcontext)
+    run_cli(*args, "--trainer.default_root_dir", "lightning")
+    fast, lightning = (next((tmp_path / root).glob("lightning_logs/version_*")) for root in ("fast", "lightning"))
+    assert (fast / "metrics.csv").read_text() == (lightning / "metrics.csv").read_text()
+    assert len((fast / "metrics.csv").read_text().splitlines()) > 6
+
+
 def test_command_functions_are_subcommands_of_lightnings_root_and_run_before_the_seed(monkeypatch):
     """HookedLightningCLI adds command_functions beside fit/validate/test/predict on LightningCLI's own root
     parser (through its private ``_add_subcommands`` and jsonargparse's private ``_subcommands_action``),
