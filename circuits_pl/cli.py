@@ -725,7 +725,8 @@ def _raise_with_hint(err: BaseException, parser: LightningArgumentParser, argv: 
     if not unknown or sub is None:
         raise err
     name = unknown[1].partition("=")[0]
-    options = [o for o in sub._option_string_actions if o.startswith("--") and o not in ("--help", "--print_config")]
+    options = [o for action in parser_actions(sub) for o in action.option_strings
+               if o.startswith("--") and o not in ("--help", "--print_config")]
     section, _, short = name[2:].rpartition(".")
     last: dict[str, list[str]] = {}  # the name within its section: --members is --model.members
     for option in options:
