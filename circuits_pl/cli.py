@@ -195,6 +195,10 @@ class CircuitsCLI(HookedLightningCLI):
         """Lightning's, after :mod:`circuits_pl.preflight` checked the config files and rewrote
         ``--model.layer_sizes 2-3-1`` as ``[2, 3, 1]``."""
         self._typed_config: Namespace | None = None
+        # An option is its whole name. argparse's default accepts any unambiguous prefix: `report --model.member 3`
+        # (the member to inspect, a user thought) ran a 3-seed study as --model.members 3, without a word.
+        for each in (parser, *subcommand_parsers(parser).values()):
+            each.allow_abbrev = False
         if args is None or isinstance(args, (list, tuple)):
             argv = [str(a) for a in (sys.argv[1:] if args is None else args)]
             if argv and argv[0] in RENAMED:  # old spellings of inspect's and report's options, with one line each
@@ -733,8 +737,9 @@ def _raise_with_hint(err: BaseException, parser: LightningArgumentParser, argv: 
         where, _, key = option[2:].rpartition(".")
         if not section or where == section:  # --model.bogus: only --model.* options
             last.setdefault(key, []).append(option)
-    close = difflib.get_close_matches(short, list(last), n=1, cutoff=0.8)
-    meant = last[close[0]] if close else []
+    close = difflib.get_close_matches(short, list(last), n=1, cutoff=0.8) or \
+        sorted(key for key in last if len(short) >= 2 and key.startswith(short))  # --ta: --task (no abbreviations)
+    meant = [option for key in close for option in last[key]]
     if not meant:
         raise err
     raise CircuitsError(f"{text} (did you mean {' or '.join(sorted(meant)[:3])}? "

@@ -184,6 +184,10 @@ CASES = [
     ([*ADD, "--lr", "0.1"], 2, r"did you mean --model.lr or --sweep.lr\?"),
     ([*ADD, "--trainer.max_stepz", "3"], 2, r"did you mean --trainer.max_steps\?"),
     (["validate", "--member", "3"], 2, r"did you mean --model.member\? see .* validate --help\)"),
+    # no abbreviations: `report --model.member 3` ran a 3-seed study as --model.members 3
+    (["report", "--tasks", "abs", "--model.member", "3"], 2, r"--model.member 3 \(did you mean --model.members\?"),
+    (["fit", "--ta", "abs"], 2, r"unrecognized arguments: --ta abs \(did you mean --task\?"),
+    ([*ADD, "--trainer.max_step", "3"], 2, r"did you mean --trainer.max_steps\?"),
     (["fit"], 2, r"fit needs --task NAME"),
     # --- user tasks: bad targets (10.3)
     (["fit", "--task", "custom_tasks:nan_target"], 2,
