@@ -697,6 +697,8 @@ def _run_guarded(fn, whole_process: bool = True, command: str | None = None) -> 
             if line:
                 print(line, file=sys.stderr)
             raise SystemExit(code) from None
+        if signals.is_child_rank() and signals.parent_gone(wait=2.0):  # rank 0 was killed: this error follows
+            signals.exit_without_rank_zero()
         raise
     finally:
         signals.set_ending()

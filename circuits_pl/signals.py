@@ -83,11 +83,13 @@ def ending() -> bool:
 def set_describer(describe: Callable[[int], str] | None) -> None:
     """What a hard exit says (the disk's state and how to resume), while fit runs."""
     _state["describe"] = describe
+    if describe is not None:  # kept after fit's teardown: a child rank whose rank 0 was killed says it then
+        _state["described"] = describe
 
 
-def say(line: str) -> None:
-    """One line on stderr, unless this is a child DDP rank; safe from any thread."""
-    if is_child_rank():
+def say(line: str, child_too: bool = False) -> None:
+    """One line on stderr, unless this is a child DDP rank (``child_too``: also there); safe from any thread."""
+    if is_child_rank() and not child_too:
         return
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -226,15 +228,49 @@ def _in_collective() -> bool:
 
 def _watch_parent() -> None:
     """A child rank whose rank 0 is gone (killed outright) exits too, instead of waiting forever."""
-    parent = os.getppid()
+    _state["parent"] = os.getppid()
 
     def watch() -> None:
         while True:
             time.sleep(0.5)
-            if os.getppid() != parent:
-                os._exit(128 + signal.SIGTERM)
+            if parent_gone():
+                exit_without_rank_zero()
 
     threading.Thread(target=watch, daemon=True, name="circuits_pl-parent").start()
+
+
+def parent_gone(wait: float = 0.0) -> bool:
+    """Is this child rank's rank 0 gone (killed outright: SIGKILL, the OOM killer)? ``wait``: seconds to
+    keep looking (its sockets close a moment before this process is re-parented)."""
+    parent = _state.get("parent")
+    deadline = time.monotonic() + wait
+    while parent is not None:
+        if os.getppid() != parent:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+_parent_lock = threading.Lock()
+
+
+def exit_without_rank_zero() -> None:
+    """A child rank whose rank 0 was killed: rank 0 can no longer speak for the run, so this rank says the one
+    line (what is on disk, how to resume) and exits 1, from whichever of its threads sees it first. (gloo's
+    "Connection closed by peer" traceback, ~50 lines, was all a user saw.)"""
+    with _parent_lock:
+        try:
+            describe = _state["describe"] or _state.get("described")
+            line = describe(signal.SIGTERM) if describe else None
+        except Exception:  # noqa: BLE001 - the exit must happen; the generic line says enough
+            line = None
+        # "SIGTERM: interrupted during training; checkpoint ... holds step N\nResume with: ...": what is on disk
+        on_disk = (line or "").partition(": ")[2].partition("; ")[2]
+        say("error: DDP process 0 is gone (killed); this process stops too; "
+            + (on_disk or "every file on disk is complete"), child_too=True)
+        os._exit(1)
 
 
 def _failed() -> tuple[int, int] | None:
