@@ -137,6 +137,13 @@ class CircuitModule(pl.LightningModule):
         lrs = sorted({c.lr for c in self.sweep.cells})
         return f"{lrs[0]:g}" if len(lrs) == 1 else f"{lrs[0]:g}–{lrs[-1]:g}"
 
+    def init_scale_text(self) -> str | None:
+        """The init scale(s) above 1 of the run, for the divergence message (None: every cell's is at most 1)."""
+        scales = sorted({c.init_scale for c in self.sweep.cells if c.init_scale > 1})
+        if not scales:
+            return None
+        return f"{scales[0]:g}" if len(scales) == 1 else f"{scales[0]:g}–{scales[-1]:g}"
+
     @property
     def selected_member(self) -> int:
         """The member that ``forward`` uses: ``member`` if given, else the best by validation MSE."""
@@ -215,7 +222,7 @@ class CircuitModule(pl.LightningModule):
             if self.trainer.world_size > 1:  # other ranks' members may live: decided at the next validation
                 print(population.divergence_warning(newly, first, rank=self.global_rank), flush=True)
             else:
-                population.raise_if_all_diverged(self.lr_text(), self.task.name)
+                population.raise_if_all_diverged(self.lr_text(), self.task.name, self.init_scale_text())
                 self.print(population.divergence_warning(newly, first))
         self._scheduled_validation = cadence.validates_on_schedule(batch_idx, self.global_step == start + x.shape[0])
         if cadence.reached_max_steps(self.global_step):
@@ -237,7 +244,7 @@ class CircuitModule(pl.LightningModule):
         parts = [*self._trained().tensors_by_start(), (0, [self.population.diverged_at])]
         sync_members(parts, self.members, self.trainer.strategy)
         self._synced_at = self.global_step
-        self.population.raise_if_all_diverged(self.lr_text(), self.task.name)
+        self.population.raise_if_all_diverged(self.lr_text(), self.task.name, self.init_scale_text())
 
     # --- validation, test, predict -------------------------------------------------------------------
     def _announce_member(self) -> None:

@@ -113,15 +113,17 @@ class Population(nn.Module):
         self.diverged_at[newly] = diverged_at[newly]
         return newly.nonzero().flatten().tolist()
 
-    def raise_if_all_diverged(self, lr: float | str, task: str) -> None:
-        """TrainingDiverged, at the step the last member went, once no member is alive."""
+    def raise_if_all_diverged(self, lr: float | str, task: str, init_scale: float | str | None = None) -> None:
+        """TrainingDiverged, at the step the last member went, once no member is alive. ``init_scale``: the
+        run's init scale when above 1 (then a cause too: 1e30 gave a non-finite loss at the first step)."""
         if bool(self.alive.any()):
             return
+        cause = f"the learning rate {_number(lr)}" + (f" or the init scale {_number(init_scale)}" if init_scale else "")
+        smaller = "--model.lr" + (" or --model.init_scale" if init_scale else "")
         raise TrainingDiverged(
             f"training diverged at step {int(self.diverged_at.max())}: the loss became non-finite (inf/NaN) "
-            f"for {'the network' if self.members == 1 else 'every member'}; the learning rate {_number(lr)} is likely "
-            f"too large for task {task!r} (try --model.lr 0.1 or smaller). Checkpoints on disk hold only "
-            "finite weights."
+            f"for {'the network' if self.members == 1 else 'every member'}; {cause} is likely too large for task "
+            f"{task!r} (try a smaller {smaller}). Checkpoints on disk hold only finite weights."
         )
 
     def record_losses(self, metrics: dict[str, Any], step: int) -> None:

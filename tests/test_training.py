@@ -63,10 +63,21 @@ def test_fit_solves_the_task_exactly(run_cli, tmp_path, task):
     assert res["per_member"]["test_mse"][best] < 1e-9
 
 
+def test_divergence_from_a_huge_init_scale_names_the_init_scale(run_cli, tmp_path, capsys):
+    """init_scale 1e30 gives a non-finite loss at the first step at lr 0.1: blaming the lr alone (and
+    suggesting --model.lr 0.1, the value in use) sent a fresh user the wrong way."""
+    run_cli("fit", "--task", "abs", "--model.members", 4, "--model.init_scale", 1e30, "--trainer.max_steps", 500,
+            *QUIET, expect=1)
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "the learning rate 0.1 or the init scale 1e+30 is likely too large" in err, err
+    assert "(try a smaller --model.lr or --model.init_scale)" in err
+
+
 def test_divergence_of_the_only_network_stops_with_the_step(run_cli, tmp_path, capsys):
     run_cli("fit", "--task", "add", "--model.lr", 100, "--trainer.max_steps", 2000, *QUIET, expect=1)
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: training diverged at step ") and "learning rate 100 is likely too large" in err
+    assert "(try a smaller --model.lr)" in err  # the init scale is 1: not named
     step = int(err.split("step ")[1].split(":")[0])
     assert 1 <= step <= 100  # lr 100 explodes within a few steps
     assert not list(tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt"))  # nothing non-finite saved
