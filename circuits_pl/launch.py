@@ -129,6 +129,22 @@ def fit_command(spec: FitSpec) -> list[str]:
     return [sys.executable, "-m", "circuits_pl", *spec.args, *(["--ckpt_path", str(last)] if last else [])]
 
 
+class JobStopped(BaseException):
+    """A fit of the report was stopped by a signal that did not come through the report (``kill`` of the
+    fit, the OOM killer): the report stops too, as on its own signal (report.md says how to resume),
+    rather than end as a failed job with exit 2, the status of a usage error."""
+
+    def __init__(self, name: str, signum: int):
+        super().__init__(f"report job {name} was stopped by {signal.Signals(signum).name}")
+        self.name, self.signum = name, signum
+
+
+def stopping_signal(returncode: int) -> int | None:
+    """The signal a fit's exit status says stopped it (SIGINT, SIGTERM, SIGKILL; -15 or 143), else None."""
+    signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else None
+    return signum if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL) else None
+
+
 def failure(spec: FitSpec, returncode: int) -> CircuitsError:
     """The one line saying why a fit failed: its own ``error:`` line, else its last line."""
     try:
@@ -267,6 +283,8 @@ class LocalLauncher:
             return None
         with self.lock:
             self.running.pop(spec.name, None)
+        if (signum := stopping_signal(returncode)) is not None:
+            raise JobStopped(spec.name, signum)
         if returncode != 0:
             raise failure(spec, returncode)
         return read_results(spec)

@@ -45,7 +45,7 @@ from typing import Any, Literal
 from circuits_pl import signals
 from circuits_pl.errors import CircuitsError
 from circuits_pl.files import atomic_write_text, claim_version
-from circuits_pl.launch import LAUNCHERS, FitSpec, SlurmOptions, check_launcher, make_launcher
+from circuits_pl.launch import LAUNCHERS, FitSpec, JobStopped, SlurmOptions, check_launcher, make_launcher
 from circuits_pl.study import Base, CellRecord, FitPlan, Study
 from circuits_pl.sweep import Cell, parse_positive_list, parse_sizes_list
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
@@ -595,7 +595,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
     runs: list[tuple[str, str]] = []
     fit_results: list[dict[str, Any]] = []  # each fit's results.json, for the timeline section
     rounds: list[str] = []
-    interrupted: ReportInterrupted | None = None
+    interrupted: ReportInterrupted | JobStopped | None = None
     with _stop_on_signals():
         try:
             while plans:
@@ -626,7 +626,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
                     line = _round_line(study, plans)
                     rounds.append(line)
                     print(line, file=sys.stderr)
-        except ReportInterrupted as err:
+        except (ReportInterrupted, JobStopped) as err:
             interrupted = err
     named = study.named_records()
     rows = study.rows()
@@ -711,14 +711,16 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], planned: list[FitPlan],
+def _report_interrupted(err: ReportInterrupted | JobStopped, rows: list[dict[str, Any]], planned: list[FitPlan],
                         stopped: list[str], out: Path, command: str, seconds: float, extra: list[str],
                         runs: list[tuple[str, str]], rounds: list[str]) -> None:
     """Write the report of the fits that finished, saying what stopped it; exit 128 + signal."""
     name = signal.Signals(err.signum).name
-    stopped = [p.name for p in planned if p.name in set(stopped)]  # in the order asked, whichever started first
-    note = (f"Interrupted by {name} after {seconds:.0f} s: {len(runs)} of {len(planned)} jobs finished and are "
-            "reported here")
+    stopped_now = set(stopped) | ({err.name} if isinstance(err, JobStopped) else set())
+    stopped = [p.name for p in planned if p.name in stopped_now]  # in the order asked, whichever started first
+    why = f"job {err.name} was stopped by {name}" if isinstance(err, JobStopped) else None
+    note = (f"Interrupted by {name}{f' ({why})' if why else ''} after {seconds:.0f} s: {len(runs)} of {len(planned)} "
+            "jobs finished and are reported here")
     resume = []
     for job in stopped:
         last = sorted((out / "runs" / job / "lightning_logs").glob("version_*/checkpoints/last.ckpt"))
@@ -739,6 +741,6 @@ def _report_interrupted(err: ReportInterrupted, rows: list[dict[str, Any]], plan
     if rows:
         write_csv(rows, out / "report.csv")
         written += [out / "report.csv", plot_rates(rows, out / "report.png")]
-    print(f"{name}: report interrupted; {len(runs)} of {len(planned)} jobs finished: "
+    print(f"{name}: report interrupted{f' ({why})' if why else ''}; {len(runs)} of {len(planned)} jobs finished: "
           f"{', '.join(map(str, written))}", file=sys.stderr)
     raise SystemExit(128 + err.signum)

@@ -577,6 +577,29 @@ def test_report_stops_its_running_and_queued_jobs_on_a_signal_and_reports_what_f
     assert _job_processes(str(out)) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds report's fits through /proc")
+def test_a_fit_of_the_report_stopped_from_outside_stops_the_report_with_its_resume(tmp_path):
+    """`kill -TERM` of one of report's fits (or the OOM killer): the report stops as on its own signal, with
+    report.md saying how to continue, not "error: report job min failed (exit 143): Resume with: ..." and exit
+    2, the status of a usage error (fresh-user check)."""
+    out = tmp_path / "study"
+    proc = _start(["report", "--tasks", "abs,min", "--model.members", 4, "--trainer.max_steps", 10_000_000,
+                   "--jobs", 2, "--out", out], tmp_path)
+    log = out / "version_0" / "runs" / "min.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and "step " in log.read_text()):
+        time.sleep(0.1)  # min is training
+    (fit,) = _job_processes(str(log))
+    os.kill(int(fit), signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    _one_line_exit(proc, err, 143, r"^SIGTERM: report interrupted \(job min was stopped by SIGTERM\); 0 of 2 jobs "
+                                   r"finished: .*study/version_0/report.md$")
+    report = (out / "version_0" / "report.md").read_text()
+    last = out / "version_0" / "runs" / "min" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert f"--ckpt_path {last}`" in report and "report --resume" in report
+    assert _job_processes(str(out)) == []  # the other fit was stopped too
+
+
 def _children_of(pid: int) -> list[int]:
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
