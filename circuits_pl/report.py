@@ -46,6 +46,7 @@ from circuits_pl import signals
 from circuits_pl.errors import CircuitsError
 from circuits_pl.files import atomic_write_text, claim_version
 from circuits_pl.launch import LAUNCHERS, FitSpec, JobStopped, SlurmOptions, check_launcher, make_launcher
+from circuits_pl.preflight import check_config_files
 from circuits_pl.study import Base, CellRecord, FitPlan, Study
 from circuits_pl.sweep import Cell, parse_positive_list, parse_sizes_list
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
@@ -247,9 +248,9 @@ def _check_args(args: argparse.Namespace) -> None:
 def make_study(args: argparse.Namespace) -> tuple[list[Base], dict[str, list[Cell]]]:
     """The bases (tasks or config files) and each task's cells, in the order asked."""
     if args.config:
-        missing = [c for c in args.config if not Path(c).is_file()]
-        if missing:
-            raise CircuitsError(f"config file {missing[0]} does not exist")
+        # fit's own checks of a config file (a directory, a binary or empty file, not a mapping), before
+        # anything is written; its options are fit's to check, in the job
+        check_config_files([arg for c in args.config for arg in ("--config", c)])
         stems = [Path(c).stem for c in args.config]
         return [Base(s if stems.count(s) == 1 else f"{s}-{i}", config=c)
                 for i, (s, c) in enumerate(zip(stems, args.config))], {}

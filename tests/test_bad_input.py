@@ -276,6 +276,8 @@ CASES = [
     ([*ADD, "--config", "binary.yaml"], 2, r"config binary.yaml is not a text file"),
     ([*ADD, "--config=list.yaml"], 2, r"config list.yaml holds a list, not a YAML mapping"),
     ([*ADD, "--config", "nowhere.yaml"], 2, r"config nowhere.yaml does not exist"),
+    (["report", "--config", "nowhere.yaml"], 2, r"config nowhere.yaml does not exist; give a YAML file"),
+    (["report", "--config", "."], 2, r"config \. is a directory; give a YAML file"),  # said "does not exist"
     (["inspect", "nan.ckpt"], 2, r"member 0 has non-finite \(NaN/inf\) weights.*members with finite weights: 1"),
     # --- loggers (10.7)
     ([*ADD, "--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.save_dir", "."], 2,

@@ -70,7 +70,7 @@ def test_inspect_a_stuck_member_says_where_it_is_wrong(run_cli, tmp_path, capsys
     (["inspect", "."], r"holds no checkpoints/last.ckpt"),
     (["report", "--tasks", "mul"], r"unknown task 'mul'"),
     (["report", "--model.members", "0"], r"--model.members must be a positive integer"),
-    (["report", "--config", "missing.yaml"], r"config file missing.yaml does not exist"),
+    (["report", "--config", "missing.yaml"], r"config missing.yaml does not exist; give a YAML file"),
 ])
 def test_inspect_and_report_errors_are_one_line(run_cli, capsys, argv, message):
     import re
