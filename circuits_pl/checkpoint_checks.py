@@ -104,7 +104,11 @@ def load_checked_checkpoint(path: str | Path, task: str | Task | None = None, op
     if not p.exists():
         raise CircuitsError(f"checkpoint {path} does not exist; give a .ckpt file, e.g. <run>/checkpoints/last.ckpt")
     if p.is_dir():
-        raise CircuitsError(f"{path} is a directory; give a checkpoint file, e.g. {p / 'checkpoints' / 'last.ckpt'}")
+        # the run's last.ckpt if the directory is a run's checkpoints/, a run, or a root of runs
+        found = [c for c in (p / "last.ckpt", p / "checkpoints" / "last.ckpt") if c.is_file()] or \
+            sorted(p.glob("lightning_logs/version_*/checkpoints/last.ckpt"), key=lambda c: c.stat().st_mtime)[-1:]
+        example = found[0] if found else p / "checkpoints" / "last.ckpt"
+        raise CircuitsError(f"{path} is a directory; give a checkpoint file, e.g. {example}")
     try:
         with open(p, "rb") as f:
             ckpt = load_verified(f, path, map_location="cpu", weights_only=True)

@@ -250,6 +250,9 @@ class CircuitsCLI(HookedLightningCLI):
                 raise CircuitsError(f"--ckpt_path {UNTRAINED} is for validate/test/predict; fit starts "
                                     "untrained without --ckpt_path")
             cfg.ckpt_path = None
+            if cfg.task is None:  # untrained weights of which task: there is no checkpoint to say
+                raise CircuitsError(f"{sub} --ckpt_path {UNTRAINED} needs --task NAME (one of "
+                                    f"{', '.join(task_names())}): the untrained net of which task")
         elif not cfg.get("ckpt_path") and sub in ("validate", "test", "predict"):
             raise CircuitsError(
                 f"{sub} needs --ckpt_path RUN/checkpoints/last.ckpt (the weights to {sub}); "

@@ -276,6 +276,8 @@ CASES = [
     ([*ADD, "--config", "binary.yaml"], 2, r"config binary.yaml is not a text file"),
     ([*ADD, "--config=list.yaml"], 2, r"config list.yaml holds a list, not a YAML mapping"),
     ([*ADD, "--config", "nowhere.yaml"], 2, r"config nowhere.yaml does not exist"),
+    (["validate", "--ckpt_path", "untrained"], 2,  # said "needs --task NAME ... or --ckpt_path", which was given
+     r"validate --ckpt_path untrained needs --task NAME \(one of abs, .*\): the untrained net of which task$"),
     (["report", "--config", "nowhere.yaml"], 2, r"config nowhere.yaml does not exist; give a YAML file"),
     (["report", "--config", "."], 2, r"config \. is a directory; give a YAML file"),  # said "does not exist"
     (["inspect", "nan.ckpt"], 2, r"member 0 has non-finite \(NaN/inf\) weights.*members with finite weights: 1"),
@@ -503,3 +505,18 @@ def test_launcher_slurm_without_submitit_or_sbatch_is_one_line_and_writes_nothin
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(message, err[0]), err
     assert snapshot(workdir) == before
+
+
+def test_a_directory_given_as_a_checkpoint_names_the_last_ckpt_inside_it(tmp_path):
+    """A run's checkpoints/ directory was answered with .../checkpoints/checkpoints/last.ckpt (fresh-user check)."""
+    from circuits_pl.checkpoint_checks import load_checked_checkpoint
+
+    ckpts = tmp_path / "lightning_logs" / "version_3" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "last.ckpt").write_bytes(b"")
+    for given in (ckpts, ckpts.parent, tmp_path):
+        with pytest.raises(CircuitsError, match=rf"^{re.escape(str(given))} is a directory; give a checkpoint file, "
+                                                rf"e.g. {re.escape(str(ckpts / 'last.ckpt'))}$"):
+            load_checked_checkpoint(given)
+    with pytest.raises(CircuitsError, match=r"e\.g\. .*/empty/checkpoints/last\.ckpt$"):  # nothing inside: the layout
+        load_checked_checkpoint((tmp_path / "empty").mkdir() or tmp_path / "empty")
