@@ -729,24 +729,28 @@ def _raise_with_hint(err: BaseException, parser: LightningArgumentParser, argv: 
     import difflib
 
     text = " ".join(str(err).split())
-    unknown = re.match(r"unrecognized arguments: (--[\w.-]+)", text)
+    # the command line's "unrecognized arguments: --x 1", or a config file's "... does not accept option 'x'"
+    unknown = re.match(r"unrecognized arguments: (--[\w.-]+)", text) or \
+        re.search(r"does not accept option '([\w.-]+)'", text)
     sub = subcommand_parsers(parser).get(argv[0]) if argv else None
     if not unknown or sub is None:
         raise err
-    name = unknown[1].partition("=")[0]
+    name = "--" + unknown[1].partition("=")[0].removeprefix("--")
     options = [o for action in parser_actions(sub) for o in action.option_strings
-               if o.startswith("--") and o not in ("--help", "--print_config")]
+               if o.startswith("--") and not o.endswith("+") and o not in ("--help", "--print_config")]
     section, _, short = name[2:].rpartition(".")
     last: dict[str, list[str]] = {}  # the name within its section: --members is --model.members
     for option in options:
         where, _, key = option[2:].rpartition(".")
         if not section or where == section:  # --model.bogus: only --model.* options
             last.setdefault(key, []).append(option)
-    close = difflib.get_close_matches(short, list(last), n=1, cutoff=0.8) or \
+    close = [short] if short in last else difflib.get_close_matches(short, list(last), n=2, cutoff=0.8) or \
         sorted(key for key in last if len(short) >= 2 and key.startswith(short))  # --ta: --task (no abbreviations)
     meant = [option for key in close for option in last[key]]
     if not meant:
         raise err
+    if not text.startswith("unrecognized"):  # a config file's key: said as a key
+        text, meant = f"config key {name[2:]} is not an option of {argv[0]}", [m.removeprefix("--") for m in meant]
     raise CircuitsError(f"{text} (did you mean {' or '.join(sorted(meant)[:3])}? "
                         f"see {program_name()} {argv[0]} --help)") from None
 

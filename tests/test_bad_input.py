@@ -520,3 +520,18 @@ def test_a_directory_given_as_a_checkpoint_names_the_last_ckpt_inside_it(tmp_pat
             load_checked_checkpoint(given)
     with pytest.raises(CircuitsError, match=r"e\.g\. .*/empty/checkpoints/last\.ckpt$"):  # nothing inside: the layout
         load_checked_checkpoint((tmp_path / "empty").mkdir() or tmp_path / "empty")
+
+
+def test_an_unknown_key_in_a_config_file_names_the_option_meant(tmp_path, capsys, monkeypatch):
+    """'Subcommand 'fit' does not accept option 'model.memberz'' said nothing of what is valid (fresh-user check)."""
+    from circuits_pl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "typo.yaml").write_text("task: abs\nmodel:\n  memberz: 3\n")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", "typo.yaml"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: config key model.memberz is not an option of fit (did you mean model.member or model.members? "
+        "see python -m circuits_pl fit --help)"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "typo.yaml"]  # nothing written
