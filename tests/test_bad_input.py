@@ -527,6 +527,7 @@ def test_an_unknown_key_in_a_config_file_names_the_option_meant(tmp_path, capsys
     from circuits_pl.cli import main
 
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["circuits_pl"])  # else pytest's own arguments reach LightningCLI
     (tmp_path / "typo.yaml").write_text("task: abs\nmodel:\n  memberz: 3\n")
     with pytest.raises(SystemExit) as exit_:
         main(["fit", "--config", "typo.yaml"])

@@ -37,9 +37,13 @@ def test_old_spellings_are_rewritten_with_one_line_each(capsys):
     assert current_spelling("fit", ["--member", "3"]) == ["--member", "3"]  # fit has no old spellings
 
 
-def test_an_option_given_in_both_spellings_is_refused_in_one_line(capsys):
+def test_an_option_given_in_both_spellings_is_refused_in_one_line(capsys, monkeypatch):
     """``inspect --member 0 --model.member 1`` used 1 without a word (the parser's last wins)."""
+    import sys
+
     from circuits_pl.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["circuits_pl"])  # else pytest's own arguments reach LightningCLI
 
     for argv in (["inspect", "run", "--member", "0", "--model.member", "1"],
                  ["report", "--members=4", "--model.members", "8"]):
