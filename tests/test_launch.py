@@ -18,8 +18,10 @@ from test_study import _alone, _check_row_against, _members_of, _rows
 pytest.importorskip("submitit")
 
 TESTS = Path(__file__).parent
-STUDY = ["report", "--tasks", "abs", "--sweep.sizes", "1-2-1,1-4-1", "--model.members", 4, "--trainer.max_steps", 5000,
-         "--jobs", 2]
+# 50k steps: a fit of it lasts long enough to be preempted after its first validation (at 5000 steps the
+# fit sometimes ended before the stub's signal came, and the test found one run, not two)
+STUDY = ["report", "--tasks", "abs", "--sweep.sizes", "1-2-1,1-4-1", "--model.members", 4,
+         "--trainer.max_steps", 50_000, "--jobs", 2]
 
 
 def _check_against_fits_alone(run_cli, tmp_path: Path, out: Path) -> None:
@@ -27,7 +29,7 @@ def _check_against_fits_alone(run_cli, tmp_path: Path, out: Path) -> None:
     assert [r["layer_sizes"] for r in rows] == ["1-2-1", "1-4-1"]
     for row in rows:
         assert len(row["run_dir"].split()) == 2  # seeds 0-1 and 2-3, one job each
-        alone = _alone(run_cli, tmp_path, row["layer_sizes"], row["layer_sizes"], "0.1", "1.0", 4, 5000)
+        alone = _alone(run_cli, tmp_path, row["layer_sizes"], row["layer_sizes"], "0.1", "1.0", 4, 50_000)
         _check_row_against(row, _members_of(row, tmp_path), alone)
 
 
@@ -83,5 +85,5 @@ def test_sbatch_script_under_stub_slurm_is_preempted_mid_fit_requeued_and_resume
     assert "this job is preempted" in next((out / "submitit").glob("1_0_*_log.err")).read_text()
     first, resumed = run_dirs(out / "runs" / "abs_seeds0-1")
     assert not (first / "results.json").exists() and (first / "checkpoints" / "last.ckpt").is_file()
-    assert results(resumed)["steps"] == 5000 and "Resuming from" in log.read_text()
+    assert results(resumed)["steps"] == 50_000 and "Resuming from" in log.read_text()
     _check_against_fits_alone(run_cli, tmp_path, out)

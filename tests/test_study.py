@@ -105,9 +105,10 @@ def _start(args: list, cwd: Path) -> subprocess.Popen:
 
 
 def test_ci_width_rounds_add_seeds_to_wide_cells_and_resume_continues_an_interrupted_study(run_cli, tmp_path):
-    # 4 seeds: 0/4 or 4/4 found is 0.49 wide, 1-3 of 4 is 0.65-0.70: those cells get 4 more (max 8)
+    # 60k steps: round 1's fit lasts long enough to be stopped after its first validation (at 6000 it sometimes
+    # ended first). 4 seeds: 0/4 or 4/4 found is 0.49 wide, 1-3 of 4 is 0.65-0.70: those cells get 4 more (max 8)
     study = ["report", "--tasks", "abs", "--sweep.sizes", "1-2-1,1-8-1", "--model.members", 4, "--max_members", 8,
-             "--ci_width", 0.6, "--trainer.max_steps", 6000, "--jobs", 1]
+             "--ci_width", 0.6, "--trainer.max_steps", 60_000, "--jobs", 1]
     proc = _start(study, tmp_path)
     out = tmp_path / "reports" / "version_0"
     log = out / "runs" / "abs_seeds4-7.log"  # round 1's fit
@@ -127,14 +128,14 @@ def test_ci_width_rounds_add_seeds_to_wide_cells_and_resume_continues_an_interru
     assert run_dirs(out / "runs" / "abs_seeds0-3") == [first]  # round 0 was not trained again
     assert (first / "results.json").stat().st_mtime_ns == finished
     resumed = run_dirs(out / "runs" / "abs_seeds4-7")
-    assert len(resumed) == 2 and results(resumed[-1])["steps"] == 6000  # continued from its last.ckpt
+    assert len(resumed) == 2 and results(resumed[-1])["steps"] == 60_000  # continued from its last.ckpt
     rows = _rows(out)
     assert sorted(int(r["members"]) for r in rows) == [4, 8]  # the narrow cell stopped at 4, the wide one took 8
     for row in rows:
         assert not _wide(row, 0.6) or int(row["members"]) == 8
         assert len(row["run_dir"].split()) == (1 if row["members"] == "4" else 2)
         alone = _alone(run_cli, tmp_path, row["layer_sizes"], row["layer_sizes"], "0.1", "1.0", int(row["members"]),
-                       6000)
+                       60_000)
         _check_row_against(row, _members_of(row, tmp_path), alone)
     md = (out / "report.md").read_text()
     assert "wider than 0.6, up to 8 seeds per cell (2 rounds)" in md and "Interrupted" not in md
