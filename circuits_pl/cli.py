@@ -763,7 +763,7 @@ def _argument_errors() -> tuple[type[BaseException], ...]:
     return (argparse.ArgumentError, ArgumentError)
 
 
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+_TYPE_NAMES = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
                "list[int]": "a list of integers like [2, 3]", "list[float]": "a list of numbers like [1.0, -0.5]",
                "NoneType": "null"}
 # What an option takes, where its type alone says too little.

@@ -175,6 +175,7 @@ CASES = [
     ([*ADD, "--model.layer_sizes", "[2, -1, 1]"], 2, r"must be positive integers"),
     ([*ADD, "--model.layer_sizes", "2-3"], 2, r"the last size must be 1"),  # the dashed notation is parsed
     ([*ADD, "--model.lr", "0"], 2, r"model.lr must be a positive number, got 0"),
+    ([*ADD, "--model.lr", "inf"], 2, r"^error: --model.lr must be a finite number, got inf$"),  # said "a number"
     ([*ADD, "--data.batch_size", "0"], 2, r"data.batch_size must be a positive integer, got 0"),
     ([*ADD, "--model.members", "0"], 2, r"model.members must be a positive integer, got 0"),
     ([*ADD, "--model.bogus", "1"], 2, r"unrecognized arguments: --model.bogus 1$"),  # nothing close: no guess
