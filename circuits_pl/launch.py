@@ -24,6 +24,7 @@ take the job for a multi-task SLURM launch and install its own SIGUSR1 requeue).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from circuits_pl.errors import CircuitsError
+from circuits_pl.signals import status_signal
 
 LAUNCHERS = ("local", "slurm", "submitit_local")
 POLL_SECONDS = 1.0  # how often the submitit launcher looks for finished jobs (a file check, no sacct call)
@@ -139,12 +141,6 @@ class JobStopped(BaseException):
         self.name, self.signum = name, signum
 
 
-def stopping_signal(returncode: int) -> int | None:
-    """The signal a fit's exit status says stopped it (SIGINT, SIGTERM, SIGKILL; -15 or 143), else None."""
-    signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else None
-    return signum if signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL) else None
-
-
 def failure(spec: FitSpec, returncode: int) -> CircuitsError:
     """The one line saying why a fit failed: its own ``error:`` line, else its last line."""
     try:
@@ -166,9 +162,6 @@ def read_results(spec: FitSpec) -> tuple[dict, Path]:
 
 
 # -------------------------------------------------------------------------------------------------
-# local: processes on this machine
-# -------------------------------------------------------------------------------------------------
-# -------------------------------------------------------------------------------------------------
 # local: fits forked from a process that has imported torch and Lightning once
 # -------------------------------------------------------------------------------------------------
 # A fit's own process spends most of a short fit importing torch, Lightning and circuits_pl (the
@@ -189,6 +182,7 @@ def forkable(cmd: list[str]) -> bool:
             and sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods())
 
 
+@functools.cache  # the preload list counts only before the server's first start: set it once
 def _forkserver() -> Any:
     import multiprocessing
 
@@ -243,6 +237,9 @@ class ForkedFit:
         self.process.kill()
 
 
+# -------------------------------------------------------------------------------------------------
+# local: processes on this machine
+# -------------------------------------------------------------------------------------------------
 class LocalLauncher:
     """Up to ``jobs`` fits at once, each a process of its own. A signal to report reaches them through
     :meth:`stop` (each saves its last.ckpt and exits), and no queued fit starts after it."""
@@ -283,8 +280,8 @@ class LocalLauncher:
             return None
         with self.lock:
             self.running.pop(spec.name, None)
-        if (signum := stopping_signal(returncode)) is not None:
-            raise JobStopped(spec.name, signum)
+        if (signum := status_signal(returncode)) in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            raise JobStopped(spec.name, signum)  # -15 or 143: stopped from outside the report
         if returncode != 0:
             raise failure(spec, returncode)
         return read_results(spec)

@@ -126,31 +126,36 @@ def config_paths(argv: Sequence[str]) -> list[str]:
 
 
 def check_config_files(argv: Sequence[str]) -> None:
-    """Each ``--config FILE`` exists and is a YAML mapping (jsonargparse says "Unexpected config:" to an
-    empty file and raises UnicodeDecodeError on a binary one). Syntax errors are left to jsonargparse."""
+    """Each ``--config FILE`` of ``argv``: :func:`check_config_file`."""
     for path in config_paths(argv):
-        if not os.path.isfile(path):
-            what = "is a directory" if os.path.isdir(path) else "does not exist"
-            raise CircuitsError(f"config {path} {what}; give a YAML file, e.g. a run's config.yaml")
-        with open(path, "rb") as f:
-            raw = f.read()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        if text is None or "\x00" in text:
-            raise CircuitsError(f"config {path} is not a text file (binary data); give a YAML file of options, "
-                                "e.g. a run's config.yaml")
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError:
-            continue  # jsonargparse's own message names the line
-        if loaded is None:
-            raise CircuitsError(f"config {path} is empty; a config is a YAML mapping of options, e.g. 'task: add' "
-                                "(print a full one with: fit --task add --print_config)")
-        if not isinstance(loaded, dict):
-            raise CircuitsError(f"config {path} holds a {type(loaded).__name__}, not a YAML mapping of options "
-                                "such as 'task: add'")
+        check_config_file(path)
+
+
+def check_config_file(path: str) -> None:
+    """The config file exists and is a YAML mapping (jsonargparse says "Unexpected config:" to an empty
+    file and raises UnicodeDecodeError on a binary one). Syntax errors are left to jsonargparse."""
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise CircuitsError(f"config {path} {what}; give a YAML file, e.g. a run's config.yaml")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise CircuitsError(f"config {path} is not a text file (binary data); give a YAML file of options, "
+                            "e.g. a run's config.yaml")
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return  # jsonargparse's own message names the line
+    if loaded is None:
+        raise CircuitsError(f"config {path} is empty; a config is a YAML mapping of options, e.g. 'task: add' "
+                            "(print a full one with: fit --task add --print_config)")
+    if not isinstance(loaded, dict):
+        raise CircuitsError(f"config {path} holds a {type(loaded).__name__}, not a YAML mapping of options "
+                            "such as 'task: add'")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ from circuits_pl import signals
 from circuits_pl.errors import CircuitsError
 from circuits_pl.files import atomic_write_text, claim_version
 from circuits_pl.launch import LAUNCHERS, FitSpec, JobStopped, SlurmOptions, check_launcher, make_launcher
-from circuits_pl.preflight import check_config_files
+from circuits_pl.preflight import check_config_file
 from circuits_pl.study import Base, CellRecord, FitPlan, Study
 from circuits_pl.sweep import Cell, parse_positive_list, parse_sizes_list
 from circuits_pl.tasks import BUILTIN_TASKS, get_task
@@ -250,7 +250,8 @@ def make_study(args: argparse.Namespace) -> tuple[list[Base], dict[str, list[Cel
     if args.config:
         # fit's own checks of a config file (a directory, a binary or empty file, not a mapping), before
         # anything is written; its options are fit's to check, in the job
-        check_config_files([arg for c in args.config for arg in ("--config", c)])
+        for path in args.config:
+            check_config_file(path)
         stems = [Path(c).stem for c in args.config]
         return [Base(s if stems.count(s) == 1 else f"{s}-{i}", config=c)
                 for i, (s, c) in enumerate(zip(stems, args.config))], {}
